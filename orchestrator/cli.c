@@ -1,0 +1,363 @@
+/*
+ * cli.c - the command line (SPEC section 1): parsing, --help texts,
+ * `validate`, `plan` and `apply --dry-run` rendering; the commands that
+ * talk to the database are in engine.c and report.c.
+ */
+#include "cli.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "buf.h"
+#include "engine.h"
+#include "log.h"
+#include "plan.h"
+#include "step.h"
+
+typedef struct cmd_s {
+	const char *name;
+	const char *usage;
+	const char *help;
+	unsigned opts; /* OPT_* accepted */
+	int needs_plan;
+} cmd_t;
+
+#define OPT_ENV 0x01u
+#define OPT_TO 0x02u
+#define OPT_DRY 0x04u
+#define OPT_JSON 0x08u
+#define OPT_FROM 0x10u
+
+static const cmd_t commands[] = {
+	{"validate", "phasegate validate PLAN.yaml",
+	 "Parse and lint the plan; touch nothing. Errors are printed as FILE:LINE:COL: message\n"
+	 "with the source line and a caret (exit 2); lint warnings do not fail (exit 0).\n",
+	 0, 1},
+	{"plan", "phasegate plan PLAN.yaml [--env E]",
+	 "Print every SQL statement and action of the plan, in order, with the lock settings\n"
+	 "they run under; connects to nothing.\n",
+	 OPT_ENV, 1},
+	{"apply", "phasegate apply PLAN.yaml [--env E] [--to PHASE] [--dry-run]",
+	 "Apply the plan's phases in order, gating each one; resumable: run it again after a\n"
+	 "crash, kill -9 or Ctrl-C and it continues from the last checkpoint.\n"
+	 "  --to PHASE   stop after PHASE (apply continues later)\n"
+	 "  --dry-run    show the current state and what apply would run; change nothing\n",
+	 OPT_ENV | OPT_TO | OPT_DRY, 1},
+	{"status", "phasegate status PLAN.yaml [--env E] [--json]",
+	 "Show the plan's last run on the database: its state and each phase's and step's.\n", OPT_ENV | OPT_JSON,
+	 1},
+	{"rollback", "phasegate rollback PLAN.yaml [--env E] [--to PHASE]",
+	 "Revert applied phases in reverse order: all of them, or down to (and excluding)\n"
+	 "--to PHASE. Refuses before touching anything when a step cannot be reverted (exit 4).\n",
+	 OPT_ENV | OPT_TO, 1},
+	{"promote", "phasegate promote PLAN.yaml --from ENV --to ENV",
+	 "Apply the plan to --to only if --from has a completed run of the same plan checksum.\n",
+	 OPT_FROM | OPT_TO, 1},
+	{"history", "phasegate history [PLAN.yaml] [--env E] [--json]",
+	 "List the runs recorded in the database (of PLAN, when given; else every plan, using\n"
+	 "$DATABASE_URL). --env keeps the runs of that environment.\n",
+	 OPT_ENV | OPT_JSON, 0},
+	{NULL, NULL, NULL, 0, 0},
+};
+
+static void usage_all(FILE *f)
+{
+	fputs("phasegate - zero-downtime PostgreSQL schema changes, phase by phase, gated on\n"
+	      "health checks and verified backups, rolled back automatically when a gate fails.\n\n"
+	      "Usage:\n",
+	      f);
+	for (const cmd_t *c = commands; c->name != NULL; c++)
+		fprintf(f, "  %s\n", c->usage);
+	fputs("  phasegate --version | --help | COMMAND --help\n\n"
+	      "Options for every command: -v/--verbose (debug log), -q/--quiet (errors only).\n"
+	      "The database comes from the variable the plan names (target.url_env, default\n"
+	      "DATABASE_URL: a libpq URI or conninfo); PGHOST, PGUSER, PGPASSWORD, .pgpass ... work\n"
+	      "as in psql.\n\n"
+	      "Exit codes: 0 success; 1 runtime error; 2 bad invocation or invalid plan; 3 a step or\n"
+	      "gate failed and the automatic rollback completed; 4 a rollback failed or is\n"
+	      "impossible; 5 another run holds the plan's lock; 6 promotion refused;\n"
+	      "130 interrupted (state saved, apply resumes).\n",
+	      f);
+}
+
+static int usage_error(const cmd_t *c, const char *fmt, const char *arg)
+{
+	fputs("phasegate: ", stderr);
+	fprintf(stderr, fmt, arg);
+	fputc('\n', stderr);
+	if (c != NULL)
+		fprintf(stderr, "usage: %s\n", c->usage);
+	else
+		fputs("Try \"phasegate --help\".\n", stderr);
+	return PHG_EXIT_USAGE;
+}
+
+/* ---- rendering (plan, apply --dry-run) ---- */
+
+static void render_step(const phg_plan_t *plan, const phg_step_t *step, phg_buf_t *out)
+{
+	phg_ops_t ops = {0};
+	phg_build_t b;
+	phg_err_t err;
+
+	memset(&b, 0, sizeof(b));
+	phg_err_clear(&err);
+	b.plan = plan;
+	b.step = step;
+	b.dir = PHG_DIR_APPLY;
+	b.ops = &ops;
+	b.err = &err;
+	if (step->kind->build(&b) != 0)
+		phg_buf_printf(out, "-- (cannot render: %s)\n", err.msg);
+	phg_ops_render(&ops, &plan->settings, out);
+	phg_ops_free(&ops);
+	phg_build_reset(&b);
+}
+
+static void render_list(phg_buf_t *out, const char *what, const phg_strv_t *v)
+{
+	if (v->n == 0)
+		return;
+	phg_buf_printf(out, "-- %s:", what);
+	for (size_t i = 0; i < v->n; i++)
+		phg_buf_printf(out, "%s %s", i ? "," : "", v->v[i]);
+	phg_buf_adds(out, "\n");
+}
+
+/* @done: per phase, 1 when already applied (skipped); NULL = render all. */
+static void render_plan(const phg_plan_t *plan, const int *done, phg_buf_t *out)
+{
+	const phg_settings_t *s = &plan->settings;
+	static const char *const on_failure[] = {"rollback-phase", "rollback-plan", "stop"};
+
+	phg_buf_printf(out, "-- plan \"%s\" (%s)\n", plan->name, plan->checksum);
+	if (plan->env != NULL)
+		phg_buf_printf(out, "-- environment \"%s\"\n", plan->env->name);
+	phg_buf_printf(out,
+	               "-- database from $%s; state in schema \"%s\"\n"
+	               "-- every DDL statement: lock_timeout %" PRIu64 " ms, up to %" PRIu64
+	               " attempts with jittered exponential backoff (%" PRIu64 " ms .. %" PRIu64
+	               " ms)\n"
+	               "-- statement_timeout for scans and backfill batches: %" PRIu64
+	               " ms (0 = none); on failure: %s\n\n",
+	               plan->url_env, s->state_schema, s->lock_timeout_ms, s->lock_retries,
+	               s->retry_backoff_ms, s->retry_backoff_max_ms, s->statement_timeout_ms,
+	               on_failure[s->on_failure]);
+	for (size_t p = 0; p < plan->nphases; p++) {
+		const phg_phase_t *ph = &plan->phases[p];
+
+		phg_buf_printf(out, "-- ===== phase %zu/%zu \"%s\"%s =====\n", p + 1, plan->nphases,
+		               ph->name, done && done[p] ? " (already applied: skipped)" : "");
+		if (done && done[p]) {
+			phg_buf_adds(out, "\n");
+			continue;
+		}
+		if (ph->backup)
+			phg_buf_printf(out, "-- gate before: verified pg_dump backup (%s) into %s\n",
+			               plan->backup.scope == PHG_BACKUP_SCOPE_DATABASE ? "whole database"
+			                                                               : "tables touched",
+			               plan->backup.dir);
+		render_list(out, "watched throughout", &ph->watch);
+		for (size_t i = 0; i < ph->nsteps; i++) {
+			phg_buf_printf(out, "-- step %zu: %s\n", i + 1, ph->steps[i].kind->name);
+			render_step(plan, &ph->steps[i], out);
+		}
+		render_list(out, "gate after: verify", &ph->verify);
+		phg_buf_adds(out, "\n");
+	}
+	/* what happens when the plan completes */
+	{
+		phg_buf_t fin;
+
+		phg_buf_init(&fin, 16 * 1024 * 1024);
+		for (size_t p = 0; p < plan->nphases; p++) {
+			for (size_t i = 0; i < plan->phases[p].nsteps; i++) {
+				phg_ops_t ops = {0};
+				phg_build_t b;
+				phg_err_t err;
+
+				memset(&b, 0, sizeof(b));
+				b.plan = plan;
+				b.step = &plan->phases[p].steps[i];
+				b.dir = PHG_DIR_FINALIZE;
+				b.ops = &ops;
+				b.err = &err;
+				b.step->kind->build(&b);
+				phg_ops_render(&ops, s, &fin);
+				phg_ops_free(&ops);
+				phg_build_reset(&b);
+			}
+		}
+		if (fin.len > 0)
+			phg_buf_printf(out, "-- ===== when every phase is applied =====\n%s", fin.data);
+		phg_buf_free(&fin);
+	}
+}
+
+static int cmd_plan(phg_plan_t *plan)
+{
+	phg_buf_t out;
+
+	phg_buf_init(&out, 64u * 1024 * 1024);
+	render_plan(plan, NULL, &out);
+	fwrite(out.data, 1, out.len, stdout);
+	phg_buf_free(&out);
+	return PHG_EXIT_OK;
+}
+
+static int cmd_dry_run(phg_plan_t *plan, const phg_run_opts_t *o)
+{
+	json_t *st = NULL;
+	int rc = phg_status_json(plan, o, &st);
+	int *done;
+	phg_buf_t out;
+	size_t i;
+	json_t *ph;
+
+	if (rc != 0 || st == NULL)
+		return rc ? rc : PHG_EXIT_RUNTIME;
+	done = phg_calloc(plan->nphases, sizeof(int));
+	json_array_foreach(json_object_get(st, "phases"), i, ph) {
+		if (i < plan->nphases &&
+		    strcmp(json_string_value(json_object_get(ph, "state")), "applied") == 0)
+			done[i] = 1;
+	}
+	printf("-- dry run: nothing is changed. Current state of the plan on this database: %s%s\n",
+	       json_string_value(json_object_get(st, "state")),
+	       json_is_true(json_object_get(st, "drift")) ? " (recorded with another checksum!)" : "");
+	phg_buf_init(&out, 64u * 1024 * 1024);
+	if (strcmp(json_string_value(json_object_get(st, "state")), "completed") == 0)
+		phg_buf_adds(&out, "-- the plan is completed: apply has nothing to do\n");
+	else
+		render_plan(plan, done, &out);
+	fwrite(out.data, 1, out.len, stdout);
+	phg_buf_free(&out);
+	free(done);
+	json_decref(st);
+	return PHG_EXIT_OK;
+}
+
+/* ---- main ---- */
+
+int phg_cli_main(int argc, char **argv)
+{
+	const cmd_t *c = NULL;
+	const char *file = NULL;
+	phg_run_opts_t o;
+	phg_plan_t *plan = NULL;
+	phg_err_t err;
+	const char *from = NULL;
+	int rc;
+
+	memset(&o, 0, sizeof(o));
+	if (argc < 2)
+		return usage_error(NULL, "%s", "missing command");
+	if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-V") == 0) {
+		printf("phasegate %s\n", PHG_VERSION);
+		return PHG_EXIT_OK;
+	}
+	if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+	    strcmp(argv[1], "help") == 0) {
+		usage_all(stdout);
+		return PHG_EXIT_OK;
+	}
+	for (const cmd_t *k = commands; k->name != NULL; k++)
+		if (strcmp(k->name, argv[1]) == 0)
+			c = k;
+	if (c == NULL)
+		return usage_error(NULL, "unknown command \"%s\"", argv[1]);
+	for (int i = 2; i < argc; i++) {
+		const char *a = argv[i];
+		const char **val = NULL;
+		unsigned need = 0;
+
+		if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+			printf("usage: %s\n\n%s", c->usage, c->help);
+			return PHG_EXIT_OK;
+		} else if (strcmp(a, "-v") == 0 || strcmp(a, "--verbose") == 0) {
+			phg_log_set_level(PHG_LOG_DEBUG);
+			continue;
+		} else if (strcmp(a, "-q") == 0 || strcmp(a, "--quiet") == 0) {
+			phg_log_set_level(PHG_LOG_ERROR);
+			continue;
+		} else if (strcmp(a, "--env") == 0) {
+			val = &o.env;
+			need = OPT_ENV;
+		} else if (strcmp(a, "--to") == 0) {
+			val = &o.to_phase;
+			need = OPT_TO;
+		} else if (strcmp(a, "--from") == 0) {
+			val = &from;
+			need = OPT_FROM;
+		} else if (strcmp(a, "--dry-run") == 0) {
+			if (!(c->opts & OPT_DRY))
+				return usage_error(c, "option \"%s\" is not valid here", a);
+			o.dry_run = 1;
+			continue;
+		} else if (strcmp(a, "--json") == 0) {
+			if (!(c->opts & OPT_JSON))
+				return usage_error(c, "option \"%s\" is not valid here", a);
+			o.json = 1;
+			continue;
+		} else if (a[0] == '-' && a[1] != '\0') {
+			return usage_error(c, "unknown option \"%s\"", a);
+		} else if (file == NULL) {
+			file = a;
+			continue;
+		} else {
+			return usage_error(c, "unexpected argument \"%s\"", a);
+		}
+		if (!(c->opts & need))
+			return usage_error(c, "option \"%s\" is not valid here", a);
+		if (i + 1 >= argc || argv[i + 1][0] == '\0')
+			return usage_error(c, "option \"%s\" needs a value", a);
+		*val = argv[++i];
+	}
+	if (file == NULL && c->needs_plan)
+		return usage_error(c, "%s", "missing PLAN.yaml");
+	if (strcmp(c->name, "promote") == 0 && (from == NULL || o.to_phase == NULL))
+		return usage_error(c, "%s", "promote needs --from ENV and --to ENV");
+
+	phg_err_clear(&err);
+	if (file != NULL) {
+		rc = phg_plan_load(file, stderr, &plan, &err);
+		if (rc == PHG_EIO) {
+			fprintf(stderr, "phasegate: %s\n", err.msg);
+			return PHG_EXIT_USAGE;
+		}
+		if (rc != 0)
+			return PHG_EXIT_USAGE;
+		if (o.env != NULL && strcmp(c->name, "promote") != 0 &&
+		    phg_plan_select_env(plan, o.env, &err) != 0) {
+			fprintf(stderr, "phasegate: %s\n", err.msg);
+			if (err.detail[0])
+				fprintf(stderr, "DETAIL: %s\n", err.detail);
+			phg_plan_free(plan);
+			return PHG_EXIT_USAGE;
+		}
+	}
+
+	if (strcmp(c->name, "validate") == 0) {
+		printf("%s: ok: plan \"%s\", %zu phase(s), checksum %s\n", file, plan->name,
+		       plan->nphases, plan->checksum);
+		rc = PHG_EXIT_OK;
+	} else if (strcmp(c->name, "plan") == 0) {
+		rc = cmd_plan(plan);
+	} else if (strcmp(c->name, "apply") == 0) {
+		rc = o.dry_run ? cmd_dry_run(plan, &o) : phg_cmd_apply(plan, &o);
+	} else if (strcmp(c->name, "status") == 0) {
+		rc = phg_cmd_status(plan, &o);
+	} else if (strcmp(c->name, "rollback") == 0) {
+		rc = phg_cmd_rollback(plan, &o);
+	} else if (strcmp(c->name, "history") == 0) {
+		rc = phg_cmd_history(plan, &o);
+	} else {
+		rc = phg_cmd_promote(plan, from, o.to_phase);
+	}
+	phg_plan_free(plan);
+	return rc;
+}

@@ -1,0 +1,942 @@
+/*
+ * exec.c - runs one step's ops; see exec.h for what each op kind does.
+ *
+ * One state machine (x->st), advanced by exec_on_result() after every query
+ * on the work connection and by the two timers.  exec_state() is the only
+ * place that changes x->st.
+ */
+#include "exec.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "buf.h"
+
+#define SQL_MAX (16u * 1024 * 1024)
+
+static const char *const exec_state_names[] = {
+	"idle", "tx", "tx_rollback", "backoff", "st_set", "st_guard", "st_cleanup",
+	"st_mark", "st_run", "st_reset", "st_fail_guard", "st_fail_cleanup", "fail_reset",
+	"bf_set", "bf_keys", "bf_batch", "bf_pass2", "record", "done",
+};
+
+static void exec_next(phg_exec_t *x);
+static void exec_op_start(phg_exec_t *x);
+static void exec_on_result(phg_pg_t *pg, int status, PGresult *res, const phg_err_t *err,
+                           void *arg);
+
+static void exec_state(phg_exec_t *x, phg_exec_state_t st)
+{
+	if (phg_log_get_level() <= PHG_LOG_DEBUG && x->st != st)
+		phg_log(PHG_LOG_DEBUG, &x->log, "exec %s -> %s", exec_state_names[x->st],
+		        exec_state_names[st]);
+	x->st = st;
+}
+
+static const phg_op_t *cur_op(phg_exec_t *x)
+{
+	return &x->ops->v[x->next];
+}
+
+static const char *counter_column(const phg_exec_t *x)
+{
+	switch (x->dir) {
+	case PHG_DIR_REVERT:
+		return "revert_progress";
+	case PHG_DIR_FINALIZE:
+		return "final_progress";
+	case PHG_DIR_APPLY:
+	default:
+		return "progress";
+	}
+}
+
+static void step_where(phg_exec_t *x, phg_buf_t *b)
+{
+	phg_buf_printf(b, " WHERE run_id = %lld AND phase_idx = %d AND idx = %d", x->run_id,
+	               x->phase_idx, x->step_idx);
+}
+
+uint64_t phg_backoff_ms(uint64_t base, uint64_t max, uint64_t n, uint64_t *rng)
+{
+	uint64_t d = base ? base : 1;
+	uint64_t r;
+
+	for (uint64_t i = 1; i < n && d < max; i++)
+		d *= 2;
+	if (d > max)
+		d = max;
+	/* xorshift64 */
+	r = *rng ? *rng : 0x9E3779B97F4A7C15ull;
+	r ^= r << 13;
+	r ^= r >> 7;
+	r ^= r << 17;
+	*rng = r;
+	return d / 2 + (d / 2 ? r % (d / 2 + 1) : 0);
+}
+
+static uint64_t now_ms(void)
+{
+	return uv_hrtime() / 1000000u;
+}
+
+/* ---- queries ---- */
+
+static void exec_send(phg_exec_t *x, phg_exec_state_t st, const char *sql, int nparams,
+                      const char *const *params)
+{
+	exec_state(x, st);
+	if (phg_pg_query(x->work, sql, nparams, params, exec_on_result, x) != 0) {
+		phg_err_set(&x->err, PHG_ECONNECT, "the work connection is not usable");
+		x->fail_status = PHG_ECONNECT;
+		exec_state(x, PHG_X_DONE);
+		/* report asynchronously-safe: we are inside a callback chain already */
+		x->cb(x, PHG_ECONNECT);
+	}
+}
+
+static void exec_sendf(phg_exec_t *x, phg_exec_state_t st, phg_buf_t *b)
+{
+	exec_send(x, st, b->data, 0, NULL);
+	phg_buf_free(b);
+}
+
+/* ---- blocker probe: who holds the lock we wait for ---- */
+
+static void probe_result(phg_pg_t *pg, int status, PGresult *res, const phg_err_t *err,
+                         void *arg)
+{
+	phg_exec_t *x = arg;
+
+	(void)pg;
+	(void)err;
+	x->probing = 0;
+	if (status != 0 || res == NULL || PQntuples(res) < 1 || PQgetisnull(res, 0, 0))
+		return;
+	snprintf(x->blockers, sizeof(x->blockers), "%s", PQgetvalue(res, 0, 0));
+}
+
+static void probe_fire(uv_timer_t *t)
+{
+	phg_exec_t *x = t->data;
+	char pid[32];
+	const char *params[1] = {pid};
+
+	if (x->ctl == NULL || x->probing || x->ctl->pg->state == PHG_PG_BROKEN)
+		return;
+	snprintf(pid, sizeof(pid), "%d", x->work->backend_pid);
+	x->probing = 1;
+	phg_pgq_query(x->ctl,
+	              "SELECT string_agg(format('pid %s (%s, %s, transaction open for %s)', a.pid, "
+	              "coalesce(nullif(a.application_name, ''), a.usename::text, '?'), "
+	              "coalesce(a.state, '?'), "
+	              "coalesce(date_trunc('second', now() - a.xact_start)::text, '?')), '; ') "
+	              "FROM pg_stat_activity a WHERE a.pid = ANY (pg_blocking_pids($1::int))",
+	              1, params, probe_result, x);
+}
+
+static void probe_start(phg_exec_t *x)
+{
+	uint64_t d = x->settings->lock_timeout_ms / 2;
+
+	x->blockers[0] = '\0';
+	if (x->ctl == NULL)
+		return;
+	uv_timer_start(&x->probe_timer, probe_fire, d < 20 ? 20 : d, 0);
+}
+
+static void probe_stop(phg_exec_t *x)
+{
+	uv_timer_stop(&x->probe_timer);
+}
+
+/* ---- finishing ---- */
+
+static void exec_finish(phg_exec_t *x, int status)
+{
+	probe_stop(x);
+	uv_timer_stop(&x->backoff_timer);
+	exec_state(x, PHG_X_DONE);
+	x->cb(x, status);
+}
+
+static int retriable(const phg_err_t *e)
+{
+	return strcmp(e->sqlstate, "55P03") == 0 || strcmp(e->sqlstate, "40P01") == 0 ||
+	       strcmp(e->sqlstate, "40001") == 0;
+}
+
+static void fail_op(phg_exec_t *x, int status, const phg_err_t *err)
+{
+	const phg_op_t *op = cur_op(x);
+
+	phg_err_copy(&x->err, err);
+	if (x->err.code == 0)
+		phg_err_set(&x->err, status, "%s", phg_strerror(status));
+	if (x->err.detail[0] == '\0')
+		phg_err_detail(&x->err, "While running: %s.", op->label);
+	exec_finish(x, status);
+}
+
+/* After a failed attempt (and its ROLLBACK/RESET): retry or give up. */
+static void backoff_fire(uv_timer_t *t);
+
+static void after_failure(phg_exec_t *x)
+{
+	const phg_op_t *op = cur_op(x);
+
+	if (x->op_err.code == PHG_ECONNECT) {
+		fail_op(x, PHG_ECONNECT, &x->op_err);
+		return;
+	}
+	if (!retriable(&x->op_err)) {
+		fail_op(x, PHG_ESTEP, &x->op_err);
+		return;
+	}
+	if (x->attempt >= x->settings->lock_retries) {
+		phg_err_t e;
+
+		phg_err_clear(&e);
+		phg_err_set(&e, PHG_ELOCK_TIMEOUT,
+		            "gave up after %" PRIu64 " attempts: lock not available for %s",
+		            x->attempt, op->label);
+		phg_err_detail(&e, "Each attempt waited at most lock_timeout (%" PRIu64
+		                   " ms) so the application's queries were not queued behind it. "
+		                   "Last blocked by: %s.",
+		               x->settings->lock_timeout_ms,
+		               x->blockers[0] ? x->blockers : "an unknown session");
+		phg_err_hint(&e, "Find the long transaction holding a lock on the table "
+		                 "(pg_stat_activity, pg_locks), let it finish or end it, then run "
+		                 "apply again; or raise lock_retries / lock_timeout.");
+		memcpy(e.sqlstate, x->op_err.sqlstate, sizeof(e.sqlstate));
+		fail_op(x, PHG_ELOCK_TIMEOUT, &e);
+		return;
+	}
+	if (x->should_stop != NULL && x->should_stop(x->stop_arg)) {
+		exec_finish(x, PHG_EINTERRUPTED);
+		return;
+	}
+	{
+		uint64_t d = phg_backoff_ms(x->settings->retry_backoff_ms,
+		                            x->settings->retry_backoff_max_ms, x->attempt, &x->rng);
+		char msg[1024];
+
+		snprintf(msg, sizeof(msg),
+		         "%s (attempt %" PRIu64 "/%" PRIu64 ", SQLSTATE %s) for %s; blocked by %s; "
+		         "retrying in %" PRIu64 " ms",
+		         strcmp(x->op_err.sqlstate, "55P03") == 0 ? "lock not available"
+		         : strcmp(x->op_err.sqlstate, "40P01") == 0 ? "deadlock"
+		                                                    : "serialization failure",
+		         x->attempt, x->settings->lock_retries, x->op_err.sqlstate, op->label,
+		         x->blockers[0] ? x->blockers : "an unknown session", d);
+		phg_log(PHG_LOG_WARN, &x->log, "%s", msg);
+		if (x->on_event != NULL)
+			x->on_event(x, "lock_retry", msg, NULL);
+		exec_state(x, PHG_X_BACKOFF);
+		uv_timer_start(&x->backoff_timer, backoff_fire, d, 0);
+	}
+}
+
+/* ---- PHG_OP_TX ---- */
+
+static void tx_send(phg_exec_t *x)
+{
+	const phg_op_t *op = cur_op(x);
+	const phg_settings_t *s = x->settings;
+	phg_buf_t b;
+
+	phg_buf_init(&b, SQL_MAX);
+	phg_buf_adds(&b, "BEGIN;\n");
+	if (op->flags & PHG_OPF_DDL)
+		phg_buf_printf(&b, "SET LOCAL lock_timeout = '%" PRIu64 "ms';\n", s->lock_timeout_ms);
+	if (op->flags & PHG_OPF_SCAN)
+		phg_buf_printf(&b, "SET LOCAL statement_timeout = '%" PRIu64 "ms';\n",
+		               s->statement_timeout_ms);
+	if (op->memo_sql != NULL) {
+		phg_buf_printf(&b, "UPDATE %s.steps SET memo = memo || coalesce((%s), '{}'::jsonb)",
+		               x->schema_q, op->memo_sql);
+		step_where(x, &b);
+		phg_buf_adds(&b, ";\n");
+	}
+	for (size_t i = 0; i < op->nsql; i++)
+		phg_buf_printf(&b, "%s;\n", op->sql[i]);
+	phg_buf_printf(&b, "UPDATE %s.steps SET %s = %zu, op_started = NULL, updated_at = now()",
+	               x->schema_q, counter_column(x), x->next + 1);
+	step_where(x, &b);
+	phg_buf_adds(&b, ";\nCOMMIT;");
+	x->attempt++;
+	if (op->flags & PHG_OPF_DDL)
+		probe_start(x);
+	exec_sendf(x, PHG_X_TX, &b);
+}
+
+/* ---- PHG_OP_STMT ---- */
+
+static void st_set(phg_exec_t *x)
+{
+	const phg_op_t *op = cur_op(x);
+	phg_buf_t b;
+
+	phg_buf_init(&b, 4096);
+	phg_buf_printf(&b, "SET lock_timeout = '%" PRIu64 "ms'; SET statement_timeout = '%" PRIu64
+	                   "ms'",
+	               (op->flags & PHG_OPF_DDL) ? x->settings->lock_timeout_ms : 0,
+	               (op->flags & PHG_OPF_SCAN) ? x->settings->statement_timeout_ms : 0);
+	x->attempt++;
+	exec_sendf(x, PHG_X_ST_SET, &b);
+}
+
+static void st_mark(phg_exec_t *x)
+{
+	phg_buf_t b;
+
+	phg_buf_init(&b, 4096);
+	phg_buf_printf(&b, "UPDATE %s.steps SET op_started = %zu, updated_at = now()", x->schema_q,
+	               x->next);
+	step_where(x, &b);
+	exec_sendf(x, PHG_X_ST_MARK, &b);
+}
+
+static void st_run(phg_exec_t *x)
+{
+	if (cur_op(x)->flags & PHG_OPF_DDL)
+		probe_start(x);
+	exec_send(x, PHG_X_ST_RUN, cur_op(x)->sql[0], 0, NULL);
+}
+
+static void reset_session(phg_exec_t *x, phg_exec_state_t st)
+{
+	exec_send(x, st, "RESET lock_timeout; RESET statement_timeout", 0, NULL);
+}
+
+static void record(phg_exec_t *x)
+{
+	phg_buf_t b;
+
+	phg_buf_init(&b, 4096);
+	phg_buf_printf(&b, "UPDATE %s.steps SET %s = %zu, op_started = NULL, updated_at = now()",
+	               x->schema_q, counter_column(x), x->next + 1);
+	step_where(x, &b);
+	exec_sendf(x, PHG_X_RECORD, &b);
+}
+
+/* ---- PHG_OP_BACKFILL ---- */
+
+static void bf_set(phg_exec_t *x)
+{
+	phg_buf_t b;
+
+	phg_buf_init(&b, 4096);
+	/* batches wait for row locks at most lock_timeout: a batch never makes
+	 * the application's writes queue behind it for longer than that */
+	phg_buf_printf(&b, "SET lock_timeout = '%" PRIu64 "ms'; SET statement_timeout = '%" PRIu64
+	                   "ms'",
+	               x->settings->lock_timeout_ms, x->settings->statement_timeout_ms);
+	exec_sendf(x, PHG_X_BF_SET, &b);
+}
+
+static void strv_clear(phg_strv_t *v)
+{
+	for (size_t i = 0; i < v->n; i++)
+		free(v->v[i]);
+	free(v->v);
+	v->v = NULL;
+	v->n = 0;
+}
+
+static void strv_add(phg_strv_t *v, const char *s)
+{
+	v->v = phg_realloc(v->v, (v->n + 1) * sizeof(char *));
+	v->v[v->n++] = phg_strdup(s);
+}
+
+static char *quote_ident(phg_exec_t *x, const char *s)
+{
+	char *e = PQescapeIdentifier(x->work->conn, s, strlen(s));
+	char *r;
+
+	if (e == NULL)
+		return phg_asprintf("\"%s\"", s);
+	r = phg_strdup(e);
+	PQfreemem(e);
+	return r;
+}
+
+/* Quoted schema.table from the plan's (validated) name. */
+static void qtable(phg_exec_t *x, const char *table, phg_buf_t *b)
+{
+	const char *dot = strchr(table, '.');
+	char *q;
+
+	if (dot != NULL) {
+		char *schema = phg_strdup(table);
+
+		schema[dot - table] = '\0';
+		q = quote_ident(x, schema);
+		phg_buf_printf(b, "%s.", q);
+		free(q);
+		free(schema);
+		table = dot + 1;
+	}
+	q = quote_ident(x, table);
+	phg_buf_adds(b, q);
+	free(q);
+}
+
+static void bf_keys(phg_exec_t *x)
+{
+	const phg_backfill_spec_t *bf = cur_op(x)->backfill;
+	phg_buf_t t, k;
+	const char *params[2];
+
+	phg_buf_init(&t, 4096);
+	phg_buf_init(&k, 64 * 1024);
+	qtable(x, bf->table, &t);
+	if (bf->key.n > 0) {
+		phg_buf_adds(&k, "{");
+		for (size_t i = 0; i < bf->key.n; i++)
+			phg_buf_printf(&k, "%s\"%s\"", i ? "," : "", bf->key.v[i]);
+		phg_buf_adds(&k, "}");
+	}
+	params[0] = t.data;
+	params[1] = bf->key.n > 0 ? k.data : NULL;
+	exec_send(
+	    x, PHG_X_BF_KEYS,
+	    "WITH k AS ("
+	    " SELECT a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS type,"
+	    "  true AS usable, k.ord"
+	    " FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)"
+	    " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum"
+	    " WHERE $2::text[] IS NULL AND i.indrelid = $1::regclass AND i.indisprimary"
+	    " UNION ALL"
+	    " SELECT k.name, format_type(a.atttypid, a.atttypmod),"
+	    "  coalesce(a.attnotnull, false) AND EXISTS ("
+	    "   SELECT 1 FROM pg_index i WHERE i.indrelid = $1::regclass AND i.indisunique"
+	    "   AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL"
+	    "   AND i.indnkeyatts = cardinality($2::text[])"
+	    "   AND (SELECT bool_and(att.attname::text = ANY ($2::text[]))"
+	    "        FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS x(n, o)"
+	    "        JOIN pg_attribute att ON att.attrelid = i.indrelid AND att.attnum = x.n"
+	    "        WHERE x.o <= i.indnkeyatts)),"
+	    "  k.ord"
+	    " FROM unnest($2::text[]) WITH ORDINALITY AS k(name, ord)"
+	    " LEFT JOIN pg_attribute a ON a.attrelid = $1::regclass AND a.attname = k.name"
+	    "  AND NOT a.attisdropped"
+	    ")"
+	    " SELECT name, type, usable,"
+	    "  (SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = $1::regclass)"
+	    " FROM k ORDER BY ord",
+	    2, params);
+	phg_buf_free(&t);
+	phg_buf_free(&k);
+}
+
+static void bf_keys_done(phg_exec_t *x, PGresult *res)
+{
+	const phg_backfill_spec_t *bf = cur_op(x)->backfill;
+	int n = PQntuples(res);
+	phg_err_t e;
+
+	phg_err_clear(&e);
+	strv_clear(&x->key_names);
+	strv_clear(&x->key_types);
+	if (n == 0) {
+		phg_err_set(&e, PHG_ESTEP, "table \"%s\" has no primary key to backfill by",
+		            bf->table);
+		phg_err_hint(&e, "Give the backfill step a `key`: column(s) covered by a unique "
+		                 "index on NOT NULL columns.");
+		fail_op(x, PHG_ESTEP, &e);
+		return;
+	}
+	for (int i = 0; i < n; i++) {
+		if (PQgetisnull(res, i, 1)) {
+			phg_err_set(&e, PHG_ESTEP, "key column \"%s\" of table \"%s\" does not exist",
+			            PQgetvalue(res, i, 0), bf->table);
+			fail_op(x, PHG_ESTEP, &e);
+			return;
+		}
+		if (strcmp(PQgetvalue(res, i, 2), "t") != 0) {
+			phg_err_set(&e, PHG_ESTEP,
+			            "backfill key of table \"%s\" is not covered by a unique index on "
+			            "NOT NULL columns",
+			            bf->table);
+			phg_err_detail(&e, "Batches are taken in key order; a key that is not unique "
+			                   "and not null could skip or repeat rows.");
+			fail_op(x, PHG_ESTEP, &e);
+			return;
+		}
+		strv_add(&x->key_names, PQgetvalue(res, i, 0));
+		strv_add(&x->key_types, PQgetvalue(res, i, 1));
+	}
+	x->est_rows = strtoll(PQgetvalue(res, 0, 3), NULL, 10);
+	if (x->bf_last.n != 0 && x->bf_last.n != x->key_names.n) {
+		phg_err_set(&e, PHG_ESTATE, "backfill checkpoint of table \"%s\" has %zu key values, "
+		                            "the key has %zu columns",
+		            bf->table, x->bf_last.n, x->key_names.n);
+		fail_op(x, PHG_ESTATE, &e);
+		return;
+	}
+	x->bf_started_ms = x->bf_logged_ms = now_ms();
+	x->bf_rows_at_start = x->bf_rows;
+	if (x->bf_rows > 0 || x->bf_last.n > 0)
+		phg_log(PHG_LOG_INFO, &x->log,
+		        "resuming backfill of %s after %lld rows (pass %d)", bf->table, x->bf_rows,
+		        x->bf_pass);
+}
+
+static void key_list(phg_exec_t *x, phg_buf_t *b, const char *prefix, const char *alias_pfx)
+{
+	for (size_t i = 0; i < x->key_names.n; i++) {
+		char *q = quote_ident(x, x->key_names.v[i]);
+
+		phg_buf_printf(b, "%s%s%s", i ? ", " : "", prefix, q);
+		if (alias_pfx != NULL)
+			phg_buf_printf(b, " AS %s%zu", alias_pfx, i);
+		free(q);
+	}
+}
+
+static void bf_batch(phg_exec_t *x)
+{
+	const phg_backfill_spec_t *bf = cur_op(x)->backfill;
+	phg_buf_t b, t;
+	const char **params = NULL;
+	int np = 0;
+
+	if (x->should_stop != NULL && x->should_stop(x->stop_arg)) {
+		x->op_err.code = PHG_EINTERRUPTED;
+		x->fail_status = PHG_EINTERRUPTED;
+		reset_session(x, PHG_X_FAIL_RESET);
+		return;
+	}
+	phg_buf_init(&b, SQL_MAX);
+	phg_buf_init(&t, 4096);
+	qtable(x, bf->table, &t);
+	phg_buf_adds(&b, "WITH batch AS MATERIALIZED (SELECT ");
+	key_list(x, &b, "", "_phg_k");
+	phg_buf_printf(&b, " FROM %s WHERE true", t.data);
+	if (x->bf_last.n > 0) {
+		phg_buf_adds(&b, " AND (");
+		key_list(x, &b, "", NULL);
+		phg_buf_adds(&b, ") > (");
+		for (size_t i = 0; i < x->key_names.n; i++)
+			phg_buf_printf(&b, "%s$%zu::%s", i ? ", " : "", i + 1, x->key_types.v[i]);
+		phg_buf_adds(&b, ")");
+		params = (const char **)x->bf_last.v;
+		np = (int)x->bf_last.n;
+	}
+	if (bf->where != NULL)
+		phg_buf_printf(&b, " AND (%s)", bf->where);
+	phg_buf_adds(&b, " ORDER BY ");
+	key_list(x, &b, "", NULL);
+	phg_buf_printf(&b, " LIMIT %" PRIu64 "), upd AS (UPDATE %s SET %s FROM batch WHERE (",
+	               bf->batch_size, t.data, bf->set);
+	{
+		phg_buf_t pfx;
+
+		phg_buf_init(&pfx, 4096);
+		phg_buf_printf(&pfx, "%s.", t.data);
+		key_list(x, &b, pfx.data, NULL);
+		phg_buf_free(&pfx);
+	}
+	phg_buf_adds(&b, ") = (");
+	for (size_t i = 0; i < x->key_names.n; i++)
+		phg_buf_printf(&b, "%sbatch._phg_k%zu", i ? ", " : "", i);
+	phg_buf_adds(&b, ")");
+	if (bf->where != NULL)
+		phg_buf_printf(&b, " AND (%s)", bf->where);
+	phg_buf_adds(&b, " RETURNING 1), last AS (SELECT ARRAY[");
+	for (size_t i = 0; i < x->key_names.n; i++)
+		phg_buf_printf(&b, "%s_phg_k%zu::text", i ? ", " : "", i);
+	phg_buf_adds(&b, "] AS k FROM batch ORDER BY ");
+	for (size_t i = 0; i < x->key_names.n; i++)
+		phg_buf_printf(&b, "%s_phg_k%zu DESC", i ? ", " : "", i);
+	phg_buf_printf(&b,
+	               " LIMIT 1), ck AS (UPDATE %s.steps SET bf_last = (SELECT k FROM last), "
+	               "bf_rows = bf_rows + (SELECT count(*) FROM upd), bf_batches = bf_batches + 1, "
+	               "updated_at = now()",
+	               x->schema_q);
+	step_where(x, &b);
+	phg_buf_adds(&b, " AND EXISTS (SELECT 1 FROM batch) RETURNING bf_rows) "
+	                 "SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM upd), "
+	                 "(SELECT array_to_json(k)::text FROM last)");
+	x->attempt++;
+	probe_start(x);
+	exec_send(x, PHG_X_BF_BATCH, b.data, np, params);
+	phg_buf_free(&b);
+	phg_buf_free(&t);
+}
+
+static void bf_progress(phg_exec_t *x, int final)
+{
+	const phg_backfill_spec_t *bf = cur_op(x)->backfill;
+	uint64_t now = now_ms();
+	double secs = (double)(now - x->bf_started_ms) / 1000.0;
+	long long done = x->bf_rows - x->bf_rows_at_start;
+	double rate = secs > 0 ? (double)done / secs : 0;
+	char msg[512], data[256];
+
+	if (!final && now - x->bf_logged_ms < 2000)
+		return;
+	x->bf_logged_ms = now;
+	if (final) {
+		snprintf(msg, sizeof(msg), "backfill of %s done: %lld rows in %lld batches, %.1f s, %.0f rows/s",
+		         bf->table, x->bf_rows, x->bf_batches, secs, rate);
+	} else if (x->est_rows > 0 && rate > 0) {
+		long long left = x->est_rows - x->bf_rows;
+
+		snprintf(msg, sizeof(msg),
+		         "backfill of %s: %lld rows (~%lld%%) in %lld batches, %.0f rows/s, ETA %.0f s",
+		         bf->table, x->bf_rows,
+		         x->bf_rows * 100 / (x->est_rows ? x->est_rows : 1) > 100
+		             ? 100
+		             : x->bf_rows * 100 / (x->est_rows ? x->est_rows : 1),
+		         x->bf_batches, rate, left > 0 ? (double)left / rate : 0.0);
+	} else {
+		snprintf(msg, sizeof(msg), "backfill of %s: %lld rows in %lld batches, %.0f rows/s",
+		         bf->table, x->bf_rows, x->bf_batches, rate);
+	}
+	phg_log(PHG_LOG_INFO, &x->log, "%s", msg);
+	snprintf(data, sizeof(data),
+	         "{\"rows\": %lld, \"batches\": %lld, \"rows_per_s\": %.0f, \"estimate\": %lld}",
+	         x->bf_rows, x->bf_batches, rate, x->est_rows);
+	if (x->on_event != NULL)
+		x->on_event(x, final ? "backfill_done" : "backfill_progress", msg, data);
+}
+
+static int bf_batch_done(phg_exec_t *x, PGresult *res)
+{
+	long long nbatch = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+	long long nupd = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
+	json_t *last;
+	json_error_t jerr;
+	size_t i;
+	json_t *v;
+
+	x->attempt = 0;
+	if (nbatch == 0)
+		return 0;
+	x->bf_rows += nupd;
+	x->rows_done += nupd;
+	x->bf_batches++;
+	strv_clear(&x->bf_last);
+	last = json_loads(PQgetvalue(res, 0, 2), 0, &jerr);
+	json_array_foreach(last, i, v) {
+		strv_add(&x->bf_last, json_is_string(v) ? json_string_value(v) : "");
+	}
+	json_decref(last);
+	bf_progress(x, 0);
+	return 1;
+}
+
+/* ---- driving ---- */
+
+static void exec_op_start(phg_exec_t *x)
+{
+	const phg_op_t *op = cur_op(x);
+
+	phg_err_clear(&x->op_err);
+	switch (op->kind) {
+	case PHG_OP_TX:
+		tx_send(x);
+		break;
+	case PHG_OP_STMT:
+		st_set(x);
+		break;
+	case PHG_OP_BACKFILL:
+		bf_set(x);
+		break;
+	case PHG_OP_HTTP:
+	default: {
+		phg_err_t e;
+
+		phg_err_clear(&e);
+		phg_err_set(&e, PHG_ESTEP, "op \"%s\" cannot run on the database connection",
+		            op->label);
+		fail_op(x, PHG_ESTEP, &e);
+		break;
+	}
+	}
+}
+
+static void exec_next(phg_exec_t *x)
+{
+	if (x->next >= x->ops->n) {
+		exec_finish(x, 0);
+		return;
+	}
+	if (x->should_stop != NULL && x->should_stop(x->stop_arg)) {
+		exec_finish(x, PHG_EINTERRUPTED);
+		return;
+	}
+	x->attempt = 0;
+	exec_op_start(x);
+}
+
+static void op_committed(phg_exec_t *x)
+{
+	phg_log(PHG_LOG_DEBUG, &x->log, "committed: %s", cur_op(x)->label);
+	x->next++;
+	x->op_started = -1;
+	exec_next(x);
+}
+
+static void backoff_fire(uv_timer_t *t)
+{
+	phg_exec_t *x = t->data;
+
+	/* a backfill batch retries by itself; other ops start over */
+	if (x->st == PHG_X_BACKOFF && cur_op(x)->kind == PHG_OP_BACKFILL && x->key_names.n > 0) {
+		bf_batch(x);
+		return;
+	}
+	exec_op_start(x);
+}
+
+static void exec_on_result(phg_pg_t *pg, int status, PGresult *res, const phg_err_t *err,
+                           void *arg)
+{
+	phg_exec_t *x = arg;
+	const phg_op_t *op = cur_op(x);
+
+	(void)pg;
+	if (status == PHG_ECONNECT) {
+		probe_stop(x);
+		phg_err_copy(&x->op_err, err);
+		if (x->op_err.code == 0)
+			phg_err_set(&x->op_err, PHG_ECONNECT, "lost the connection to the database");
+		x->op_err.code = PHG_ECONNECT;
+		fail_op(x, PHG_ECONNECT, &x->op_err);
+		return;
+	}
+	switch (x->st) {
+	case PHG_X_TX:
+		probe_stop(x);
+		if (status == 0) {
+			op_committed(x);
+			return;
+		}
+		phg_err_copy(&x->op_err, err);
+		exec_send(x, PHG_X_TX_ROLLBACK, "ROLLBACK", 0, NULL);
+		return;
+	case PHG_X_TX_ROLLBACK:
+		after_failure(x);
+		return;
+
+	case PHG_X_ST_SET:
+		if (status != 0) {
+			fail_op(x, PHG_ESTEP, err);
+			return;
+		}
+		if (op->guard_sql != NULL)
+			exec_send(x, PHG_X_ST_GUARD, op->guard_sql, 0, NULL);
+		else
+			st_mark(x);
+		return;
+	case PHG_X_ST_GUARD:
+		if (status != 0) {
+			phg_err_copy(&x->op_err, err);
+			reset_session(x, PHG_X_FAIL_RESET);
+			return;
+		}
+		if (PQntuples(res) > 0 && !PQgetisnull(res, 0, 0)) {
+			const char *g = PQgetvalue(res, 0, 0);
+
+			if (strcmp(g, "valid") == 0 && x->op_started == (int)x->next) {
+				phg_log(PHG_LOG_INFO, &x->log,
+				        "%s: already done before the interruption (valid)", op->label);
+				reset_session(x, PHG_X_ST_RESET);
+				return;
+			}
+			if (strcmp(g, "invalid") == 0 && op->cleanup_sql != NULL) {
+				phg_log(PHG_LOG_WARN, &x->log,
+				        "%s: an INVALID leftover exists (an interrupted or failed build); "
+				        "dropping it first",
+				        op->label);
+				exec_send(x, PHG_X_ST_CLEANUP, op->cleanup_sql, 0, NULL);
+				return;
+			}
+		}
+		st_mark(x);
+		return;
+	case PHG_X_ST_CLEANUP:
+		if (status != 0) {
+			phg_err_copy(&x->op_err, err);
+			reset_session(x, PHG_X_FAIL_RESET);
+			return;
+		}
+		st_mark(x);
+		return;
+	case PHG_X_ST_MARK:
+		if (status != 0) {
+			phg_err_copy(&x->op_err, err);
+			reset_session(x, PHG_X_FAIL_RESET);
+			return;
+		}
+		x->op_started = (int)x->next;
+		st_run(x);
+		return;
+	case PHG_X_ST_RUN:
+		probe_stop(x);
+		if (status == 0) {
+			reset_session(x, PHG_X_ST_RESET);
+			return;
+		}
+		phg_err_copy(&x->op_err, err);
+		if (op->guard_sql != NULL && op->cleanup_sql != NULL)
+			exec_send(x, PHG_X_ST_FAIL_GUARD, op->guard_sql, 0, NULL);
+		else
+			reset_session(x, PHG_X_FAIL_RESET);
+		return;
+	case PHG_X_ST_FAIL_GUARD:
+		if (status == 0 && PQntuples(res) > 0 && !PQgetisnull(res, 0, 0) &&
+		    strcmp(PQgetvalue(res, 0, 0), "invalid") == 0) {
+			phg_log(PHG_LOG_WARN, &x->log, "%s failed; dropping the INVALID index it left",
+			        op->label);
+			exec_send(x, PHG_X_ST_FAIL_CLEANUP, op->cleanup_sql, 0, NULL);
+			return;
+		}
+		reset_session(x, PHG_X_FAIL_RESET);
+		return;
+	case PHG_X_ST_FAIL_CLEANUP:
+		if (status != 0)
+			phg_log_err(PHG_LOG_WARN, &x->log, err);
+		reset_session(x, PHG_X_FAIL_RESET);
+		return;
+	case PHG_X_ST_RESET:
+		if (status != 0) {
+			fail_op(x, PHG_ESTEP, err);
+			return;
+		}
+		record(x);
+		return;
+	case PHG_X_FAIL_RESET:
+		if (x->op_err.code == PHG_EINTERRUPTED) {
+			exec_finish(x, PHG_EINTERRUPTED);
+			return;
+		}
+		after_failure(x);
+		return;
+
+	case PHG_X_BF_SET:
+		if (status != 0) {
+			fail_op(x, PHG_ESTEP, err);
+			return;
+		}
+		bf_keys(x);
+		return;
+	case PHG_X_BF_KEYS:
+		if (status != 0) {
+			phg_err_copy(&x->op_err, err);
+			reset_session(x, PHG_X_FAIL_RESET);
+			return;
+		}
+		bf_keys_done(x, res);
+		if (x->st == PHG_X_DONE)
+			return;
+		bf_batch(x);
+		return;
+	case PHG_X_BF_BATCH:
+		probe_stop(x);
+		if (status != 0) {
+			phg_err_copy(&x->op_err, err);
+			if (retriable(&x->op_err) && x->attempt < x->settings->lock_retries) {
+				/* the batch rolled back by itself (one statement): retry it */
+				after_failure(x);
+				return;
+			}
+			reset_session(x, PHG_X_FAIL_RESET);
+			return;
+		}
+		if (bf_batch_done(x, res)) {
+			bf_batch(x);
+			return;
+		}
+		if (x->bf_pass == 1 && op->backfill->where != NULL) {
+			phg_buf_t b;
+
+			/* sweep from the start for rows inserted behind the cursor */
+			x->bf_pass = 2;
+			strv_clear(&x->bf_last);
+			phg_buf_init(&b, 4096);
+			phg_buf_printf(&b, "UPDATE %s.steps SET bf_pass = 2, bf_last = NULL",
+			               x->schema_q);
+			step_where(x, &b);
+			exec_sendf(x, PHG_X_BF_PASS2, &b);
+			return;
+		}
+		bf_progress(x, 1);
+		reset_session(x, PHG_X_ST_RESET);
+		return;
+	case PHG_X_BF_PASS2:
+		if (status != 0) {
+			phg_err_copy(&x->op_err, err);
+			reset_session(x, PHG_X_FAIL_RESET);
+			return;
+		}
+		bf_batch(x);
+		return;
+
+	case PHG_X_RECORD:
+		if (status != 0) {
+			fail_op(x, PHG_ESTEP, err);
+			return;
+		}
+		op_committed(x);
+		return;
+	default:
+		phg_log(PHG_LOG_ERROR, &x->log, "unexpected result in exec state %s",
+		        exec_state_names[x->st]);
+		return;
+	}
+}
+
+int phg_exec_init(uv_loop_t *loop, phg_exec_t *x)
+{
+	memset(x, 0, sizeof(*x));
+	uv_timer_init(loop, &x->backoff_timer);
+	uv_timer_init(loop, &x->probe_timer);
+	x->backoff_timer.data = x;
+	x->probe_timer.data = x;
+	x->timers_open = 2;
+	x->op_started = -1;
+	x->bf_pass = 1;
+	x->rng = uv_hrtime() ^ ((uint64_t)(uintptr_t)x << 17);
+	return 0;
+}
+
+int phg_exec_run(phg_exec_t *x, phg_exec_cb cb)
+{
+	if (x->work == NULL || x->work->state != PHG_PG_READY)
+		return PHG_EINVAL;
+	x->cb = cb;
+	x->rows_done = 0;
+	phg_err_clear(&x->err);
+	exec_state(x, PHG_X_IDLE);
+	exec_next(x);
+	return 0;
+}
+
+void phg_exec_reset(phg_exec_t *x)
+{
+	strv_clear(&x->key_names);
+	strv_clear(&x->key_types);
+	strv_clear(&x->bf_last);
+}
+
+static void timer_closed(uv_handle_t *h)
+{
+	phg_exec_t *x = h->data;
+
+	if (--x->timers_open == 0 && x->close_cb != NULL)
+		x->close_cb(x);
+}
+
+void phg_exec_close(phg_exec_t *x, void (*cb)(phg_exec_t *x))
+{
+	phg_exec_reset(x);
+	x->close_cb = cb;
+	uv_close((uv_handle_t *)&x->backoff_timer, timer_closed);
+	uv_close((uv_handle_t *)&x->probe_timer, timer_closed);
+}

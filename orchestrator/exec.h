@@ -1,0 +1,132 @@
+/*
+ * exec.h - runs one step's ops (phases/step.h) on the work connection.
+ *
+ * PHG_OP_TX: BEGIN; SET LOCAL lock_timeout; [memo]; statements; record;
+ *   COMMIT -- sent as one query, so the op and its progress record commit
+ *   together or not at all.
+ * PHG_OP_STMT: SET lock_timeout; guard (exists / valid / invalid); cleanup of
+ *   an INVALID leftover; mark op_started; the statement; RESET; record.
+ * PHG_OP_BACKFILL: resolve the key; batches of one statement each that
+ *   updates the rows and writes the checkpoint; a final sweep pass when the
+ *   backfill has a `where`; record.
+ * A lock timeout (55P03), deadlock (40P01) or serialization failure (40001)
+ * is retried up to lock_retries times with jittered exponential backoff;
+ * the log names the sessions that blocked it (pg_blocking_pids, looked up
+ * on the control connection while the statement waits).
+ *
+ * The caller owns the phg_exec_t; phg_exec_init() starts two timers that
+ * phg_exec_close() closes (its callback runs when both are closed).
+ */
+#ifndef PHG_EXEC_H
+#define PHG_EXEC_H
+
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "log.h"
+#include "pg.h"
+#include "pgq.h"
+#include "step.h"
+
+typedef struct phg_exec_s phg_exec_t;
+
+/*
+ * status: 0 all ops done; PHG_ESTEP a statement failed (err has the SQL
+ * error and detail names the op); PHG_ELOCK_TIMEOUT retries exhausted;
+ * PHG_EINTERRUPTED stopped at a safe point because should_stop said so;
+ * PHG_ECONNECT the work connection was lost.
+ */
+typedef void (*phg_exec_cb)(phg_exec_t *x, int status);
+
+/* Something worth an event-log row: kind ("lock_retry", "backfill_progress",
+ * ...) and a message; @data is a JSON object text or NULL. */
+typedef void (*phg_exec_event_cb)(phg_exec_t *x, const char *kind, const char *message,
+                                  const char *data);
+
+typedef enum phg_exec_state_e {
+	PHG_X_IDLE = 0,
+	PHG_X_TX,
+	PHG_X_TX_ROLLBACK,
+	PHG_X_BACKOFF,
+	PHG_X_ST_SET,
+	PHG_X_ST_GUARD,
+	PHG_X_ST_CLEANUP,
+	PHG_X_ST_MARK,
+	PHG_X_ST_RUN,
+	PHG_X_ST_RESET,
+	PHG_X_ST_FAIL_GUARD,
+	PHG_X_ST_FAIL_CLEANUP,
+	PHG_X_FAIL_RESET,
+	PHG_X_BF_SET,
+	PHG_X_BF_KEYS,
+	PHG_X_BF_BATCH,
+	PHG_X_BF_PASS2,
+	PHG_X_RECORD,
+	PHG_X_DONE,
+} phg_exec_state_t;
+
+struct phg_exec_s {
+	/* inputs: set before phg_exec_run() */
+	phg_pg_t *work;
+	phg_pgq_t *ctl;                 /* may be NULL: no blocker lookups */
+	const phg_settings_t *settings;
+	const char *schema_q;           /* quoted state schema */
+	long long run_id;
+	int phase_idx, step_idx;
+	phg_dir_t dir;
+	const phg_ops_t *ops;
+	size_t next;                    /* first op to run = ops committed so far */
+	int op_started;                 /* STMT op started but not recorded, or -1 */
+	int bf_pass;                    /* backfill checkpoint as loaded */
+	phg_strv_t bf_last;             /* last key done (text values), n = 0: none */
+	long long bf_rows;
+	long long bf_batches;
+	phg_logctx_t log;
+	int (*should_stop)(void *arg);  /* checked at safe points */
+	void *stop_arg;
+	phg_exec_event_cb on_event;     /* may be NULL */
+	void *data;
+
+	/* outputs */
+	phg_err_t err;
+	long long rows_done;            /* backfill rows updated by this run */
+
+	/* private */
+	phg_exec_state_t st;
+	phg_exec_cb cb;
+	uv_timer_t backoff_timer;
+	uv_timer_t probe_timer;
+	int timers_open;
+	void (*close_cb)(phg_exec_t *x);
+	uint64_t attempt;
+	int fail_status;
+	phg_err_t op_err;
+	char blockers[512];
+	int probing;
+	uint64_t rng;
+	/* backfill */
+	phg_strv_t key_names;
+	phg_strv_t key_types;
+	long long est_rows;
+	uint64_t bf_started_ms, bf_logged_ms;
+	long long bf_rows_at_start;
+};
+
+int phg_exec_init(uv_loop_t *loop, phg_exec_t *x);
+
+/* Run x->ops from x->next.  @cb is called once, when done or failed.
+ * 0, or PHG_EINVAL when the work connection is not ready (cb not called). */
+int phg_exec_run(phg_exec_t *x, phg_exec_cb cb);
+
+/* Free what a run left (backfill key lists, checkpoint copy); keeps timers. */
+void phg_exec_reset(phg_exec_t *x);
+
+/* Close the timers; @cb (may be NULL) runs when they are closed. */
+void phg_exec_close(phg_exec_t *x, void (*cb)(phg_exec_t *x));
+
+/* Jittered exponential backoff for attempt @n (1-based): uniform in
+ * [d/2, d] with d = min(base * 2^(n-1), max).  @rng is updated. */
+uint64_t phg_backoff_ms(uint64_t base, uint64_t max, uint64_t n, uint64_t *rng);
+
+#endif /* PHG_EXEC_H */

@@ -1,0 +1,89 @@
+/*
+ * log.c - context-prefixed log lines on stderr.
+ */
+#include "log.h"
+
+#include <stdio.h>
+#include <time.h>
+
+static phg_log_level_t log_level = PHG_LOG_INFO;
+
+static const char *const level_names[] = {"debug", "info", "warning", "error"};
+
+void phg_log_set_level(phg_log_level_t level)
+{
+	log_level = level;
+}
+
+phg_log_level_t phg_log_get_level(void)
+{
+	return log_level;
+}
+
+static void log_prefix(FILE *f, phg_log_level_t level, const phg_logctx_t *ctx)
+{
+	struct timespec ts;
+	struct tm tm;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	gmtime_r(&ts.tv_sec, &tm);
+	fprintf(f, "%02d:%02d:%02d phasegate", tm.tm_hour, tm.tm_min, tm.tm_sec);
+	if (ctx != NULL && ctx->plan != NULL) {
+		fprintf(f, "[%s", ctx->plan);
+		if (ctx->phase != NULL)
+			fprintf(f, "/%s", ctx->phase);
+		if (ctx->step > 0)
+			fprintf(f, "/%ld", ctx->step);
+		if (ctx->step_kind != NULL)
+			fprintf(f, " %s", ctx->step_kind);
+		fputc(']', f);
+	}
+	if (ctx != NULL && ctx->conn != NULL) {
+		fprintf(f, "[%s", ctx->conn);
+		if (ctx->pid > 0)
+			fprintf(f, " pid=%ld", ctx->pid);
+		fputc(']', f);
+	} else if (ctx != NULL && ctx->pid > 0) {
+		fprintf(f, "[pid=%ld]", ctx->pid);
+	}
+	if (level != PHG_LOG_INFO)
+		fprintf(f, " %s:", level_names[level]);
+	fputc(' ', f);
+}
+
+void phg_vlog(phg_log_level_t level, const phg_logctx_t *ctx, const char *fmt,
+              va_list ap)
+{
+	if (level < log_level || level >= PHG_LOG_QUIET)
+		return;
+	log_prefix(stderr, level, ctx);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+	fflush(stderr);
+}
+
+void phg_log(phg_log_level_t level, const phg_logctx_t *ctx, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	phg_vlog(level, ctx, fmt, ap);
+	va_end(ap);
+}
+
+void phg_log_err(phg_log_level_t level, const phg_logctx_t *ctx,
+                 const phg_err_t *err)
+{
+	if (err == NULL || err->code == 0)
+		return;
+	if (err->sqlstate[0] != '\0')
+		phg_log(level, ctx, "%s (SQLSTATE %s)", err->msg, err->sqlstate);
+	else
+		phg_log(level, ctx, "%s", err->msg);
+	if (level < log_level)
+		return;
+	if (err->detail[0] != '\0')
+		fprintf(stderr, "  DETAIL: %s\n", err->detail);
+	if (err->hint[0] != '\0')
+		fprintf(stderr, "  HINT: %s\n", err->hint);
+}

@@ -1,0 +1,48 @@
+/*
+ * log.h - human log lines on stderr, each carrying its context.
+ *
+ * Every line about an object says which one: plan, phase, step, connection
+ * or child pid (PgBouncer's log_socket_prefix), e.g.
+ *   12:00:03 phasegate[jobs-status-rewrite/expand/1 add_column] added column
+ * Nothing secret is ever passed here: conninfo strings and expanded header
+ * values are never logged (callers pass names, not values).
+ */
+#ifndef PHG_LOG_H
+#define PHG_LOG_H
+
+#include <stdarg.h>
+
+#include "error.h"
+
+typedef enum phg_log_level_e {
+	PHG_LOG_DEBUG = 0,
+	PHG_LOG_INFO,
+	PHG_LOG_WARN,
+	PHG_LOG_ERROR,
+	PHG_LOG_QUIET, /* nothing */
+} phg_log_level_t;
+
+typedef struct phg_logctx_s {
+	const char *plan;      /* may be NULL */
+	const char *phase;     /* may be NULL */
+	long step;             /* 1-based step number, 0 = none */
+	const char *step_kind; /* may be NULL */
+	const char *conn;      /* connection name, may be NULL */
+	long pid;              /* backend or child pid, 0 = none */
+} phg_logctx_t;
+
+void phg_log_set_level(phg_log_level_t level);
+phg_log_level_t phg_log_get_level(void);
+
+/* @ctx may be NULL. */
+void phg_log(phg_log_level_t level, const phg_logctx_t *ctx, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void phg_vlog(phg_log_level_t level, const phg_logctx_t *ctx, const char *fmt,
+              va_list ap) __attribute__((format(printf, 3, 0)));
+
+/* An error in PostgreSQL's three parts: primary, then DETAIL:, HINT: lines,
+ * and the SQLSTATE when it came from the server. */
+void phg_log_err(phg_log_level_t level, const phg_logctx_t *ctx,
+                 const phg_err_t *err);
+
+#endif /* PHG_LOG_H */

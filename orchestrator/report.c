@@ -1,0 +1,428 @@
+/*
+ * report.c - `status` and `history`: read-only views of the state schema.
+ *
+ * One connection, no lock: a status read never waits for a running apply.
+ * A run recorded as `running` whose plan lock nobody holds was killed; it is
+ * shown as `interrupted`.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+#include <uv.h>
+
+#include "buf.h"
+#include "engine.h"
+#include "log.h"
+#include "pg.h"
+#include "step.h"
+#include "store.h"
+
+typedef struct report_s report_t;
+typedef void (*rk_t)(report_t *r, PGresult *res);
+
+struct report_s {
+	uv_loop_t loop;
+	phg_pg_t pg;
+	int pg_open;
+	uv_signal_t sigint;
+	const phg_plan_t *plan;
+	const phg_run_opts_t *o;
+	const char *schema;
+	char *schema_q;
+	int exit_code;
+	rk_t k;
+	json_t *out; /* status object / history array being built */
+	long long run_id;
+	int history;
+	json_t **keep; /* status: hand the object to the caller instead of printing */
+};
+
+static void report_closed(phg_pg_t *pg)
+{
+	report_t *r = pg->data;
+
+	r->pg_open = 0;
+}
+
+static void report_sig_closed(uv_handle_t *h)
+{
+	(void)h;
+}
+
+static void report_end(report_t *r, int code)
+{
+	r->exit_code = code;
+	if (r->pg_open)
+		phg_pg_close(&r->pg, report_closed);
+	if (!uv_is_closing((uv_handle_t *)&r->sigint))
+		uv_close((uv_handle_t *)&r->sigint, report_sig_closed);
+}
+
+static void report_cb(phg_pg_t *pg, int status, PGresult *res, const phg_err_t *err, void *arg)
+{
+	report_t *r = arg;
+
+	(void)pg;
+	if (status != 0) {
+		phg_log_err(PHG_LOG_ERROR, NULL, err);
+		report_end(r, PHG_EXIT_RUNTIME);
+		return;
+	}
+	r->k(r, res);
+}
+
+static void rq(report_t *r, const char *sql, int np, const char *const *p, rk_t k)
+{
+	r->k = k;
+	if (phg_pg_query(&r->pg, sql, np, p, report_cb, r) != 0)
+		report_end(r, PHG_EXIT_RUNTIME);
+}
+
+static json_t *jstr_or_null(PGresult *res, int row, int col)
+{
+	return PQgetisnull(res, row, col) ? json_null() : json_string(PQgetvalue(res, row, col));
+}
+
+#define TS(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+
+/* ---- status ---- */
+
+static void status_print(report_t *r)
+{
+	json_t *o = r->out;
+
+	if (r->keep != NULL) {
+		*r->keep = json_incref(o);
+	} else if (r->o->json) {
+		char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+
+		printf("%s\n", s);
+		free(s);
+	} else {
+		size_t i;
+		json_t *ph;
+
+		printf("plan:     %s\n", json_string_value(json_object_get(o, "plan")));
+		printf("checksum: %s\n", json_string_value(json_object_get(o, "checksum")));
+		if (json_is_true(json_object_get(o, "drift")))
+			printf("          (the plan file now has %s)\n",
+			       json_string_value(json_object_get(o, "file_checksum")));
+		if (json_string_length(json_object_get(o, "env")) > 0)
+			printf("env:      %s\n", json_string_value(json_object_get(o, "env")));
+		printf("state:    %s", json_string_value(json_object_get(o, "state")));
+		if (json_is_integer(json_object_get(o, "run_id")))
+			printf(" (run %lld, %s)", (long long)json_integer_value(json_object_get(o, "run_id")),
+			       json_string_value(json_object_get(o, "action")));
+		printf("\n");
+		if (json_is_string(json_object_get(o, "note")))
+			printf("note:     %s\n", json_string_value(json_object_get(o, "note")));
+		if (json_is_string(json_object_get(o, "error")))
+			printf("error:    %s\n", json_string_value(json_object_get(o, "error")));
+		printf("phases:\n");
+		json_array_foreach(json_object_get(o, "phases"), i, ph) {
+			json_t *st = json_object_get(ph, "started_at");
+			json_t *fi = json_object_get(ph, "finished_at");
+			size_t j;
+			json_t *step;
+
+			printf("  %zu. %-24s %-12s", i + 1, json_string_value(json_object_get(ph, "name")),
+			       json_string_value(json_object_get(ph, "state")));
+			if (json_is_string(st))
+				printf(" started %s", json_string_value(st));
+			if (json_is_string(fi))
+				printf(" finished %s", json_string_value(fi));
+			printf("\n");
+			json_array_foreach(json_object_get(ph, "steps"), j, step) {
+				json_t *rows = json_object_get(step, "rows");
+
+				printf("       step %zu %-16s %s", j + 1,
+				       json_string_value(json_object_get(step, "kind")),
+				       json_string_value(json_object_get(step, "state")));
+				if (json_is_integer(rows) && json_integer_value(rows) > 0)
+					printf(" (%lld rows backfilled)", (long long)json_integer_value(rows));
+				printf("\n");
+			}
+		}
+	}
+	report_end(r, PHG_EXIT_OK);
+}
+
+static void status_phases(report_t *r, PGresult *res)
+{
+	json_t *phases = json_object_get(r->out, "phases");
+	int n = PQntuples(res);
+
+	for (int i = 0; i < n; i++) {
+		size_t pi = (size_t)strtol(PQgetvalue(res, i, 0), NULL, 10);
+		json_t *ph = json_array_get(phases, pi);
+		json_t *steps;
+		json_t *step;
+
+		if (ph == NULL)
+			continue;
+		json_object_set_new(ph, "state", json_string(PQgetvalue(res, i, 1)));
+		json_object_set_new(ph, "started_at", jstr_or_null(res, i, 2));
+		json_object_set_new(ph, "finished_at", jstr_or_null(res, i, 3));
+		if (PQgetisnull(res, i, 4))
+			continue;
+		steps = json_object_get(ph, "steps");
+		step = json_array_get(steps, (size_t)strtol(PQgetvalue(res, i, 4), NULL, 10));
+		if (step == NULL)
+			continue;
+		json_object_set_new(step, "state", json_string(PQgetvalue(res, i, 5)));
+		json_object_set_new(step, "rows", json_integer(strtoll(PQgetvalue(res, i, 6), NULL, 10)));
+	}
+	status_print(r);
+}
+
+static void status_run(report_t *r, PGresult *res)
+{
+	phg_buf_t b;
+	const char *state;
+
+	if (PQntuples(res) == 0) {
+		status_print(r);
+		return;
+	}
+	r->run_id = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+	state = PQgetvalue(res, 0, 2);
+	if (strcmp(state, "running") == 0 && strcmp(PQgetvalue(res, 0, 8), "f") == 0)
+		state = "interrupted"; /* recorded running, but no process holds its lock */
+	json_object_set_new(r->out, "run_id", json_integer(r->run_id));
+	json_object_set_new(r->out, "checksum", json_string(PQgetvalue(res, 0, 1)));
+	json_object_set_new(r->out, "drift",
+	                    json_boolean(strcmp(PQgetvalue(res, 0, 1), r->plan->checksum) != 0));
+	json_object_set_new(r->out, "env", json_string(PQgetvalue(res, 0, 3)));
+	json_object_set_new(r->out, "state", json_string(state));
+	json_object_set_new(r->out, "action", json_string(PQgetvalue(res, 0, 4)));
+	json_object_set_new(r->out, "started_at", jstr_or_null(res, 0, 5));
+	json_object_set_new(r->out, "finished_at", jstr_or_null(res, 0, 6));
+	json_object_set_new(r->out, "note", jstr_or_null(res, 0, 7));
+	json_object_set_new(r->out, "error", jstr_or_null(res, 0, 9));
+	json_object_set_new(r->out, "locked", json_boolean(strcmp(PQgetvalue(res, 0, 8), "t") == 0));
+	phg_buf_init(&b, 4096);
+	phg_buf_printf(&b,
+	               "SELECT p.idx, p.state, " TS("p.started_at") ", " TS("p.finished_at") ", "
+	               "s.idx, s.state, s.bf_rows FROM %s.phases p LEFT JOIN %s.steps s ON "
+	               "s.run_id = p.run_id AND s.phase_idx = p.idx WHERE p.run_id = %lld "
+	               "ORDER BY p.idx, s.idx",
+	               r->schema_q, r->schema_q, r->run_id);
+	rq(r, b.data, 0, NULL, status_phases);
+	phg_buf_free(&b);
+}
+
+static void status_schema(report_t *r, PGresult *res)
+{
+	phg_buf_t b;
+	char cls[32];
+	const char *p[2] = {r->plan->name, cls};
+
+	if (PQgetisnull(res, 0, 0)) {
+		status_print(r); /* never run here: not_started */
+		return;
+	}
+	snprintf(cls, sizeof(cls), "%d", PHG_LOCK_CLASS);
+	phg_buf_init(&b, 4096);
+	phg_buf_printf(&b,
+	               "SELECT id, checksum, state, env, action, " TS("started_at") ", "
+	               TS("finished_at") ", note, EXISTS (SELECT 1 FROM pg_locks l WHERE "
+	               "l.locktype = 'advisory' AND l.classid = $2::bigint::oid AND l.objid = "
+	               "((hashtext($1)::bigint + 4294967296) %% 4294967296)::oid AND l.objsubid = 2 "
+	               "AND l.granted), error FROM %s.runs WHERE plan = $1 ORDER BY id DESC LIMIT 1",
+	               r->schema_q);
+	rq(r, b.data, 2, p, status_run);
+	phg_buf_free(&b);
+}
+
+static void status_start(report_t *r)
+{
+	json_t *phases = json_array();
+	const char *p[1] = {r->schema};
+
+	r->out = json_object();
+	json_object_set_new(r->out, "plan", json_string(r->plan->name));
+	json_object_set_new(r->out, "checksum", json_string(r->plan->checksum));
+	json_object_set_new(r->out, "file_checksum", json_string(r->plan->checksum));
+	json_object_set_new(r->out, "env", json_string(r->o->env ? r->o->env : ""));
+	json_object_set_new(r->out, "state", json_string("not_started"));
+	for (size_t i = 0; i < r->plan->nphases; i++) {
+		json_t *ph = json_object();
+		json_t *steps = json_array();
+
+		json_object_set_new(ph, "name", json_string(r->plan->phases[i].name));
+		json_object_set_new(ph, "state", json_string("pending"));
+		json_object_set_new(ph, "started_at", json_null());
+		json_object_set_new(ph, "finished_at", json_null());
+		for (size_t s = 0; s < r->plan->phases[i].nsteps; s++) {
+			json_t *st = json_object();
+
+			json_object_set_new(st, "kind", json_string(r->plan->phases[i].steps[s].kind->name));
+			json_object_set_new(st, "state", json_string("pending"));
+			json_array_append_new(steps, st);
+		}
+		json_object_set_new(ph, "steps", steps);
+		json_array_append_new(phases, ph);
+	}
+	json_object_set_new(r->out, "phases", phases);
+	rq(r, "SELECT to_regclass(quote_ident($1) || '.runs')", 1, p, status_schema);
+}
+
+/* ---- history ---- */
+
+static void history_rows(report_t *r, PGresult *res)
+{
+	int n = res ? PQntuples(res) : 0; /* NULL: no state schema, no runs */
+
+	for (int i = 0; i < n; i++) {
+		json_t *o = json_object();
+
+		json_object_set_new(o, "run_id", json_integer(strtoll(PQgetvalue(res, i, 0), NULL, 10)));
+		json_object_set_new(o, "plan", json_string(PQgetvalue(res, i, 1)));
+		json_object_set_new(o, "checksum", json_string(PQgetvalue(res, i, 2)));
+		json_object_set_new(o, "env", json_string(PQgetvalue(res, i, 3)));
+		json_object_set_new(o, "action", json_string(PQgetvalue(res, i, 4)));
+		json_object_set_new(o, "state", json_string(PQgetvalue(res, i, 5)));
+		json_object_set_new(o, "started_at", jstr_or_null(res, i, 6));
+		json_object_set_new(o, "finished_at", jstr_or_null(res, i, 7));
+		json_object_set_new(o, "who", jstr_or_null(res, i, 8));
+		json_object_set_new(o, "host", jstr_or_null(res, i, 9));
+		json_object_set_new(o, "phases_applied",
+		                    json_integer(strtoll(PQgetvalue(res, i, 10), NULL, 10)));
+		json_object_set_new(o, "phases", json_integer(strtoll(PQgetvalue(res, i, 11), NULL, 10)));
+		json_object_set_new(o, "backups", json_integer(strtoll(PQgetvalue(res, i, 12), NULL, 10)));
+		json_object_set_new(o, "note", jstr_or_null(res, i, 13));
+		json_object_set_new(o, "error", jstr_or_null(res, i, 14));
+		json_array_append_new(r->out, o);
+	}
+	if (r->o->json) {
+		char *s = json_dumps(r->out, JSON_COMPACT | JSON_PRESERVE_ORDER);
+
+		printf("%s\n", s);
+		free(s);
+	} else if (n == 0) {
+		printf("no runs recorded\n");
+	} else {
+		printf("%-5s %-28s %-12s %-9s %-12s %-20s %-20s %-7s %s\n", "RUN", "PLAN", "ENV", "ACTION",
+		       "STATE", "STARTED", "FINISHED", "PHASES", "WHO");
+		for (int i = 0; i < n; i++)
+			printf("%-5s %-28s %-12s %-9s %-12s %-20s %-20s %3s/%-3s %s@%s\n",
+			       PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), PQgetvalue(res, i, 3),
+			       PQgetvalue(res, i, 4), PQgetvalue(res, i, 5), PQgetvalue(res, i, 6),
+			       PQgetisnull(res, i, 7) ? "-" : PQgetvalue(res, i, 7), PQgetvalue(res, i, 10),
+			       PQgetvalue(res, i, 11), PQgetvalue(res, i, 8), PQgetvalue(res, i, 9));
+	}
+	report_end(r, PHG_EXIT_OK);
+}
+
+static void history_schema(report_t *r, PGresult *res)
+{
+	phg_buf_t b;
+	const char *p[2] = {r->plan ? r->plan->name : NULL, r->o->env};
+
+	if (PQgetisnull(res, 0, 0)) {
+		history_rows(r, NULL);
+		return;
+	}
+	phg_buf_init(&b, 4096);
+	phg_buf_printf(&b,
+	               "SELECT r.id, r.plan, r.checksum, r.env, r.action, r.state, "
+	               TS("r.started_at") ", " TS("r.finished_at") ", r.who, r.host, "
+	               "(SELECT count(*) FROM %s.phases p WHERE p.run_id = r.id AND p.state = 'applied'), "
+	               "(SELECT count(*) FROM %s.phases p WHERE p.run_id = r.id), "
+	               "(SELECT count(*) FROM %s.backups k WHERE k.run_id = r.id), r.note, r.error "
+	               "FROM %s.runs r WHERE ($1::text IS NULL OR r.plan = $1) AND "
+	               "($2::text IS NULL OR r.env = $2) ORDER BY r.id",
+	               r->schema_q, r->schema_q, r->schema_q, r->schema_q);
+	rq(r, b.data, 2, p, history_rows);
+	phg_buf_free(&b);
+}
+
+static void history_start(report_t *r)
+{
+	const char *p[1] = {r->schema};
+
+	r->out = json_array();
+	rq(r, "SELECT to_regclass(quote_ident($1) || '.runs')", 1, p, history_schema);
+}
+
+/* ---- common ---- */
+
+static void report_connected(phg_pg_t *pg, int status, const phg_err_t *err)
+{
+	report_t *r = pg->data;
+
+	if (status != 0) {
+		phg_log_err(PHG_LOG_ERROR, NULL, err);
+		report_end(r, PHG_EXIT_RUNTIME);
+		return;
+	}
+	if (r->history)
+		history_start(r);
+	else
+		status_start(r);
+}
+
+static void report_sigint(uv_signal_t *h, int signum)
+{
+	report_t *r = h->data;
+
+	(void)signum;
+	report_end(r, PHG_EXIT_INTERRUPTED);
+}
+
+static int report_run(const phg_plan_t *plan, const phg_run_opts_t *o, int history,
+                      json_t **keep)
+{
+	report_t r;
+	const char *env = plan ? plan->url_env : (o->db_env ? o->db_env : "DATABASE_URL");
+	const char *url = getenv(env);
+	phg_err_t err;
+	uint64_t timeout = plan ? plan->settings.connect_timeout_ms : 10000;
+	int rc;
+
+	memset(&r, 0, sizeof(r));
+	r.plan = plan;
+	r.o = o;
+	r.schema = plan ? plan->settings.state_schema : "phasegate";
+	r.schema_q = phg_asprintf("\"%s\"", r.schema);
+	r.exit_code = -1;
+	r.history = history;
+	r.keep = keep;
+	uv_loop_init(&r.loop);
+	uv_signal_init(&r.loop, &r.sigint);
+	r.sigint.data = &r;
+	uv_signal_start(&r.sigint, report_sigint, SIGINT);
+	phg_pg_init(&r.loop, &r.pg, "status");
+	r.pg.data = &r;
+	r.pg_open = 1;
+	phg_err_clear(&err);
+	if (phg_pg_connect(&r.pg, url ? url : "", timeout, report_connected, &err) != 0) {
+		phg_log_err(PHG_LOG_ERROR, NULL, &err);
+		report_end(&r, PHG_EXIT_RUNTIME);
+	}
+	uv_run(&r.loop, UV_RUN_DEFAULT);
+	rc = uv_loop_close(&r.loop);
+	json_decref(r.out);
+	free(r.schema_q);
+	if (rc != 0)
+		return PHG_EXIT_RUNTIME;
+	return r.exit_code < 0 ? PHG_EXIT_RUNTIME : r.exit_code;
+}
+
+int phg_cmd_status(phg_plan_t *plan, const phg_run_opts_t *o)
+{
+	return report_run(plan, o, 0, NULL);
+}
+
+int phg_status_json(phg_plan_t *plan, const phg_run_opts_t *o, json_t **out)
+{
+	*out = NULL;
+	return report_run(plan, o, 0, out);
+}
+
+int phg_cmd_history(phg_plan_t *plan, const phg_run_opts_t *o)
+{
+	return report_run(plan, o, 1, NULL);
+}

@@ -1,0 +1,111 @@
+/*
+ * drop_column.c - hide a column, drop it for good when the plan completes.
+ *
+ * Apply renames the column to a tombstone and relaxes its NOT NULL and
+ * default, so the application (which no longer names it) keeps writing; the
+ * old name, nullability and default are recorded in the step's memo in the
+ * same transaction.  Sync triggers naming the column are removed first.
+ * Revert renames it back, restores the default, fills the rows written while
+ * it was hidden with that default (in batches), and brings NOT NULL back by
+ * the set_not_null path (CHECK NOT VALID, VALIDATE, SET NOT NULL).  When the
+ * plan completes, the tombstone is dropped for good (finalize), after which
+ * the step can no longer be reverted.
+ */
+#include "kind.h"
+
+#include <stdlib.h>
+
+typedef struct {
+	char *table;
+	char *column;
+} drop_column_args_t;
+
+static const phg_field_t drop_column_fields[] = {
+	PHG_ARG_TABLE(drop_column_args_t),
+	PHG_ARG_COLUMN(drop_column_args_t),
+	{0},
+};
+
+#define MAX_TRG 16
+
+static int drop_column_build(phg_build_t *b)
+{
+	const drop_column_args_t *a = b->step->args;
+	const char *t = phg_qtable(b, a->table), *c = phg_q(b, a->column);
+	const char *tomb = phg_q(b, phg_derived_name(b, "_phg_dropped_", a->column));
+	const char *chk = phg_q(b, phg_derived_name(b, "phg_nn_", a->column));
+	const phg_step_t *trg[MAX_TRG];
+	size_t ntrg = phg_sync_triggers_naming(b->plan, b->step, a->table, a->column,
+	                                       trg, MAX_TRG);
+	const char *def;
+	int notnull;
+	phg_op_t *op;
+
+	switch (b->dir) {
+	case PHG_DIR_APPLY:
+		op = phg_op_new(b, PHG_OP_TX, PHG_OPF_DDL, "hide column %s of %s as %s",
+		                c, t, tomb);
+		op->memo_sql = phg_asprintf(
+		    "SELECT jsonb_build_object('notnull', a.attnotnull, 'default', "
+		    "pg_get_expr(d.adbin, d.adrelid), 'triggers', %s) "
+		    "FROM pg_attribute a LEFT JOIN pg_attrdef d "
+		    "ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+		    "WHERE a.attrelid = %s AND a.attname = %s AND NOT a.attisdropped",
+		    phg_sync_triggers_memo(b, a->table, trg, ntrg),
+		    phg_regclass(b, a->table), phg_qlit(b, a->column));
+		phg_sync_triggers_drop(b, a->table, trg, ntrg, op);
+		phg_op_sql(op, "ALTER TABLE %s RENAME COLUMN %s TO %s", t, c, tomb);
+		phg_op_sql(op, "ALTER TABLE %s ALTER COLUMN %s DROP NOT NULL", t, tomb);
+		phg_op_sql(op, "ALTER TABLE %s ALTER COLUMN %s DROP DEFAULT", t, tomb);
+		break;
+	case PHG_DIR_REVERT:
+		if (b->progress == 0)
+			break;
+		def = phg_memo_str(b->memo, "default");
+		notnull = phg_memo_bool(b->memo, "notnull") == 1;
+		op = phg_op_new(b, PHG_OP_TX, PHG_OPF_DDL, "restore column %s of %s", c, t);
+		phg_op_sql(op, "ALTER TABLE %s RENAME COLUMN %s TO %s", t, tomb, c);
+		if (def != NULL)
+			phg_op_sql(op, "ALTER TABLE %s ALTER COLUMN %s SET DEFAULT %s", t, c, def);
+		phg_sync_triggers_restore(b, trg, ntrg, op);
+		if (!notnull)
+			break;
+		if (def != NULL) {
+			/* rows inserted while hidden got NULL: give them the default */
+			op = phg_op_new(b, PHG_OP_BACKFILL, 0,
+			                "give rows written while %s was hidden its default", c);
+			op->backfill = phg_calloc(1, sizeof(*op->backfill));
+			op->backfill->table = phg_strdup(a->table);
+			op->backfill->set = phg_asprintf("%s = DEFAULT", c);
+			op->backfill->where = phg_asprintf("%s IS NULL", c);
+			op->backfill->batch_size = 5000;
+		}
+		op = phg_op_new(b, PHG_OP_TX, PHG_OPF_DDL, "restore NOT NULL of %s: check NOT VALID", c);
+		phg_op_sql(op, "ALTER TABLE %s ADD CONSTRAINT %s CHECK (%s IS NOT NULL) NOT VALID",
+		           t, chk, c);
+		op = phg_op_new(b, PHG_OP_TX, PHG_OPF_DDL | PHG_OPF_SCAN,
+		                "restore NOT NULL of %s: validate (rows written while it was "
+		                "hidden must have a value)", c);
+		phg_op_sql(op, "ALTER TABLE %s VALIDATE CONSTRAINT %s", t, chk);
+		op = phg_op_new(b, PHG_OP_TX, PHG_OPF_DDL, "restore NOT NULL of %s", c);
+		phg_op_sql(op, "ALTER TABLE %s ALTER COLUMN %s SET NOT NULL", t, c);
+		phg_op_sql(op, "ALTER TABLE %s DROP CONSTRAINT %s", t, chk);
+		break;
+	case PHG_DIR_FINALIZE:
+		op = phg_op_new(b, PHG_OP_TX, PHG_OPF_DDL, "drop hidden column %s of %s for good",
+		                tomb, t);
+		phg_op_sql(op, "ALTER TABLE %s DROP COLUMN IF EXISTS %s", t, tomb);
+		break;
+	}
+	return 0;
+}
+
+const phg_step_kind_t phg_kind_drop_column = {
+	.name = "drop_column",
+	.summary = "hide a column (tombstone); dropped for good when the plan completes",
+	.fields = drop_column_fields,
+	.args_size = sizeof(drop_column_args_t),
+	.build = drop_column_build,
+	.tables = phg_tables_first_arg,
+	.clean_on_fail = 1,
+};

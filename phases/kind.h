@@ -1,0 +1,60 @@
+/*
+ * kind.h - small helpers shared by the step kind files (phases/ private).
+ */
+#ifndef PHG_KIND_H
+#define PHG_KIND_H
+
+#include <stddef.h>
+
+#include "step.h"
+
+/* The arguments every table-level step shares. */
+#define PHG_ARG_TABLE(T_)                                                  \
+	{.key = "table", .type = PHG_FT_TABLE, .offset = offsetof(T_, table), \
+	 .flags = PHG_FL_REQUIRED, .what = "a table name"}
+#define PHG_ARG_COLUMN(T_)                                                 \
+	{.key = "column", .type = PHG_FT_IDENT, .offset = offsetof(T_, column), \
+	 .flags = PHG_FL_REQUIRED, .what = "a column name"}
+
+/* 'schema.table'::regclass, or 'table'::regclass, quoted for SQL. */
+const char *phg_regclass(phg_build_t *b, const char *table);
+
+/* The schema part of a table name ("" when unqualified: search_path). */
+const char *phg_table_schema(phg_build_t *b, const char *table);
+
+/* A name in the same schema as @table (for indexes), quoted. */
+const char *phg_qsibling(phg_build_t *b, const char *table, const char *name);
+
+/* tables(): every table step's args struct starts with `char *table`. */
+void phg_tables_first_arg(const phg_step_t *step, phg_strv_t *out);
+void phg_strv_push(phg_strv_t *v, const char *s);
+
+/* add_check / add_foreign_key: ADD CONSTRAINT @name @definition NOT VALID,
+ * then VALIDATE (writes continue); revert drops it. */
+int phg_constraint_build(phg_build_t *b, const char *table, const char *name,
+                         const char *definition);
+
+/* ---- sync triggers (sync_trigger.c), used by drop/rename_column ---- */
+
+/* Sync-trigger steps before @step in the plan, on @table, whose from or to
+ * is @column.  Returns how many were stored in @out (at most @max). */
+size_t phg_sync_triggers_naming(const phg_plan_t *plan, const phg_step_t *step,
+                                const char *table, const char *column,
+                                const phg_step_t **out, size_t max);
+/* The trigger name of a sync_trigger step (unquoted). */
+const char *phg_sync_trigger_name(phg_build_t *b, const phg_step_t *st);
+/* Append CREATE TRIGGER for sync_trigger step @st (its function exists). */
+void phg_sync_trigger_create(phg_build_t *b, const phg_step_t *st, phg_op_t *op);
+
+/* Memo SQL fragment: a jsonb array of which of the sync triggers on @column
+ * exist now; "'[]'::jsonb" when there are none to look at. */
+const char *phg_sync_triggers_memo(phg_build_t *b, const char *table,
+                                   const phg_step_t *const *trg, size_t n);
+/* Append DROP TRIGGER IF EXISTS for each of @trg. */
+void phg_sync_triggers_drop(phg_build_t *b, const char *table,
+                            const phg_step_t *const *trg, size_t n, phg_op_t *op);
+/* Append CREATE TRIGGER for the triggers of @trg named in memo["triggers"]. */
+void phg_sync_triggers_restore(phg_build_t *b, const phg_step_t *const *trg,
+                               size_t n, phg_op_t *op);
+
+#endif /* PHG_KIND_H */

@@ -1,0 +1,42 @@
+/*
+ * registry.c - the one table of step kinds.  Adding a step kind is one file
+ * in phases/ and one line here.
+ */
+#include "step.h"
+
+#include <string.h>
+
+extern const phg_step_kind_t phg_kind_add_column;
+extern const phg_step_kind_t phg_kind_drop_column;
+extern const phg_step_kind_t phg_kind_rename_column;
+extern const phg_step_kind_t phg_kind_set_not_null;
+extern const phg_step_kind_t phg_kind_backfill;
+extern const phg_step_kind_t phg_kind_create_index;
+extern const phg_step_kind_t phg_kind_add_check;
+extern const phg_step_kind_t phg_kind_add_foreign_key;
+extern const phg_step_kind_t phg_kind_sync_trigger;
+extern const phg_step_kind_t phg_kind_http;
+extern const phg_step_kind_t phg_kind_sql;
+
+const phg_step_kind_t *const phg_step_kinds[] = {
+	&phg_kind_add_column,
+	&phg_kind_drop_column,
+	&phg_kind_rename_column,
+	&phg_kind_set_not_null,
+	&phg_kind_backfill,
+	&phg_kind_create_index,
+	&phg_kind_add_check,
+	&phg_kind_add_foreign_key,
+	&phg_kind_sync_trigger,
+	&phg_kind_http,
+	&phg_kind_sql,
+	NULL,
+};
+
+const phg_step_kind_t *phg_step_kind_find(const char *name)
+{
+	for (size_t i = 0; phg_step_kinds[i] != NULL; i++)
+		if (strcmp(phg_step_kinds[i]->name, name) == 0)
+			return phg_step_kinds[i];
+	return NULL;
+}

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# test.sh - THE test command: bootstrap, configure, build, run every test.
+#
+#   bash scripts/test.sh
+#
+# Environment:
+#   PHG_CMAKE_ARGS      extra arguments for the configure step, split on
+#                       spaces (e.g. "-DPHG_ASAN=ON -DPHG_WERROR=OFF")
+#   PHG_SANITIZE=1      also build in build-asan with ASan+UBSan and run the
+#                       tests there (off by default)
+#   PHG_SKIP_BOOTSTRAP=1  do not run scripts/bootstrap.sh
+#   PHG_CTEST_ARGS      extra arguments for ctest (e.g. "-R test_buf")
+#
+# The exit code is ctest's (the first failing one with PHG_SANITIZE=1).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if [[ ${PHG_SKIP_BOOTSTRAP:-0} != 1 ]]; then
+	bash scripts/bootstrap.sh
+fi
+
+read -r -a extra_cmake <<<"${PHG_CMAKE_ARGS:-}"
+read -r -a extra_ctest <<<"${PHG_CTEST_ARGS:-}"
+jobs=$(nproc 2>/dev/null || echo 2)
+
+# build_and_test DIR [CMAKE_ARGS...] -> ctest's exit code (or the failing
+# configure/build step's).  Called in a `||` list, where `set -e` does not
+# apply, hence the explicit returns.
+build_and_test() {
+	local dir=$1 rc=0
+	shift
+	printf 'test.sh: configuring %s\n' "$dir"
+	cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPHG_TESTS=ON \
+		"$@" "${extra_cmake[@]}" || return $?
+	printf 'test.sh: building %s\n' "$dir"
+	cmake --build "$dir" -j"$jobs" || return $?
+	printf 'test.sh: testing %s\n' "$dir"
+	ctest --test-dir "$dir" --output-on-failure --no-tests=error -j2 \
+		--timeout 600 "${extra_ctest[@]}" || rc=$?
+	return "$rc"
+}
+
+rc=0
+build_and_test build || rc=$?
+
+if [[ ${PHG_SANITIZE:-0} == 1 ]]; then
+	src=0
+	ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1} \
+	UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
+		build_and_test build-asan -DPHG_ASAN=ON -DPHG_UBSAN=ON || src=$?
+	if [[ $rc -eq 0 ]]; then
+		rc=$src
+	fi
+fi
+
+exit "$rc"
