@@ -72,7 +72,7 @@ struct phg_pg_s {
 	void *data;             /* for the owner */
 	char name[32];          /* "work", "ctl": log context */
 	phg_pg_state_t state;
-	PGconn *conn;
+	PGconn *conn;           /* set once connected (NULL while connecting) */
 	int backend_pid;        /* PQbackendPID once connected */
 	phg_pg_notice_cb notice_cb; /* optional */
 	/* private: only pg.c touches these */
@@ -102,6 +102,7 @@ struct phg_pg_s {
 	int connect_inflight;
 	PostgresPollingStatusType connect_poll;
 	char *conninfo;           /* copy until PQconnectStartParams ran */
+	PGconn *cconn;            /* the connection while connecting */
 	/* cancel: PQcancel runs on the threadpool */
 	uv_work_t cancel_work;
 	PGcancel *cancel;
