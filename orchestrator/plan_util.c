@@ -1,0 +1,151 @@
+/*
+ * plan_util.c - strict parsers and validators shared by the plan loader and
+ * the step kinds: durations, unsigned integers, identifiers, type names.
+ * None of them allocates; all are total over any NUL-terminated input.
+ */
+#include "plan.h"
+
+#include <string.h>
+
+int phg_parse_uint(const char *s, uint64_t *out)
+{
+	uint64_t v = 0;
+
+	if (s == NULL || *s == '\0')
+		return PHG_EINVAL;
+	for (const char *p = s; *p != '\0'; p++) {
+		unsigned dig;
+
+		if (*p < '0' || *p > '9')
+			return PHG_EINVAL;
+		dig = (unsigned)(*p - '0');
+		if (v > (UINT64_MAX - dig) / 10) {
+			/* keep scanning: "99999999999999999999x" is invalid, not too big */
+			while (*p >= '0' && *p <= '9')
+				p++;
+			return *p == '\0' ? PHG_ETOOBIG : PHG_EINVAL;
+		}
+		v = v * 10 + dig;
+	}
+	*out = v;
+	return 0;
+}
+
+typedef struct {
+	const char *unit;
+	uint64_t ms;
+} duration_unit_t;
+
+static const duration_unit_t duration_units[] = {
+	{"ms", 1},
+	{"s", 1000},
+	{"m", 60 * 1000},
+	{"h", 60 * 60 * 1000},
+	{NULL, 0},
+};
+
+int phg_parse_duration(const char *s, uint64_t *ms)
+{
+	const char *p = s;
+	uint64_t v = 0;
+	int big = 0;
+
+	if (s == NULL || *s < '0' || *s > '9')
+		return PHG_EINVAL;
+	for (; *p >= '0' && *p <= '9'; p++) {
+		unsigned dig = (unsigned)(*p - '0');
+
+		if (v > (UINT64_MAX - dig) / 10)
+			big = 1;
+		else
+			v = v * 10 + dig;
+	}
+	if (*p == '\0') { /* a bare number is only accepted for zero */
+		if (big || v != 0)
+			return PHG_EINVAL;
+		*ms = 0;
+		return 0;
+	}
+	for (const duration_unit_t *u = duration_units; u->unit != NULL; u++) {
+		if (strcmp(p, u->unit) != 0)
+			continue;
+		if (big || v > UINT64_MAX / u->ms)
+			return PHG_ETOOBIG;
+		*ms = v * u->ms;
+		return 0;
+	}
+	return PHG_EINVAL;
+}
+
+static int ident_char(char c, int first)
+{
+	if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_')
+		return 1;
+	return !first && ((c >= '0' && c <= '9') || c == '$');
+}
+
+/* Length of the identifier at the start of @s (0 if none). */
+static size_t ident_len(const char *s)
+{
+	size_t n = 0;
+
+	while (s[n] != '\0' && ident_char(s[n], n == 0))
+		n++;
+	return n;
+}
+
+int phg_ident_ok(const char *s)
+{
+	size_t n;
+
+	if (s == NULL)
+		return 0;
+	n = ident_len(s);
+	return n > 0 && n <= PHG_IDENT_MAX && s[n] == '\0';
+}
+
+int phg_table_ok(const char *s)
+{
+	size_t n;
+
+	if (s == NULL)
+		return 0;
+	n = ident_len(s);
+	if (n == 0 || n > PHG_IDENT_MAX)
+		return 0;
+	if (s[n] == '\0')
+		return 1;
+	return s[n] == '.' && phg_ident_ok(s + n + 1);
+}
+
+int phg_sqltype_ok(const char *s)
+{
+	char stack[16];
+	size_t depth = 0, n = 0;
+
+	if (s == NULL || !ident_char(s[0], 1))
+		return 0;
+	for (const char *p = s; *p != '\0'; p++, n++) {
+		char c = *p;
+
+		if (n >= 256)
+			return 0;
+		if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+		    c == '_' || c == ' ' || c == ',' || c == '.')
+			continue;
+		if (c == '(' || c == '[') {
+			if (depth == sizeof(stack))
+				return 0;
+			stack[depth++] = c;
+			continue;
+		}
+		if (c == ')' || c == ']') {
+			if (depth == 0 || stack[depth - 1] != (c == ')' ? '(' : '['))
+				return 0;
+			depth--;
+			continue;
+		}
+		return 0; /* ; - " ' and anything else */
+	}
+	return depth == 0;
+}
