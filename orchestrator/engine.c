@@ -24,8 +24,11 @@
 #include <jansson.h>
 #include <uv.h>
 
+#include "backup.h"
 #include "buf.h"
 #include "exec.h"
+#include "gate.h"
+#include "http.h"
 #include "log.h"
 #include "pg.h"
 #include "pgq.h"
@@ -52,6 +55,8 @@ typedef struct step_rt_s {
 
 typedef struct phase_rt_s {
 	int state;
+	int backed_up;  /* a verified backup of this phase is recorded */
+	int verified;   /* its verify gate passed in this process */
 	step_rt_t *steps;
 } phase_rt_t;
 
@@ -103,6 +108,19 @@ struct engine_s {
 	int exit_code;
 	int shutting_down;
 
+	/* gates */
+	phg_http_t *http;
+	int http_open;
+	phg_gate_t watch;
+	int watch_on;
+	int watch_phase;
+	int watch_failed;
+	phg_err_t gate_err;
+	phg_gate_t verify;
+	int verify_on;
+	ek_t after_gate_stop;
+	phg_backup_job_t *backup;
+
 	PGresult *res;
 	ek_t k;
 	ek_t after_exec;
@@ -116,6 +134,8 @@ static void engine_shutdown(engine_t *e, int code);
 static void drive_apply(engine_t *e);
 static void drive_revert(engine_t *e);
 static void finalize_next(engine_t *e);
+static void gate_failed(engine_t *e);
+static void watch_stop(engine_t *e, ek_t k);
 
 static uint64_t now_ms(void)
 {
@@ -425,6 +445,22 @@ static void engine_shutdown(engine_t *e, int code)
 		uv_close((uv_handle_t *)&e->retry_timer, on_handle_closed);
 		e->retry_open = 0;
 	}
+	if (e->watch_on) {
+		phg_gate_stop(&e->watch, NULL);
+		e->watch_on = 0;
+	}
+	if (e->verify_on) {
+		phg_gate_stop(&e->verify, NULL);
+		e->verify_on = 0;
+	}
+	if (e->backup != NULL) {
+		phg_backup_cancel(e->backup);
+		e->backup = NULL;
+	}
+	if (e->http_open) {
+		phg_http_close(e->http, NULL, NULL);
+		e->http_open = 0;
+	}
 	if (e->x_open)
 		phg_exec_close(&e->x, on_exec_closed);
 	if (e->work_open)
@@ -460,7 +496,7 @@ static int should_stop(void *arg)
 {
 	engine_t *e = arg;
 
-	return e->stop_requested;
+	return e->stop_requested || e->watch_failed;
 }
 
 /* ---- connecting ---- */
@@ -621,6 +657,7 @@ static int load_rows(engine_t *e, PGresult *res)
 		if (pi < 0 || (size_t)pi >= e->nph)
 			return PHG_ESTATE;
 		e->ph[pi].state = phg_phase_state_parse(PQgetvalue(res, r, 1));
+		e->ph[pi].backed_up = strcmp(PQgetvalue(res, r, 13), "t") == 0;
 		if (PQgetisnull(res, r, 2))
 			continue;
 		si = parse_int(PQgetvalue(res, r, 2));
@@ -649,10 +686,11 @@ static void load_state_sql(engine_t *e, phg_buf_t *b)
 	phg_buf_printf(b,
 	               "SELECT p.idx, p.state, s.idx, s.state, s.progress, s.revert_progress, "
 	               "s.final_progress, s.op_started, s.bf_pass, array_to_json(s.bf_last)::text, "
-	               "s.bf_rows, s.bf_batches, s.memo::text "
+	               "s.bf_rows, s.bf_batches, s.memo::text, EXISTS (SELECT 1 FROM %s.backups b "
+	               "WHERE b.run_id = p.run_id AND b.phase = p.name) "
 	               "FROM %s.phases p LEFT JOIN %s.steps s ON s.run_id = p.run_id AND "
 	               "s.phase_idx = p.idx WHERE p.run_id = %lld ORDER BY p.idx, s.idx",
-	               e->schema_q, e->schema_q, e->run_id);
+	               e->schema_q, e->schema_q, e->schema_q, e->run_id);
 }
 
 /* ---- building and running a step's ops ---- */
@@ -738,6 +776,7 @@ static void run_ops(engine_t *e, int pi, int si, phg_dir_t dir, ek_t k)
 	ctx_phase(e, pi, si);
 	x->work = &e->work;
 	x->ctl = &e->ctlq;
+	x->http = e->http;
 	x->settings = e->st;
 	x->schema_q = e->schema_q;
 	x->run_id = e->run_id;
@@ -1066,8 +1105,6 @@ static void step_cleaned(engine_t *e)
 	set_state(e, LVL_STEP, e->pi, e->si, PHG_STEP_FAILED, NULL, step_marked_failed);
 }
 
-static phg_err_t clean_saved_err;
-
 static void step_clean_start(engine_t *e)
 {
 	phg_err_t err;
@@ -1082,18 +1119,11 @@ static void step_clean_start(engine_t *e)
 	run_ops(e, e->pi, e->si, PHG_DIR_REVERT, step_cleaned);
 }
 
-static void step_failed(engine_t *e)
+static void step_failed_stopped(engine_t *e)
 {
 	const phg_step_t *step = &e->plan->phases[e->pi].steps[e->si];
 	step_rt_t *s = &e->ph[e->pi].steps[e->si];
-	char lbl[256];
 
-	ctx_phase(e, e->pi, e->si);
-	e->failed_phase = e->pi;
-	report_err(e, PHG_LOG_ERROR, &e->step_err);
-	phg_log(PHG_LOG_ERROR, &e->log, "%s failed", step_label(e, e->pi, e->si, lbl, sizeof(lbl)));
-	event(e, "step_failed", e->step_err.msg, NULL);
-	clean_saved_err = e->step_err;
 	if (step->kind->clean_on_fail && (s->progress > 0 || s->op_started >= 0)) {
 		set_state(e, LVL_STEP, e->pi, e->si, PHG_STEP_REVERTING, NULL, step_clean_start);
 		return;
@@ -1101,8 +1131,27 @@ static void step_failed(engine_t *e)
 	set_state(e, LVL_STEP, e->pi, e->si, PHG_STEP_FAILED, NULL, step_marked_failed);
 }
 
+static void step_failed(engine_t *e)
+{
+	char lbl[256];
+
+	ctx_phase(e, e->pi, e->si);
+	e->failed_phase = e->pi;
+	report_err(e, PHG_LOG_ERROR, &e->step_err);
+	phg_log(PHG_LOG_ERROR, &e->log, "%s failed", step_label(e, e->pi, e->si, lbl, sizeof(lbl)));
+	event(e, "step_failed", e->step_err.msg, NULL);
+	e->watch_failed = 0; /* the rollback that follows must not be stopped by it */
+	watch_stop(e, step_failed_stopped);
+}
+
 static void step_ran(engine_t *e)
 {
+	if (e->watch_failed && !e->stop_requested &&
+	    (e->failed_status == PHG_EINTERRUPTED ||
+	     (e->failed_status == PHG_ESTEP && strcmp(e->step_err.sqlstate, "57014") == 0))) {
+		gate_failed(e); /* the watch stopped the step at a safe point */
+		return;
+	}
 	switch (e->failed_status) {
 	case 0:
 		phg_log(PHG_LOG_INFO, &e->log, "applied");
@@ -1199,11 +1248,328 @@ static void paused(engine_t *e)
 	exit_ok(e);
 }
 
+
+/* ---- gates: backup before the steps, watch throughout, verify after ---- */
+
+static void gate_failed(engine_t *e);
+
+static const phg_check_t **checks_of(engine_t *e, const phg_strv_t *names)
+{
+	const phg_check_t **v = phg_calloc(names->n + 1, sizeof(*v));
+
+	for (size_t i = 0; i < names->n; i++)
+		v[i] = phg_plan_find_check(e->plan, names->v[i]);
+	return v;
+}
+
+static void gate_probe(phg_gate_t *g, const phg_probe_t *p)
+{
+	engine_t *e = g->data;
+	json_t *d = json_object();
+	char *text;
+	char msg[768];
+
+	json_object_set_new(d, "gate", json_string(g == &e->watch ? "watch" : "verify"));
+	json_object_set_new(d, "check", json_string(p->check));
+	json_object_set_new(d, "ok", json_boolean(p->ok));
+	json_object_set_new(d, "status", json_integer(p->status));
+	json_object_set_new(d, "latency_ms", json_integer((json_int_t)p->latency_ms));
+	json_object_set_new(d, "reason", json_string(p->reason ? p->reason : ""));
+	json_object_set_new(d, "successes", json_integer((json_int_t)p->successes));
+	json_object_set_new(d, "failures", json_integer((json_int_t)p->failures));
+	text = json_dumps(d, JSON_COMPACT);
+	snprintf(msg, sizeof(msg), "%s check \"%s\": %s (HTTP %ld, %" PRIu64 " ms)%s%s",
+	         g == &e->watch ? "watch" : "verify", p->check, p->ok ? "pass" : "FAIL", p->status,
+	         p->latency_ms, p->ok ? "" : ": ", p->ok ? "" : p->reason);
+	event(e, "probe", msg, text);
+	free(text);
+	json_decref(d);
+}
+
+static void watch_closed(phg_gate_t *g)
+{
+	engine_t *e = g->data;
+	ek_t k = e->after_gate_stop;
+
+	e->watch_on = 0;
+	e->after_gate_stop = NULL;
+	if (k != NULL && !e->shutting_down)
+		k(e);
+}
+
+/* Stop the phase's watch (if any), then @k. */
+static void watch_stop(engine_t *e, ek_t k)
+{
+	if (!e->watch_on) {
+		k(e);
+		return;
+	}
+	e->after_gate_stop = k;
+	phg_gate_stop(&e->watch, watch_closed);
+}
+
+static void watch_done(phg_gate_t *g, int status, const phg_err_t *err)
+{
+	engine_t *e = g->data;
+
+	(void)status;
+	if (e->watch_failed || e->shutting_down)
+		return;
+	e->watch_failed = 1;
+	phg_err_clear(&e->gate_err);
+	phg_err_copy(&e->gate_err, err);
+	if (e->gate_err.code == 0)
+		phg_err_set(&e->gate_err, PHG_EGATE, "watch gate failed");
+	ctx_phase(e, e->watch_phase, -1);
+	phg_log(PHG_LOG_WARN, &e->log, "%s: stopping the phase at a safe point", e->gate_err.msg);
+	if (e->backup != NULL) {
+		phg_backup_cancel(e->backup);
+		e->backup = NULL;
+		gate_failed(e);
+	} else if (e->verify_on) {
+		/* verify_done/closed will not run: handle it here */
+		e->verify_on = 0;
+		phg_gate_stop(&e->verify, NULL);
+		gate_failed(e);
+	} else if (e->x.st != PHG_X_IDLE && e->x.st != PHG_X_DONE && e->work.state == PHG_PG_BUSY &&
+	           e->x.next < e->ops.n && e->ops.v[e->x.next].kind != PHG_OP_BACKFILL) {
+		/* a long statement: cancel it (a backfill stops between batches) */
+		phg_log(PHG_LOG_WARN, &e->log, "cancelling the running statement");
+		phg_pg_cancel(&e->work);
+	}
+}
+
+static int watch_start(engine_t *e, int pi)
+{
+	const phg_phase_t *ph = &e->plan->phases[pi];
+	const phg_check_t **v;
+	phg_err_t err;
+	int rc;
+
+	if (ph->watch.n == 0 || e->watch_on)
+		return 0;
+	v = checks_of(e, &ph->watch);
+	memset(&e->watch, 0, sizeof(e->watch));
+	e->watch.data = e;
+	e->watch.on_probe = gate_probe;
+	e->watch.logctx = &e->log;
+	phg_err_clear(&err);
+	rc = phg_gate_start(&e->watch, &e->loop, e->http, PHG_GATE_WATCH, v, ph->watch.n, watch_done,
+	                    &err);
+	free(v);
+	if (rc != 0) {
+		e->gate_err = err;
+		return rc;
+	}
+	e->watch_on = 1;
+	e->watch_phase = pi;
+	e->watch_failed = 0;
+	ctx_phase(e, pi, -1);
+	phg_log(PHG_LOG_INFO, &e->log, "watching %zu check(s) while the phase runs", ph->watch.n);
+	return 0;
+}
+
+static int verify_status;
+
+static void verify_closed(phg_gate_t *g)
+{
+	engine_t *e = g->data;
+
+	e->verify_on = 0;
+	if (e->shutting_down)
+		return;
+	if (verify_status == 0) {
+		e->ph[e->pi].verified = 1;
+		drive_apply(e);
+	} else {
+		gate_failed(e);
+	}
+}
+
+static void verify_done(phg_gate_t *g, int status, const phg_err_t *err)
+{
+	engine_t *e = g->data;
+
+	verify_status = status;
+	ctx_phase(e, e->pi, -1);
+	if (status == 0) {
+		phg_log(PHG_LOG_INFO, &e->log, "verify gate passed");
+		event(e, "gate_passed", "verify gate passed", NULL);
+	} else {
+		phg_err_clear(&e->gate_err);
+		phg_err_copy(&e->gate_err, err);
+		if (e->gate_err.code == 0)
+			phg_err_set(&e->gate_err, PHG_EGATE, "verify gate failed");
+	}
+	phg_gate_stop(&e->verify, verify_closed);
+}
+
+static void verify_start(engine_t *e, int pi)
+{
+	const phg_phase_t *ph = &e->plan->phases[pi];
+	const phg_check_t **v = checks_of(e, &ph->verify);
+	phg_err_t err;
+	int rc;
+
+	memset(&e->verify, 0, sizeof(e->verify));
+	e->verify.data = e;
+	e->verify.on_probe = gate_probe;
+	e->verify.logctx = &e->log;
+	phg_err_clear(&err);
+	ctx_phase(e, pi, -1);
+	phg_log(PHG_LOG_INFO, &e->log, "verify gate: %zu check(s)", ph->verify.n);
+	rc = phg_gate_start(&e->verify, &e->loop, e->http, PHG_GATE_VERIFY, v, ph->verify.n,
+	                    verify_done, &err);
+	free(v);
+	if (rc != 0) {
+		e->gate_err = err;
+		gate_failed(e);
+		return;
+	}
+	e->verify_on = 1;
+}
+
+static void backup_recorded(engine_t *e)
+{
+	e->ph[e->pi].backed_up = 1;
+	drive_apply(e);
+}
+
+static void backup_cb(phg_backup_job_t *job, int status, const phg_backup_result_t *res,
+                      const phg_err_t *err, void *arg)
+{
+	engine_t *e = arg;
+	const phg_phase_t *ph = &e->plan->phases[e->pi];
+	phg_buf_t b;
+	char *l_path, *l_phase, *l_sum;
+
+	e->backup = NULL;
+	ctx_phase(e, e->pi, -1);
+	if (status != 0) {
+		phg_err_clear(&e->gate_err);
+		phg_err_copy(&e->gate_err, err);
+		if (e->gate_err.code == 0)
+			phg_err_set(&e->gate_err, PHG_EGATE, "backup failed");
+		phg_backup_free(job);
+		phg_log(PHG_LOG_ERROR, &e->log, "backup gate failed: no step of the phase runs");
+		gate_failed(e);
+		return;
+	}
+	e->log.pid = res->pid;
+	phg_log(PHG_LOG_INFO, &e->log, "backup verified: %s (%" PRIu64 " bytes, %s, %" PRIu64 " ms)",
+	        res->path, res->size, res->sha256, res->duration_ms);
+	e->log.pid = 0;
+	{
+		char msg[1024];
+
+		snprintf(msg, sizeof(msg), "backup %s (%" PRIu64 " bytes, %s)", res->path, res->size,
+		         res->sha256);
+		event(e, "backup", msg, NULL);
+	}
+	l_path = lit(e, res->path);
+	l_phase = lit(e, ph->name);
+	l_sum = lit(e, res->sha256);
+	phg_buf_init(&b, 64 * 1024);
+	phg_buf_printf(&b,
+	               "INSERT INTO %s.backups (run_id, phase, path, scope, size, sha256, duration_ms) "
+	               "VALUES (%lld, %s, %s, '%s', %" PRIu64 ", %s, %" PRIu64 ")",
+	               e->schema_q, e->run_id, l_phase, l_path,
+	               e->plan->backup.scope == PHG_BACKUP_SCOPE_DATABASE ? "database" : "tables",
+	               res->size, l_sum, res->duration_ms);
+	free(l_path);
+	free(l_phase);
+	free(l_sum);
+	phg_backup_free(job);
+	eqb(e, &b, backup_recorded);
+}
+
+static void backup_start(engine_t *e, int pi)
+{
+	const phg_phase_t *ph = &e->plan->phases[pi];
+	phg_strv_t tables = {0};
+	phg_backup_opts_t o;
+	phg_err_t err;
+	char *stem;
+	int rc;
+
+	if (e->plan->backup.scope != PHG_BACKUP_SCOPE_DATABASE) {
+		for (size_t i = 0; i < ph->nsteps; i++) {
+			phg_strv_t t = {0};
+
+			ph->steps[i].kind->tables(&ph->steps[i], &t);
+			for (size_t j = 0; j < t.n; j++) {
+				size_t k;
+
+				for (k = 0; k < tables.n; k++)
+					if (strcmp(tables.v[k], t.v[j]) == 0)
+						break;
+				if (k == tables.n) {
+					tables.v = phg_realloc(tables.v, (tables.n + 1) * sizeof(char *));
+					tables.v[tables.n++] = t.v[j];
+				} else {
+					free(t.v[j]);
+				}
+			}
+			free(t.v);
+		}
+	}
+	stem = phg_asprintf("%s-run%lld-%s", e->plan->name, e->run_id, ph->name);
+	for (char *p = stem; *p != '\0'; p++)
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+		      *p == '-' || *p == '_' || *p == '.'))
+			*p = '_';
+	memset(&o, 0, sizeof(o));
+	o.conninfo = e->conninfo;
+	o.dir = e->plan->backup.dir;
+	o.file_stem = stem;
+	o.tables = tables.n > 0 ? &tables : NULL;
+	o.compress = e->plan->backup.compress;
+	o.timeout_ms = e->plan->backup.timeout_ms;
+	phg_err_clear(&err);
+	ctx_phase(e, pi, -1);
+	phg_log(PHG_LOG_INFO, &e->log, "backup gate: pg_dump of %s into %s",
+	        tables.n > 0 ? "the tables the phase touches" : "the whole database",
+	        e->plan->backup.dir);
+	rc = phg_backup_start(&e->loop, &o, backup_cb, e, &e->backup, &err);
+	free(stem);
+	for (size_t i = 0; i < tables.n; i++)
+		free(tables.v[i]);
+	free(tables.v);
+	if (rc != 0) {
+		e->backup = NULL;
+		e->gate_err = err;
+		gate_failed(e);
+	}
+}
+
+static void gate_failed_stopped(engine_t *e)
+{
+	set_state(e, LVL_PHASE, e->failed_phase, 0, PHG_PHASE_FAILED, NULL, phase_marked_failed);
+}
+
+static void gate_failed(engine_t *e)
+{
+	e->failed_phase = e->pi;
+	ctx_phase(e, e->pi, -1);
+	e->step_err = e->gate_err;
+	if (e->step_err.code == 0)
+		phg_err_set(&e->step_err, PHG_EGATE, "gate failed");
+	e->failed_status = PHG_EGATE;
+	report_err(e, PHG_LOG_ERROR, &e->step_err);
+	event(e, "gate_failed", e->step_err.msg, NULL);
+	e->watch_failed = 0; /* from here on the rollback must not be stopped by it */
+	watch_stop(e, gate_failed_stopped);
+}
+
 static void drive_apply(engine_t *e)
 {
 	int pi, si;
 	phg_err_t err;
 
+	if (e->watch_failed) {
+		gate_failed(e);
+		return;
+	}
 	if (e->stop_requested) {
 		interrupt(e);
 		return;
@@ -1239,7 +1605,35 @@ static void drive_apply(engine_t *e)
 		if (s != PHG_STEP_APPLIED && s != PHG_STEP_FINALIZED)
 			break;
 	}
+	if ((size_t)si < e->plan->phases[pi].nsteps) {
+		/* steps remain: the watch runs while they do; the backup gate
+		 * comes before the first of them */
+		if (watch_start(e, pi) != 0) {
+			gate_failed(e);
+			return;
+		}
+		if (e->plan->phases[pi].backup && !e->ph[pi].backed_up) {
+			int started = 0;
+
+			for (int k = 0; (size_t)k < e->plan->phases[pi].nsteps; k++)
+				if (e->ph[pi].steps[k].state != PHG_STEP_PENDING &&
+				    e->ph[pi].steps[k].state != PHG_STEP_REVERTED)
+					started = 1;
+			if (!started) {
+				backup_start(e, pi);
+				return;
+			}
+		}
+	}
 	if ((size_t)si == e->plan->phases[pi].nsteps) {
+		if (e->plan->phases[pi].verify.n > 0 && !e->ph[pi].verified) {
+			verify_start(e, pi);
+			return;
+		}
+		if (e->watch_on) {
+			watch_stop(e, drive_apply);
+			return;
+		}
 		phg_log(PHG_LOG_INFO, &e->log, "phase \"%s\" applied", e->plan->phases[pi].name);
 		set_state(e, LVL_PHASE, pi, 0, PHG_PHASE_APPLIED, NULL, drive_apply);
 		return;
@@ -1682,6 +2076,8 @@ static int engine_init(engine_t *e, engine_mode_t mode, phg_plan_t *plan,
 	uv_timer_init(&e->loop, &e->retry_timer);
 	e->retry_timer.data = e;
 	e->retry_open = 1;
+	if (phg_http_init(&e->loop, &e->http) == 0)
+		e->http_open = 1;
 	phg_exec_init(&e->loop, &e->x);
 	e->x.data = e;
 	e->x_open = 1;

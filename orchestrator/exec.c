@@ -18,7 +18,7 @@
 static const char *const exec_state_names[] = {
 	"idle", "tx", "tx_rollback", "backoff", "st_set", "st_guard", "st_cleanup",
 	"st_mark", "st_run", "st_reset", "st_fail_guard", "st_fail_cleanup", "fail_reset",
-	"bf_set", "bf_keys", "bf_batch", "bf_pass2", "record", "done",
+	"bf_set", "bf_keys", "bf_batch", "bf_pass2", "http_mark", "http", "record", "done",
 };
 
 static void exec_next(phg_exec_t *x);
@@ -156,6 +156,10 @@ static void probe_stop(phg_exec_t *x)
 static void exec_finish(phg_exec_t *x, int status)
 {
 	probe_stop(x);
+	if (x->req != NULL) {
+		phg_http_cancel(x->http, x->req);
+		x->req = NULL;
+	}
 	uv_timer_stop(&x->backoff_timer);
 	exec_state(x, PHG_X_DONE);
 	x->cb(x, status);
@@ -630,6 +634,70 @@ static int bf_batch_done(phg_exec_t *x, PGresult *res)
 	return 1;
 }
 
+/* ---- PHG_OP_HTTP ---- */
+
+static void http_done(phg_http_req_t *req, const phg_http_result_t *r, void *arg);
+
+static void http_send(phg_exec_t *x)
+{
+	const phg_http_spec_t *h = cur_op(x)->http;
+	phg_http_opts_t o;
+	phg_err_t e;
+
+	memset(&o, 0, sizeof(o));
+	o.method = h->method;
+	o.url = h->url;
+	o.body = h->body;
+	o.headers = &h->headers;
+	o.timeout_ms = 30000;
+	phg_err_clear(&e);
+	x->attempt++;
+	exec_state(x, PHG_X_HTTP);
+	if (x->http == NULL) {
+		phg_err_set(&e, PHG_EHTTP, "no HTTP client for \"%s\"", cur_op(x)->label);
+		fail_op(x, PHG_ESTEP, &e);
+		return;
+	}
+	if (phg_http_request(x->http, &x->req, &o, http_done, x, &e) != 0)
+		fail_op(x, PHG_ESTEP, &e);
+}
+
+static void http_done(phg_http_req_t *req, const phg_http_result_t *r, void *arg)
+{
+	phg_exec_t *x = arg;
+	const phg_op_t *op = cur_op(x);
+	phg_err_t e;
+
+	(void)req;
+	x->req = NULL;
+	phg_err_clear(&e);
+	if (r->transport_ok && r->status >= 200 && r->status < 300) {
+		phg_log(PHG_LOG_INFO, &x->log, "%s: HTTP %ld in %" PRIu64 " ms", op->label, r->status,
+		        r->latency_ms);
+		record(x);
+		return;
+	}
+	if (r->transport_ok) {
+		phg_err_set(&e, PHG_EHTTP, "%s answered HTTP %ld", op->label, r->status);
+		phg_err_detail(&e, "A 2xx answer is required. Body: %.300s", r->body ? r->body : "");
+		fail_op(x, PHG_ESTEP, &e);
+		return;
+	}
+	if (x->attempt < (x->settings->connect_retries > 3 ? x->settings->connect_retries : 3)) {
+		uint64_t d = phg_backoff_ms(x->settings->retry_backoff_ms,
+		                            x->settings->retry_backoff_max_ms, x->attempt, &x->rng);
+
+		phg_log(PHG_LOG_WARN, &x->log, "%s: no answer (%s); retrying in %" PRIu64 " ms",
+		        op->label, r->reason, d);
+		exec_state(x, PHG_X_BACKOFF);
+		uv_timer_start(&x->backoff_timer, backoff_fire, d, 0);
+		return;
+	}
+	phg_err_set(&e, PHG_EHTTP, "%s: no answer after %" PRIu64 " attempts: %s", op->label,
+	            x->attempt, r->reason);
+	fail_op(x, PHG_ESTEP, &e);
+}
+
 /* ---- driving ---- */
 
 static void exec_op_start(phg_exec_t *x)
@@ -648,6 +716,8 @@ static void exec_op_start(phg_exec_t *x)
 		bf_set(x);
 		break;
 	case PHG_OP_HTTP:
+		st_mark(x);
+		break;
 	default: {
 		phg_err_t e;
 
@@ -686,9 +756,18 @@ static void backoff_fire(uv_timer_t *t)
 {
 	phg_exec_t *x = t->data;
 
-	/* a backfill batch retries by itself; other ops start over */
+	if (x->should_stop != NULL && x->should_stop(x->stop_arg)) {
+		exec_finish(x, PHG_EINTERRUPTED);
+		return;
+	}
+	/* a backfill batch or an http request retries by itself; other ops
+	 * start over */
 	if (x->st == PHG_X_BACKOFF && cur_op(x)->kind == PHG_OP_BACKFILL && x->key_names.n > 0) {
 		bf_batch(x);
+		return;
+	}
+	if (x->st == PHG_X_BACKOFF && cur_op(x)->kind == PHG_OP_HTTP) {
+		http_send(x);
 		return;
 	}
 	exec_op_start(x);
@@ -771,11 +850,17 @@ static void exec_on_result(phg_pg_t *pg, int status, PGresult *res, const phg_er
 	case PHG_X_ST_MARK:
 		if (status != 0) {
 			phg_err_copy(&x->op_err, err);
-			reset_session(x, PHG_X_FAIL_RESET);
+			if (op->kind == PHG_OP_HTTP)
+				fail_op(x, PHG_ESTEP, err);
+			else
+				reset_session(x, PHG_X_FAIL_RESET);
 			return;
 		}
 		x->op_started = (int)x->next;
-		st_run(x);
+		if (op->kind == PHG_OP_HTTP)
+			http_send(x);
+		else
+			st_run(x);
 		return;
 	case PHG_X_ST_RUN:
 		probe_stop(x);

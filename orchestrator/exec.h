@@ -6,6 +6,9 @@
  *   together or not at all.
  * PHG_OP_STMT: SET lock_timeout; guard (exists / valid / invalid); cleanup of
  *   an INVALID leftover; mark op_started; the statement; RESET; record.
+ * PHG_OP_HTTP: mark op_started; the request (2xx required; a failure to
+ *   get any answer is retried with backoff, connect_retries times); record.
+ *   A crash between the answer and the record sends it again on resume.
  * PHG_OP_BACKFILL: resolve the key; batches of one statement each that
  *   updates the rows and writes the checkpoint; a final sweep pass when the
  *   backfill has a `where`; record.
@@ -24,6 +27,7 @@
 
 #include <uv.h>
 
+#include "http.h"
 #include "log.h"
 #include "pg.h"
 #include "pgq.h"
@@ -62,6 +66,8 @@ typedef enum phg_exec_state_e {
 	PHG_X_BF_KEYS,
 	PHG_X_BF_BATCH,
 	PHG_X_BF_PASS2,
+	PHG_X_HTTP_MARK,
+	PHG_X_HTTP,
 	PHG_X_RECORD,
 	PHG_X_DONE,
 } phg_exec_state_t;
@@ -70,6 +76,7 @@ struct phg_exec_s {
 	/* inputs: set before phg_exec_run() */
 	phg_pg_t *work;
 	phg_pgq_t *ctl;                 /* may be NULL: no blocker lookups */
+	phg_http_t *http;               /* for PHG_OP_HTTP ops */
 	const phg_settings_t *settings;
 	const char *schema_q;           /* quoted state schema */
 	long long run_id;
@@ -111,6 +118,8 @@ struct phg_exec_s {
 	long long est_rows;
 	uint64_t bf_started_ms, bf_logged_ms;
 	long long bf_rows_at_start;
+	/* http */
+	phg_http_req_t *req;
 };
 
 int phg_exec_init(uv_loop_t *loop, phg_exec_t *x);

@@ -120,6 +120,22 @@ static void status_print(report_t *r)
 			printf("note:     %s\n", json_string_value(json_object_get(o, "note")));
 		if (json_is_string(json_object_get(o, "error")))
 			printf("error:    %s\n", json_string_value(json_object_get(o, "error")));
+		{
+			const char *name;
+			json_t *c;
+
+			json_object_foreach(json_object_get(o, "checks"), name, c) {
+				printf("check:    %-16s last %s: %s, HTTP %lld, %lld ms%s%s\n", name,
+				       json_string_value(json_object_get(c, "at")),
+				       json_is_true(json_object_get(c, "ok")) ? "pass" : "FAIL",
+				       (long long)json_integer_value(json_object_get(c, "status")),
+				       (long long)json_integer_value(json_object_get(c, "latency_ms")),
+				       json_is_true(json_object_get(c, "ok")) ? "" : ": ",
+				       json_is_true(json_object_get(c, "ok"))
+				           ? ""
+				           : json_string_value(json_object_get(c, "reason")));
+			}
+		}
 		printf("phases:\n");
 		json_array_foreach(json_object_get(o, "phases"), i, ph) {
 			json_t *st = json_object_get(ph, "started_at");
@@ -149,6 +165,23 @@ static void status_print(report_t *r)
 	report_end(r, PHG_EXIT_OK);
 }
 
+static void status_checks(report_t *r, PGresult *res)
+{
+	json_t *checks = json_object();
+	json_error_t jerr;
+
+	for (int i = 0; i < PQntuples(res); i++) {
+		json_t *d = json_loads(PQgetvalue(res, i, 1), 0, &jerr);
+
+		if (d == NULL)
+			continue;
+		json_object_set_new(d, "at", jstr_or_null(res, i, 2));
+		json_object_set_new(checks, PQgetvalue(res, i, 0), d);
+	}
+	json_object_set_new(r->out, "checks", checks);
+	status_print(r);
+}
+
 static void status_phases(report_t *r, PGresult *res)
 {
 	json_t *phases = json_object_get(r->out, "phases");
@@ -174,7 +207,18 @@ static void status_phases(report_t *r, PGresult *res)
 		json_object_set_new(step, "state", json_string(PQgetvalue(res, i, 5)));
 		json_object_set_new(step, "rows", json_integer(strtoll(PQgetvalue(res, i, 6), NULL, 10)));
 	}
-	status_print(r);
+	{
+		phg_buf_t b;
+
+		phg_buf_init(&b, 4096);
+		phg_buf_printf(&b,
+		               "SELECT DISTINCT ON (data->>'check') data->>'check', data::text, " TS("at")
+		               " FROM %s.events WHERE run_id = %lld AND kind = 'probe' "
+		               "ORDER BY data->>'check', id DESC",
+		               r->schema_q, r->run_id);
+		rq(r, b.data, 0, NULL, status_checks);
+		phg_buf_free(&b);
+	}
 }
 
 static void status_run(report_t *r, PGresult *res)
