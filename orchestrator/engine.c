@@ -1693,7 +1693,8 @@ static void apply_state_loaded(engine_t *e)
 		phg_err_hint(&err, "Run `phasegate rollback %s` to finish the rollback (with --to to "
 		                   "keep earlier phases), then apply.",
 		             e->plan->file);
-		fatal(e, PHG_EXIT_RUNTIME, &err);
+		report_err(e, PHG_LOG_ERROR, &err);
+		engine_shutdown(e, PHG_EXIT_RUNTIME);
 		return;
 	}
 	phg_log(PHG_LOG_INFO, &e->log, "resuming run %lld (was %s)", e->run_id,
@@ -1860,7 +1861,10 @@ static void schema_ready(engine_t *e)
 	phg_buf_free(&b);
 }
 
-static void lock_holder(phg_pg_t *pg, int status, PGresult *res, const phg_err_t *err, void *arg)
+static char lock_holder_detail[512];
+
+static void lock_holder_run(phg_pg_t *pg, int status, PGresult *res, const phg_err_t *err,
+                            void *arg)
 {
 	engine_t *e = arg;
 	phg_err_t out;
@@ -1870,13 +1874,44 @@ static void lock_holder(phg_pg_t *pg, int status, PGresult *res, const phg_err_t
 	phg_err_clear(&out);
 	phg_err_set(&out, PHG_ELOCKED, "plan \"%s\" is being run by another phasegate on this database",
 	            e->plan->name);
-	if (status == 0 && PQntuples(res) > 0)
-		phg_err_detail(&out, "The plan's lock is held by backend pid %s (%s, connected since %s).",
-		               PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2));
+	if (status == 0 && res != NULL && PQntuples(res) > 0)
+		phg_err_detail(&out, "The plan's lock is held by run %s (%s, started %s by %s on %s, pid %s)%s",
+		               PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2),
+		               PQgetvalue(res, 0, 3), PQgetvalue(res, 0, 4), PQgetvalue(res, 0, 5),
+		               lock_holder_detail);
+	else if (lock_holder_detail[0] != '\0')
+		phg_err_detail(&out, "The plan's lock is held%s", lock_holder_detail);
 	phg_err_hint(&out, "Wait for it to finish, or use `phasegate status` to see where it is.");
 	ctx_phase(e, -1, -1);
 	report_err(e, PHG_LOG_ERROR, &out);
 	engine_shutdown(e, PHG_EXIT_LOCKED);
+}
+
+static void lock_holder(phg_pg_t *pg, int status, PGresult *res, const phg_err_t *err, void *arg)
+{
+	engine_t *e = arg;
+	const char *p[1] = {e->plan->name};
+	phg_buf_t b;
+
+	(void)pg;
+	(void)err;
+	lock_holder_detail[0] = '\0';
+	if (status == 0 && PQntuples(res) > 0)
+		snprintf(lock_holder_detail, sizeof(lock_holder_detail),
+		         " through backend pid %s (%s, connected since %s).", PQgetvalue(res, 0, 0),
+		         PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2));
+	else
+		snprintf(lock_holder_detail, sizeof(lock_holder_detail), ".");
+	/* which run: the newest unfinished one of this plan (the state schema
+	 * may not exist yet: then the query fails and only the session is named) */
+	phg_buf_init(&b, 4096);
+	phg_buf_printf(&b,
+	               "SELECT id, state, date_trunc('second', started_at)::text, coalesce(who, '?'), "
+	               "coalesce(host, '?'), coalesce(pid::text, '?') FROM %s.runs WHERE plan = $1 "
+	               "ORDER BY id DESC LIMIT 1",
+	               e->schema_q);
+	phg_pgq_query(&e->ctlq, b.data, 1, p, lock_holder_run, e);
+	phg_buf_free(&b);
 }
 
 static void lock_taken(phg_pg_t *pg, int status, PGresult *res, const phg_err_t *err, void *arg)
@@ -1905,7 +1940,9 @@ static void lock_taken(phg_pg_t *pg, int status, PGresult *res, const phg_err_t 
 		              "coalesce(' from ' || a.client_addr::text, ''), "
 		              "date_trunc('second', a.backend_start)::text "
 		              "FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
-		              "WHERE l.locktype = 'advisory' AND l.classid = $1::bigint::oid AND "
+		              "WHERE l.locktype = 'advisory' AND l.database = (SELECT oid FROM "
+		              "pg_database WHERE datname = current_database()) AND "
+		              "l.classid = $1::bigint::oid AND "
 		              "l.objid = ((hashtext($2)::bigint + 4294967296) % 4294967296)::oid AND "
 		              "l.objsubid = 2 AND l.granted",
 		              2, p2, lock_holder, e);

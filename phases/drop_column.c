@@ -4,16 +4,18 @@
  * Apply renames the column to a tombstone and relaxes its NOT NULL and
  * default, so the application (which no longer names it) keeps writing; the
  * old name, nullability and default are recorded in the step's memo in the
- * same transaction.  Sync triggers naming the column are removed first.
+ * same transaction, with the hiding transaction's id.  Sync triggers naming
+ * the column are removed first.
  * Revert renames it back, restores the default, fills the rows written while
- * it was hidden with that default (in batches), and brings NOT NULL back by
+ * it was hidden (NULL, and a row version younger than the hiding
+ * transaction) with that default, in batches, and brings NOT NULL back by
  * the set_not_null path (CHECK NOT VALID, VALIDATE, SET NOT NULL).  When the
  * plan completes, the tombstone is dropped for good (finalize), after which
  * the step can no longer be reverted.
  */
 #include "kind.h"
 
-#include <stdlib.h>
+#include <string.h>
 
 typedef struct {
 	char *table;
@@ -37,7 +39,7 @@ static int drop_column_build(phg_build_t *b)
 	const phg_step_t *trg[MAX_TRG];
 	size_t ntrg = phg_sync_triggers_naming(b->plan, b->step, a->table, a->column,
 	                                       trg, MAX_TRG);
-	const char *def;
+	const char *def, *xid;
 	int notnull;
 	phg_op_t *op;
 
@@ -47,7 +49,8 @@ static int drop_column_build(phg_build_t *b)
 		                c, t, tomb);
 		op->memo_sql = phg_asprintf(
 		    "SELECT jsonb_build_object('notnull', a.attnotnull, 'default', "
-		    "pg_get_expr(d.adbin, d.adrelid), 'triggers', %s) "
+		    "pg_get_expr(d.adbin, d.adrelid), 'hidden_xid', pg_current_xact_id()::text, "
+		    "'triggers', %s) "
 		    "FROM pg_attribute a LEFT JOIN pg_attrdef d "
 		    "ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
 		    "WHERE a.attrelid = %s AND a.attname = %s AND NOT a.attisdropped",
@@ -68,18 +71,29 @@ static int drop_column_build(phg_build_t *b)
 		if (def != NULL)
 			phg_op_sql(op, "ALTER TABLE %s ALTER COLUMN %s SET DEFAULT %s", t, c, def);
 		phg_sync_triggers_restore(b, trg, ntrg, op);
-		if (!notnull)
-			break;
-		if (def != NULL) {
-			/* rows inserted while hidden got NULL: give them the default */
+		xid = phg_memo_str(b->memo, "hidden_xid");
+		if (xid != NULL && (xid[0] == '\0' || strspn(xid, "0123456789") != strlen(xid)))
+			xid = NULL;
+		if (def != NULL && (notnull || xid != NULL)) {
+			/* rows written while hidden got NULL: give them the default.
+			 * They are the NULL rows whose version is younger than the
+			 * hiding transaction (age() compares xids modulo wraparound);
+			 * for a NOT NULL column every NULL is such a row. */
 			op = phg_op_new(b, PHG_OP_BACKFILL, 0,
 			                "give rows written while %s was hidden its default", c);
 			op->backfill = phg_calloc(1, sizeof(*op->backfill));
 			op->backfill->table = phg_strdup(a->table);
 			op->backfill->set = phg_asprintf("%s = DEFAULT", c);
-			op->backfill->where = phg_asprintf("%s IS NULL", c);
+			if (xid != NULL)
+				op->backfill->where = phg_asprintf(
+				    "%s IS NULL AND age(xmin) < age((%s::bigint %% 4294967296)::text::xid)", c,
+				    xid);
+			else
+				op->backfill->where = phg_asprintf("%s IS NULL", c);
 			op->backfill->batch_size = 5000;
 		}
+		if (!notnull)
+			break;
 		op = phg_op_new(b, PHG_OP_TX, PHG_OPF_DDL, "restore NOT NULL of %s: check NOT VALID", c);
 		phg_op_sql(op, "ALTER TABLE %s ADD CONSTRAINT %s CHECK (%s IS NOT NULL) NOT VALID",
 		           t, chk, c);

@@ -1,0 +1,369 @@
+#!/usr/bin/env bash
+# test_core_steps.sh - the column step kinds (add_column, drop_column,
+# rename_column, set_not_null; test_core_steps_sync.sh has sync_trigger and
+# sql, test_core_steps_scans.sh the kinds that scan rows) against a real
+# PostgreSQL: apply, then the schema and data each must produce (catalog
+# queries); rollback, then the database exactly as it was before (catalog
+# snapshot + row checksums); apply again.  Also the paths that must refuse or
+# stop cleanly (a dropped column finalized, NOT NULL that cannot come back),
+# `apply --to`, `rollback --to` and `status --json` (SPEC section 3).
+# shellcheck source=/dev/null
+source "$PHG_TEST_LIB"
+
+new_db core_steps
+
+# ---------------------------------------------------------------- helpers
+
+# snap [TABLE...] - every user-visible schema object of schema public, one
+# per line: columns (with attnum, type, NOT NULL, default), constraints (with
+# validity), indexes (with validity), triggers, relations, the phasegate sync
+# functions; and a checksum of the rows of each TABLE (one query).
+snap() {
+	local t data=""
+	for t in "$@"; do
+		data+=" UNION ALL SELECT 'rows $t ' || count(*) || ':' || coalesce(md5(string_agg(x::text, '|' ORDER BY x::text)), '-') FROM $t x"
+	done
+	psql_q "SELECT string_agg(line, E'\n' ORDER BY line) FROM (
+	  SELECT format('col %s.%s #%s %s notnull=%s default=%s', c.relname, a.attname, a.attnum,
+	         format_type(a.atttypid, a.atttypmod), a.attnotnull, pg_get_expr(d.adbin, d.adrelid)) AS line
+	    FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+	    LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+	   WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r'
+	     AND a.attnum > 0 AND NOT a.attisdropped
+	  UNION ALL
+	  SELECT format('con %s %s %s valid=%s', conrelid::regclass, conname,
+	         pg_get_constraintdef(oid), convalidated)
+	    FROM pg_constraint WHERE connamespace = 'public'::regnamespace
+	  UNION ALL
+	  SELECT format('idx %s %s valid=%s', i.indexrelid::regclass, pg_get_indexdef(i.indexrelid),
+	         i.indisvalid)
+	    FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+	   WHERE c.relnamespace = 'public'::regnamespace
+	  UNION ALL
+	  SELECT format('trg %s', pg_get_triggerdef(oid)) FROM pg_trigger WHERE NOT tgisinternal
+	  UNION ALL
+	  SELECT format('fn %s.%s', pronamespace::regnamespace, proname) FROM pg_proc
+	   WHERE proname LIKE 'phg%'
+	  UNION ALL
+	  SELECT format('rel %s %s', relname, relkind) FROM pg_class
+	   WHERE relnamespace = 'public'::regnamespace $data) s"
+}
+
+# cols TABLE - "name type [not null] [default X], ..." in column order
+cols() {
+	psql_q "SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+	          || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
+	          || coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), ''), ', ' ORDER BY a.attnum)
+	        FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+	        WHERE a.attrelid = '$1'::regclass AND a.attnum > 0 AND NOT a.attisdropped"
+}
+
+# st PLAN [PYEXPR] - "RUNSTATE phase=state phase=state ..." from status --json,
+# then PYEXPR (over the status object s) if given.  The object is checked
+# against SPEC section 3 on the way: a violation is printed instead.
+st() {
+	phg status "$1" --json | python3 -I -S -c '
+import json, sys
+s = json.load(sys.stdin)
+bad = []
+for k in ("plan", "checksum", "env", "state", "phases"):
+    if k not in s:
+        bad.append("missing key " + k)
+if s.get("state") not in ("not_started", "running", "interrupted", "completed", "failed", "rolled_back"):
+    bad.append("bad plan state %r" % s.get("state"))
+for p in s.get("phases", []):
+    if p.get("state") not in ("pending", "running", "applied", "failed", "rolled_back"):
+        bad.append("bad phase state %r" % p.get("state"))
+    for k in ("name", "started_at", "finished_at"):
+        if k not in p:
+            bad.append("phase without " + k)
+    if p.get("state") == "applied" and not (p.get("started_at") and p.get("finished_at")):
+        bad.append("applied phase %s without times" % p.get("name"))
+    if p.get("state") == "pending" and p.get("finished_at"):
+        bad.append("pending phase %s with finished_at" % p.get("name"))
+out = " ".join([str(s.get("state"))] + ["%s=%s" % (p["name"], p["state"]) for p in s["phases"]])
+if len(sys.argv) > 1:
+    out += " " + str(eval(sys.argv[1]))
+print("; ".join(bad) if bad else out)' "${@:2}"
+}
+
+plan() { cat >"$T/$1.yaml"; }
+P() { printf '%s/%s.yaml' "$T" "$1"; }
+contype_count() { # TABLE CONNAME
+	psql_q "SELECT count(*) FROM pg_constraint WHERE conrelid = '$1'::regclass AND conname = '$2'"
+}
+
+# ================================================================ add_column
+psql_q "CREATE TABLE ac (id int PRIMARY KEY, name text NOT NULL);
+	INSERT INTO ac SELECT g, 'n' || g FROM generate_series(1, 3) g" >/dev/null
+plan ac <<'EOF'
+version: 1
+name: steps-add-column
+phases:
+  - name: expand
+    steps:
+      - add_column: { table: ac, column: note, type: text }
+      - add_column: { table: ac, column: qty, type: integer, default: "42" }
+      - add_column: { table: ac, column: flag, type: boolean, default: "false", nullable: false }
+      - add_column: { table: ac, column: label, type: "varchar(20)", default: "'new'", nullable: false }
+  - name: more
+    steps:
+      - add_column: { table: ac, column: extra, type: bigint }
+EOF
+assert_exit 0 phg validate "$(P ac)"
+checksum=$(sed -n 's/.*checksum \(sha256:[0-9a-f]*\).*/\1/p' "$T/out")
+[[ $checksum == sha256:* ]] || fail "validate printed no checksum: $(cat "$T/out")"
+
+assert_eq "not_started expand=pending more=pending" "$(st "$(P ac)")" "status before any run"
+before=$(snap ac)
+filenode=$(psql_q "SELECT pg_relation_filenode('ac')")
+
+assert_exit 0 phg apply "$(P ac)" --to expand
+assert_eq "id integer not null, name text not null, note text, qty integer default 42, flag boolean not null default false, label character varying(20) not null default 'new'::character varying" \
+	"$(cols ac)" "add_column: the four columns"
+# existing rows show the constant defaults, the table was not rewritten, and
+# an app insert that does not name the new columns gets the defaults
+assert_eq "3|$filenode|42|f|new" "$(psql_q "INSERT INTO ac (id, name) VALUES (100, 'app');
+	SELECT (SELECT count(*) FROM ac WHERE note IS NULL AND qty = 42 AND NOT flag AND label = 'new' AND id < 100),
+	       pg_relation_filenode('ac'), qty, flag, label FROM ac WHERE id = 100")" \
+	"add_column: constant defaults, no rewrite"
+psql_q "DELETE FROM ac WHERE id = 100" >/dev/null
+# --to: the run stops after "expand", "more" untouched
+s=$(st "$(P ac)" "s['checksum'], s['plan']")
+assert_contains "$s" "expand=applied more=pending ('$checksum', 'steps-add-column')" "status after --to"
+assert_not_contains "$s" "completed" "a plan stopped with --to is not completed"
+
+assert_exit 0 phg apply "$(P ac)"
+assert_eq "completed expand=applied more=applied" "$(st "$(P ac)")" "status after the whole plan"
+assert_contains "$(cols ac)" "extra bigint" "phase more applied"
+assert_eq 1 "$(psql_q "SELECT count(*) FROM phasegate.runs WHERE plan = 'steps-add-column'")" \
+	"--to then apply is one run"
+# again: completed, nothing to do
+assert_exit 0 phg apply "$(P ac)"
+assert_file_contains "$T/err" "nothing to do"
+
+assert_exit 0 phg rollback "$(P ac)"
+assert_eq "$before" "$(snap ac)" "add_column rollback: schema and rows exactly as before"
+assert_eq "rolled_back expand=rolled_back more=rolled_back" "$(st "$(P ac)")" "status after rollback"
+assert_exit 0 phg rollback "$(P ac)"
+assert_file_contains "$T/err" "already rolled back"
+
+assert_exit 0 phg apply "$(P ac)"
+assert_eq "completed expand=applied more=applied" "$(st "$(P ac)")" "status after the second apply"
+assert_contains "$(cols ac)" "label character varying(20) not null default 'new'::character varying, extra bigint" \
+	"second apply: columns again"
+assert_eq 2 "$(psql_q "SELECT count(*) FROM phasegate.runs WHERE plan = 'steps-add-column'")" \
+	"an apply after a rollback is a new run"
+
+# rollback --to: only the phases after "expand" are reverted
+assert_exit 0 phg rollback "$(P ac)" --to expand
+assert_not_contains "$(cols ac)" "extra" "rollback --to expand reverted phase more"
+assert_contains "$(cols ac)" "qty integer default 42" "rollback --to expand kept phase expand"
+s=$(st "$(P ac)")
+assert_contains "$s" "expand=applied more=rolled_back" "status after rollback --to"
+assert_exit 0 phg apply "$(P ac)"
+assert_eq "completed expand=applied more=applied" "$(st "$(P ac)")" "apply after rollback --to"
+assert_contains "$(cols ac)" "extra bigint" "phase more re-applied"
+assert_exit 2 phg apply "$(P ac)" --to no_such_phase
+assert_file_contains "$T/err" "no_such_phase"
+
+# a column that already exists: the step fails, and the revert must not drop
+# the column it did not add
+psql_q "CREATE TABLE ace (id int PRIMARY KEY, c int); INSERT INTO ace VALUES (1, 5)" >/dev/null
+plan ace <<'EOF2'
+version: 1
+name: steps-add-column-exists
+phases:
+  - name: expand
+    steps:
+      - add_column: { table: ace, column: c, type: int }
+EOF2
+before=$(snap ace)
+assert_exit 3 phg apply "$(P ace)"
+assert_file_contains "$T/err" "already exists"
+assert_eq "$before" "$(snap ace)" "add_column of an existing column: that column and its data are kept"
+
+# ================================================================ drop_column
+psql_q "CREATE TABLE dc (id serial PRIMARY KEY, keep text NOT NULL,
+	  gone integer NOT NULL DEFAULT 9, opt text DEFAULT 'o');
+	INSERT INTO dc (keep, gone, opt) SELECT 'k' || g, g * 10, 'v' || g FROM generate_series(1, 5) g" >/dev/null
+plan dc <<'EOF'
+version: 1
+name: steps-drop-column
+phases:
+  - name: contract
+    steps:
+      - drop_column: { table: dc, column: gone }
+  - name: finish
+    steps:
+      - sql: { up: "SELECT 1", down: "SELECT 1" }
+EOF
+before=$(snap dc)
+
+assert_exit 0 phg apply "$(P dc)" --to contract
+assert_eq "id integer not null default nextval('dc_id_seq'::regclass), keep text not null, _phg_dropped_gone integer, opt text default 'o'::text" \
+	"$(cols dc)" "drop_column: tombstone, NOT NULL and default relaxed"
+assert_eq 5 "$(psql_q "SELECT count(*) FROM dc WHERE _phg_dropped_gone = id * 10")" "the hidden data is kept"
+# the application, which no longer names the column, keeps writing
+psql_q "INSERT INTO dc (keep) VALUES ('hidden1'), ('hidden2')" >/dev/null
+assert_eq "true|9" "$(psql_q "SELECT memo->>'notnull', memo->>'default' FROM phasegate.steps s
+	JOIN phasegate.runs r ON r.id = s.run_id WHERE r.plan = 'steps-drop-column' AND s.kind = 'drop_column'")" \
+	"drop_column memo records NOT NULL and the default"
+
+assert_exit 0 phg rollback "$(P dc)"
+assert_eq "9,9" "$(psql_q "SELECT string_agg(gone::text, ',') FROM dc WHERE keep LIKE 'hidden%'")" \
+	"rows written while the column was hidden got its default"
+psql_q "DELETE FROM dc WHERE keep LIKE 'hidden%'" >/dev/null
+assert_eq "$before" "$(snap dc)" \
+	"drop_column rollback: name, NOT NULL, default, data back; no phg_nn_ check left"
+assert_eq "rolled_back contract=rolled_back finish=pending" "$(st "$(P dc)")" "status after rollback"
+
+assert_exit 0 phg apply "$(P dc)" --to contract
+assert_contains "$(cols dc)" "_phg_dropped_gone integer," "second apply hides the column again"
+psql_q "INSERT INTO dc (keep) VALUES ('hidden3')" >/dev/null
+# completing the plan drops the tombstone for good ...
+assert_exit 0 phg apply "$(P dc)"
+assert_eq "id integer not null default nextval('dc_id_seq'::regclass), keep text not null, opt text default 'o'::text" \
+	"$(cols dc)" "the plan completed: the hidden column is dropped for good"
+# ... after which it cannot be reverted: refused before touching anything
+before=$(snap dc)
+assert_exit 4 phg rollback "$(P dc)"
+assert_file_contains "$T/err" 'step 1 (drop_column) of phase "contract"' "the refusal names the step"
+assert_eq "$before" "$(snap dc)" "refused rollback changed nothing"
+assert_eq "completed contract=applied finish=applied finalized" \
+	"$(st "$(P dc)" "s['phases'][0]['steps'][0]['state']")" "refused rollback left the run completed"
+
+# NOT NULL without a default: rows written while hidden have no value, so
+# NOT NULL cannot come back: the revert stops (exit 4) and says why; once the
+# operator fills them, rollback finishes the job
+psql_q "CREATE TABLE dn (id int PRIMARY KEY, gone int NOT NULL, k text);
+	INSERT INTO dn VALUES (1, 10, 'a'), (2, 20, 'b')" >/dev/null
+plan dn <<'EOF2'
+version: 1
+name: steps-drop-column-nodefault
+phases:
+  - name: contract
+    steps:
+      - drop_column: { table: dn, column: gone }
+  - name: finish
+    steps:
+      - sql: { up: "SELECT 1", down: "SELECT 1" }
+EOF2
+before=$(snap dn)
+assert_exit 0 phg apply "$(P dn)" --to contract
+psql_q "INSERT INTO dn (id, k) VALUES (3, 'hidden')" >/dev/null
+assert_exit 4 phg rollback "$(P dn)"
+assert_file_contains "$T/err" 'step 1 (drop_column) of phase "contract"' "the failed revert names the step"
+assert_file_contains "$T/err" "phg_nn_gone" "the failed revert says why (the NOT NULL check)"
+assert_file_contains "$T/err" "rollback" "the message says how to finish"
+assert_eq "failed contract=applied finish=pending" "$(st "$(P dn)")" "status after the failed revert"
+assert_contains "$(cols dn)" "gone integer," "the column is back, without NOT NULL for now"
+psql_q "UPDATE dn SET gone = 30 WHERE id = 3" >/dev/null
+assert_exit 0 phg rollback "$(P dn)"
+assert_eq "rolled_back contract=rolled_back finish=pending" "$(st "$(P dn)")" "status after the finished rollback"
+psql_q "DELETE FROM dn WHERE id = 3" >/dev/null
+assert_eq "$before" "$(snap dn)" "finished rollback: NOT NULL back, no phg_nn_ check left"
+
+# ================================================================ rename_column
+psql_q "CREATE TABLE rn (id int PRIMARY KEY, old_name text);
+	INSERT INTO rn SELECT g, 'x' || g FROM generate_series(1, 4) g" >/dev/null
+plan rn <<'EOF'
+version: 1
+name: steps-rename-column
+phases:
+  - name: rename
+    steps:
+      - rename_column: { table: rn, column: old_name, to: new_name }
+EOF
+before=$(snap rn)
+assert_exit 0 phg apply "$(P rn)"
+assert_eq "id integer not null, new_name text" "$(cols rn)" "rename_column"
+assert_eq "x1,x2,x3,x4" "$(psql_q "SELECT string_agg(new_name, ',' ORDER BY id) FROM rn")" "renamed column keeps data"
+assert_exit 0 phg rollback "$(P rn)"
+assert_eq "$before" "$(snap rn)" "rename_column rollback: schema and rows as before"
+assert_exit 0 phg apply "$(P rn)"
+assert_eq "id integer not null, new_name text" "$(cols rn)" "rename_column applied again"
+
+# ================================================================ set_not_null
+psql_q "CREATE TABLE snn (id int PRIMARY KEY, v int);
+	INSERT INTO snn SELECT g, g FROM generate_series(1, 100) g;
+	CREATE TABLE snf (id int PRIMARY KEY, v int);
+	INSERT INTO snf SELECT g, nullif(g, 50) FROM generate_series(1, 100) g" >/dev/null
+plan snn <<'EOF'
+version: 1
+name: steps-set-not-null
+phases:
+  - name: enforce
+    steps:
+      - set_not_null: { table: snn, column: v }
+EOF
+plan snf <<'EOF'
+version: 1
+name: steps-set-not-null-fail
+phases:
+  - name: enforce
+    steps:
+      - set_not_null: { table: snf, column: v }
+EOF
+before=$(snap)
+assert_exit 0 phg apply "$(P snn)"
+assert_eq t "$(psql_q "SELECT attnotnull FROM pg_attribute WHERE attrelid = 'snn'::regclass AND attname = 'v'")" \
+	"set_not_null: NOT NULL"
+assert_eq 0 "$(contype_count snn phg_nn_v)" "set_not_null: no leftover phg_nn_v check"
+assert_exit 0 phg rollback "$(P snn)"
+assert_eq f "$(psql_q "SELECT attnotnull FROM pg_attribute WHERE attrelid = 'snn'::regclass AND attname = 'v'")" \
+	"set_not_null rollback: NOT NULL dropped"
+assert_eq "$before" "$(snap)" "set_not_null rollback: schema as before"
+assert_exit 0 phg apply "$(P snn)"
+assert_eq t "$(psql_q "SELECT attnotnull FROM pg_attribute WHERE attrelid = 'snn'::regclass AND attname = 'v'")" \
+	"set_not_null applied again"
+# a NULL: VALIDATE fails, the phase is rolled back, no NOT VALID check is left
+before=$(snap)
+assert_exit 3 phg apply "$(P snf)"
+assert_file_contains "$T/err" "snf"
+assert_eq "$before" "$(snap)" "failed set_not_null left nothing behind"
+assert_eq 0 "$(contype_count snf phg_nn_v)" "no phg_nn_v left on snf"
+assert_eq "failed enforce=rolled_back" "$(st "$(P snf)")" "status after the failed set_not_null"
+
+# a column that was NOT NULL already: the rollback leaves it NOT NULL
+psql_q "CREATE TABLE snk (id int PRIMARY KEY, v int NOT NULL); INSERT INTO snk VALUES (1, 1)" >/dev/null
+plan snk <<'EOF2'
+version: 1
+name: steps-set-not-null-kept
+phases:
+  - name: enforce
+    steps:
+      - set_not_null: { table: snk, column: v }
+EOF2
+before=$(snap snk)
+assert_exit 0 phg apply "$(P snk)"
+assert_exit 0 phg rollback "$(P snk)"
+assert_eq "$before" "$(snap snk)" "set_not_null rollback keeps a NOT NULL it did not add"
+
+# ================================================================ drop_column, nullable
+# SPEC section 2, drop_column reverts: "restores name, default, data; rows
+# written while it was hidden get its default" - for every column, not only
+# NOT NULL ones (docs/plan-format.md says such rows keep NULL for a nullable
+# column, which the SPEC does not allow).  Last in the file, so that the
+# checks above run whatever the outcome.
+psql_q "CREATE TABLE dcn (id int PRIMARY KEY, opt text DEFAULT 'o');
+	INSERT INTO dcn VALUES (1, 'v1'), (2, NULL)" >/dev/null
+plan dcn <<'EOF'
+version: 1
+name: steps-drop-column-nullable
+phases:
+  - name: contract
+    steps:
+      - drop_column: { table: dcn, column: opt }
+  - name: finish
+    steps:
+      - sql: { up: "SELECT 1", down: "SELECT 1" }
+EOF
+assert_exit 0 phg apply "$(P dcn)" --to contract
+psql_q "INSERT INTO dcn (id) VALUES (3)" >/dev/null
+assert_exit 0 phg rollback "$(P dcn)"
+assert_eq "id integer not null, opt text default 'o'::text" "$(cols dcn)" "nullable drop_column rollback: name and default"
+assert_eq "1:v1,2:NULL,3:o" "$(psql_q "SELECT string_agg(id || ':' || coalesce(opt, 'NULL'), ',' ORDER BY id) FROM dcn")" \
+	"nullable drop_column rollback: old rows keep their data (NULL too); the row written while hidden gets the default"
+
+pass
