@@ -121,6 +121,15 @@ struct engine_s {
 	ek_t after_gate_stop;
 	phg_backup_job_t *backup;
 
+	/* the transition being written by set_state() */
+	struct {
+		ek_t k;
+		level_t lvl;
+		int pi, si, new_state, old_state;
+	} tr;
+	int verify_status;
+	char lock_holder[512]; /* the session holding the plan lock (exit 5) */
+
 	PGresult *res;
 	ek_t k;
 	ek_t after_exec;
@@ -290,25 +299,21 @@ static int *state_ref(engine_t *e, level_t lvl, int pi, int si)
 	}
 }
 
-static ek_t set_state_k;
-static level_t set_state_lvl;
-static int set_state_pi, set_state_si, set_state_new, set_state_old;
-
 static void set_state_done(engine_t *e)
 {
-	ek_t k = set_state_k;
-	level_t lvl = set_state_lvl;
-	int pi = set_state_pi, si = set_state_si;
+	ek_t k = e->tr.k;
+	level_t lvl = e->tr.lvl;
+	int pi = e->tr.pi, si = e->tr.si;
 	int *ref = state_ref(e, lvl, pi, si);
-	phg_log_level_t ll = lvl == LVL_STEP ? PHG_LOG_DEBUG : PHG_LOG_DEBUG;
+	phg_log_level_t ll = PHG_LOG_DEBUG; /* the callers log what a person reads */
 	char msg[256];
 
-	*ref = set_state_new;
+	*ref = e->tr.new_state;
 	if (lvl == LVL_STEP) {
 		step_rt_t *s = &e->ph[pi].steps[si];
 
-		if (set_state_new == PHG_STEP_RUNNING &&
-		    (set_state_old == PHG_STEP_PENDING || set_state_old == PHG_STEP_REVERTED)) {
+		if (e->tr.new_state == PHG_STEP_RUNNING &&
+		    (e->tr.old_state == PHG_STEP_PENDING || e->tr.old_state == PHG_STEP_REVERTED)) {
 			s->progress = 0;
 			s->op_started = -1;
 			s->bf_pass = 1;
@@ -319,7 +324,7 @@ static void set_state_done(engine_t *e)
 			s->bf_last.v = NULL;
 			s->bf_last.n = 0;
 		}
-		if (set_state_new == PHG_STEP_REVERTING && set_state_old != PHG_STEP_REVERTING) {
+		if (e->tr.new_state == PHG_STEP_REVERTING && e->tr.old_state != PHG_STEP_REVERTING) {
 			s->revert_progress = 0;
 			s->bf_pass = 1;
 			s->bf_rows = s->bf_batches = 0;
@@ -333,7 +338,7 @@ static void set_state_done(engine_t *e)
 	ctx_phase(e, lvl == LVL_RUN ? -1 : pi, lvl == LVL_STEP ? si : -1);
 	snprintf(msg, sizeof(msg), "%s %s -> %s",
 	         lvl == LVL_RUN ? "run" : lvl == LVL_PHASE ? "phase" : "step",
-	         state_name(lvl, set_state_old), state_name(lvl, set_state_new));
+	         state_name(lvl, e->tr.old_state), state_name(lvl, e->tr.new_state));
 	phg_log(ll, &e->log, "%s", msg);
 	event(e, lvl == LVL_RUN ? "run_state" : lvl == LVL_PHASE ? "phase_state" : "step_state", msg,
 	      NULL);
@@ -352,12 +357,12 @@ static void set_state(engine_t *e, level_t lvl, int pi, int si, int new_state,
 	phg_buf_t b;
 	int old = *state_ref(e, lvl, pi, si);
 
-	set_state_k = k;
-	set_state_lvl = lvl;
-	set_state_pi = pi;
-	set_state_si = si;
-	set_state_new = new_state;
-	set_state_old = old;
+	e->tr.k = k;
+	e->tr.lvl = lvl;
+	e->tr.pi = pi;
+	e->tr.si = si;
+	e->tr.new_state = new_state;
+	e->tr.old_state = old;
 	phg_buf_init(&b, 64 * 1024);
 	switch (lvl) {
 	case LVL_RUN: {
@@ -1369,8 +1374,6 @@ static int watch_start(engine_t *e, int pi)
 	return 0;
 }
 
-static int verify_status;
-
 static void verify_closed(phg_gate_t *g)
 {
 	engine_t *e = g->data;
@@ -1378,7 +1381,7 @@ static void verify_closed(phg_gate_t *g)
 	e->verify_on = 0;
 	if (e->shutting_down)
 		return;
-	if (verify_status == 0) {
+	if (e->verify_status == 0) {
 		e->ph[e->pi].verified = 1;
 		drive_apply(e);
 	} else {
@@ -1390,7 +1393,7 @@ static void verify_done(phg_gate_t *g, int status, const phg_err_t *err)
 {
 	engine_t *e = g->data;
 
-	verify_status = status;
+	e->verify_status = status;
 	ctx_phase(e, e->pi, -1);
 	if (status == 0) {
 		phg_log(PHG_LOG_INFO, &e->log, "verify gate passed");
@@ -1861,8 +1864,6 @@ static void schema_ready(engine_t *e)
 	phg_buf_free(&b);
 }
 
-static char lock_holder_detail[512];
-
 static void lock_holder_run(phg_pg_t *pg, int status, PGresult *res, const phg_err_t *err,
                             void *arg)
 {
@@ -1878,9 +1879,9 @@ static void lock_holder_run(phg_pg_t *pg, int status, PGresult *res, const phg_e
 		phg_err_detail(&out, "The plan's lock is held by run %s (%s, started %s by %s on %s, pid %s)%s",
 		               PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2),
 		               PQgetvalue(res, 0, 3), PQgetvalue(res, 0, 4), PQgetvalue(res, 0, 5),
-		               lock_holder_detail);
-	else if (lock_holder_detail[0] != '\0')
-		phg_err_detail(&out, "The plan's lock is held%s", lock_holder_detail);
+		               e->lock_holder);
+	else if (e->lock_holder[0] != '\0')
+		phg_err_detail(&out, "The plan's lock is held%s", e->lock_holder);
 	phg_err_hint(&out, "Wait for it to finish, or use `phasegate status` to see where it is.");
 	ctx_phase(e, -1, -1);
 	report_err(e, PHG_LOG_ERROR, &out);
@@ -1895,13 +1896,13 @@ static void lock_holder(phg_pg_t *pg, int status, PGresult *res, const phg_err_t
 
 	(void)pg;
 	(void)err;
-	lock_holder_detail[0] = '\0';
+	e->lock_holder[0] = '\0';
 	if (status == 0 && PQntuples(res) > 0)
-		snprintf(lock_holder_detail, sizeof(lock_holder_detail),
+		snprintf(e->lock_holder, sizeof(e->lock_holder),
 		         " through backend pid %s (%s, connected since %s).", PQgetvalue(res, 0, 0),
 		         PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2));
 	else
-		snprintf(lock_holder_detail, sizeof(lock_holder_detail), ".");
+		snprintf(e->lock_holder, sizeof(e->lock_holder), ".");
 	/* which run: the newest unfinished one of this plan (the state schema
 	 * may not exist yet: then the query fails and only the session is named) */
 	phg_buf_init(&b, 4096);
