@@ -7,6 +7,8 @@
 #   PHG_CMAKE_ARGS      extra arguments for the configure step, split on
 #                       spaces (e.g. "-DPHG_ASAN=ON -DPHG_WERROR=OFF")
 #   PHG_SANITIZE=1      also build in build-asan with ASan+UBSan and run the
+#                       whole suite there too; the default is 1 under CI
+#                       (CI=true) and 0 otherwise (PHG_SANITIZE=0 turns it off)
 #                       tests there (off by default)
 #   PHG_SKIP_BOOTSTRAP=1  do not run scripts/bootstrap.sh
 #   PHG_CTEST_ARGS      extra arguments for ctest (e.g. "-R test_buf")
@@ -44,7 +46,11 @@ build_and_test() {
 rc=0
 build_and_test build || rc=$?
 
-if [[ ${PHG_SANITIZE:-0} == 1 ]]; then
+sanitize=${PHG_SANITIZE:-}
+if [[ -z $sanitize ]]; then
+	if [[ ${CI:-} == true ]]; then sanitize=1; else sanitize=0; fi
+fi
+if [[ $sanitize == 1 ]]; then
 	src=0
 	ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1} \
 	UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
