@@ -183,7 +183,9 @@ static void child_signal(phg_child_t *c, int sig)
 		return;
 	memset(&ctx, 0, sizeof(ctx));
 	ctx.pid = c->pid;
-	rc = uv_process_kill(&c->proc, sig);
+	rc = uv_kill(-c->pid, sig);
+	if (rc != 0)
+		rc = uv_process_kill(&c->proc, sig);
 	phg_log(PHG_LOG_DEBUG, &ctx, "sent %s to child process%s%s",
 	        sig == SIGKILL ? "SIGKILL" : sig == SIGTERM ? "SIGTERM" : "a signal",
 	        rc == 0 ? "" : ": ", rc == 0 ? "" : uv_strerror(rc));
@@ -299,6 +301,7 @@ int phg_child_spawn(uv_loop_t *loop, phg_child_t *c, const phg_child_opts_t *o, 
 	po.exit_cb = child_on_exit;
 	po.stdio_count = 3;
 	po.stdio = stdio;
+	po.flags = UV_PROCESS_DETACHED;
 	c->proc.data = c;
 	c->started_at = now_ms();
 	rc = uv_spawn(loop, &c->proc, &po);

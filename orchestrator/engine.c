@@ -435,6 +435,40 @@ static void on_handle_closed(uv_handle_t *h)
 	(void)h;
 }
 
+/* At exit the control connection first writes the events still queued, so
+ * the event log holds the whole run; at most PHG_EVENT_DRAIN_MS. */
+#define PHG_EVENT_DRAIN_MS 3000
+
+static void ctl_close_now(engine_t *e)
+{
+	if (e->retry_open) {
+		uv_close((uv_handle_t *)&e->retry_timer, on_handle_closed);
+		e->retry_open = 0;
+	}
+	if (e->ctl_open && e->ctl.state != PHG_PG_CLOSING && e->ctl.state != PHG_PG_CLOSED) {
+		phg_pg_close(&e->ctl, on_pg_closed);
+		phg_pgq_discard(&e->ctlq);
+	}
+}
+
+static void ctl_drained(phg_pg_t *pg, int status, PGresult *res, const phg_err_t *err, void *arg)
+{
+	(void)pg;
+	(void)status;
+	(void)res;
+	(void)err;
+	ctl_close_now(arg);
+}
+
+static void ctl_drain_timeout(uv_timer_t *t)
+{
+	engine_t *e = t->data;
+
+	phg_log(PHG_LOG_WARN, NULL, "giving up writing %zu event(s) to the event log",
+	        phg_pgq_pending(&e->ctlq));
+	ctl_close_now(e);
+}
+
 static void engine_shutdown(engine_t *e, int code)
 {
 	if (e->shutting_down)
@@ -445,10 +479,6 @@ static void engine_shutdown(engine_t *e, int code)
 		uv_close((uv_handle_t *)&e->sigint, on_handle_closed);
 		uv_close((uv_handle_t *)&e->sigterm, on_handle_closed);
 		e->signals_open = 0;
-	}
-	if (e->retry_open) {
-		uv_close((uv_handle_t *)&e->retry_timer, on_handle_closed);
-		e->retry_open = 0;
 	}
 	if (e->watch_on) {
 		phg_gate_stop(&e->watch, NULL);
@@ -470,9 +500,14 @@ static void engine_shutdown(engine_t *e, int code)
 		phg_exec_close(&e->x, on_exec_closed);
 	if (e->work_open)
 		phg_pg_close(&e->work, on_pg_closed);
-	if (e->ctl_open) {
-		phg_pg_close(&e->ctl, on_pg_closed);
-		phg_pgq_discard(&e->ctlq);
+	if (e->ctl_open && e->ctl.state != PHG_PG_BROKEN && e->ctl.state != PHG_PG_CONNECTING &&
+	    phg_pgq_pending(&e->ctlq) > 0 && e->retry_open) {
+		/* let the queued events reach the log first */
+		uv_timer_stop(&e->retry_timer);
+		uv_timer_start(&e->retry_timer, ctl_drain_timeout, PHG_EVENT_DRAIN_MS, 0);
+		phg_pgq_query(&e->ctlq, "SELECT 1", 0, NULL, ctl_drained, e);
+	} else {
+		ctl_close_now(e);
 	}
 }
 
@@ -2160,12 +2195,93 @@ static int to_phase_index(phg_plan_t *plan, const char *name, int *out)
 	return PHG_EUSAGE;
 }
 
+/* Every ${VAR} the run may need (check URLs and headers, http steps and
+ * their reverts) must be set before anything is touched: exit 2 otherwise. */
+static int expand_ok(const char *s, const char *where, const char *name)
+{
+	phg_buf_t b;
+	phg_err_t err;
+	int rc;
+
+	if (s == NULL)
+		return 0;
+	phg_buf_init(&b, 1024 * 1024);
+	phg_err_clear(&err);
+	rc = phg_expand_env(s, &b, &err);
+	phg_buf_free(&b);
+	if (rc != 0) {
+		phg_log(PHG_LOG_ERROR, NULL, "%s", err.msg);
+		fprintf(stderr, "  DETAIL: In %s \"%s\". Nothing was changed.\n", where, name);
+	}
+	return rc;
+}
+
+static int env_preflight(const phg_plan_t *plan)
+{
+	int bad = 0;
+
+	for (size_t i = 0; i < plan->nchecks; i++) {
+		const phg_check_t *c = &plan->checks[i];
+
+		bad |= expand_ok(c->url, "the url of check", c->name) != 0;
+		for (size_t h = 0; h < c->headers.n; h++) {
+			char where[256];
+
+			snprintf(where, sizeof(where), "header \"%s\" of check", c->headers.v[h].key);
+			bad |= expand_ok(c->headers.v[h].value, where, c->name) != 0;
+		}
+	}
+	for (size_t p = 0; p < plan->nphases; p++) {
+		for (size_t s = 0; s < plan->phases[p].nsteps; s++) {
+			const phg_step_t *step = &plan->phases[p].steps[s];
+
+			for (int dir = PHG_DIR_APPLY; dir <= PHG_DIR_REVERT; dir++) {
+				phg_ops_t ops = {0};
+				phg_build_t b;
+				phg_err_t err;
+
+				memset(&b, 0, sizeof(b));
+				phg_err_clear(&err);
+				b.plan = plan;
+				b.step = step;
+				b.dir = (phg_dir_t)dir;
+				b.progress = 1;
+				b.ops = &ops;
+				b.err = &err;
+				step->kind->build(&b);
+				for (size_t k = 0; k < ops.n; k++) {
+					const phg_http_spec_t *h = ops.v[k].http;
+
+					if (h == NULL)
+						continue;
+					bad |= expand_ok(h->url, "the url of the http step of phase",
+					                 plan->phases[p].name) != 0;
+					for (size_t j = 0; j < h->headers.n; j++) {
+						char where[256];
+
+						snprintf(where, sizeof(where),
+						         "header \"%s\" of the http step of phase",
+						         h->headers.v[j].key);
+						bad |= expand_ok(h->headers.v[j].value, where,
+						                 plan->phases[p].name) != 0;
+					}
+				}
+				phg_ops_free(&ops);
+				phg_build_reset(&b);
+			}
+		}
+	}
+	return bad ? PHG_EINVAL : 0;
+}
+
 int phg_cmd_apply(phg_plan_t *plan, const phg_run_opts_t *o)
 {
 	engine_t e;
 	int to = (int)plan->nphases - 1;
 
 	if (o->to_phase != NULL && to_phase_index(plan, o->to_phase, &to) != 0)
+		return PHG_EXIT_USAGE;
+	if (env_preflight(plan) != 0)
 		return PHG_EXIT_USAGE;
 	if (engine_init(&e, MODE_APPLY, plan, o) != 0)
 		return PHG_EXIT_RUNTIME;
@@ -2180,6 +2296,8 @@ int phg_cmd_rollback(phg_plan_t *plan, const phg_run_opts_t *o)
 	int to = -1;
 
 	if (o->to_phase != NULL && to_phase_index(plan, o->to_phase, &to) != 0)
+		return PHG_EXIT_USAGE;
+	if (env_preflight(plan) != 0)
 		return PHG_EXIT_USAGE;
 	if (engine_init(&e, MODE_ROLLBACK, plan, o) != 0)
 		return PHG_EXIT_RUNTIME;
