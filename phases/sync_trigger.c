@@ -153,7 +153,15 @@ static int sync_trigger_build(phg_build_t *b)
 	case PHG_DIR_APPLY:
 		op = phg_op_new(b, PHG_OP_TX, PHG_OPF_DDL, "keep %s in step with %s on %s%s", to, f,
 		                t, a->down_expr ? " (both ways)" : "");
-		if (a->down_expr == NULL) {
+		if (a->down_expr == NULL && a->expr == NULL) {
+			/* the common case: a plain copy, no per-row query */
+			phg_op_sql(op,
+			           "CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql "
+			           "AS $phg$\nBEGIN\n"
+			           "  NEW.%s := NEW.%s;\n"
+			           "  RETURN NEW;\nEND\n$phg$",
+			           fn, to, f);
+		} else if (a->down_expr == NULL) {
 			phg_op_sql(op,
 			           "CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql "
 			           "AS $phg$\nBEGIN\n"
