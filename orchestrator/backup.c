@@ -75,7 +75,7 @@ struct phg_backup_job_s {
 
 	/* inputs, copied */
 	char *dir;
-	char *path;        /* DIR/STEM-YYYYmmddTHHMMSSZ.dump */
+	char *path;        /* DIR/STEM-YYYYmmddTHHMMSS.mmmZ.dump */
 	char *partial;     /* path + ".partial" */
 	char *dump_bin, *restore_bin;
 	char **dump_argv, **list_argv;
@@ -981,9 +981,23 @@ int phg_backup_start(uv_loop_t *loop, const phg_backup_opts_t *o, phg_backup_cb 
 	while (dlen > 1 && o->dir[dlen - 1] == '/')
 		dlen--;
 	j->dir = phg_asprintf("%.*s", (int)dlen, o->dir);
-	now = time(NULL);
-	if (gmtime_r(&now, &tm) == NULL || strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%SZ", &tm) == 0)
-		snprintf(stamp, sizeof(stamp), "%lld", (long long)now);
+	/* UTC to the millisecond: two attempts at a phase within one second
+	 * (a quick failure, then a retry) still get distinct files */
+	{
+		uv_timeval64_t tv;
+		char sec[24];
+
+		if (uv_gettimeofday(&tv) != 0) {
+			tv.tv_sec = time(NULL);
+			tv.tv_usec = 0;
+		}
+		now = (time_t)tv.tv_sec;
+		if (gmtime_r(&now, &tm) == NULL ||
+		    strftime(sec, sizeof(sec), "%Y%m%dT%H%M%S", &tm) == 0)
+			snprintf(sec, sizeof(sec), "%lld", (long long)now);
+		snprintf(stamp, sizeof(stamp), "%.20s.%03uZ", sec,
+		         (unsigned)((uint64_t)tv.tv_usec / 1000u % 1000u));
+	}
 	j->path = phg_asprintf("%s%s%s-%s.dump", j->dir, strcmp(j->dir, "/") == 0 ? "" : "/",
 	                       o->file_stem, stamp);
 	j->partial = phg_asprintf("%s.partial", j->path);

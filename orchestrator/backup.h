@@ -17,7 +17,7 @@
  * environment variables PHG_PG_DUMP / PHG_PG_RESTORE.
  *
  * Details (backup.c has the state machine):
- * - The file is DIR/STEM-YYYYmmddTHHMMSSZ.dump (UTC).  DIR and its parents
+ * - The file is DIR/STEM-YYYYmmddTHHMMSS.mmmZ.dump (UTC).  DIR and its parents
  *   are created (mode 0700) if missing.  pg_dump writes PATH.partial
  *   (created 0600 with O_EXCL first, which also proves DIR writable); only
  *   a verified file is renamed to PATH, and an existing PATH is never

@@ -1,10 +1,10 @@
 /*
  * engine.c - apply, rollback, status and history on one libuv loop.
  *
- * Two connections: `work` runs state transitions and the steps' ops (so a
- * step's DDL and its progress record share a transaction); `ctl` holds the
- * plan's session advisory lock, writes the event log and looks up blocking
- * sessions while a DDL statement waits.
+ * Two connections: `work` holds the plan's session advisory lock and runs
+ * state transitions and the steps' ops (so a step's DDL and its progress
+ * record share a transaction); `ctl` writes the event log and looks up
+ * blocking sessions while a DDL statement waits.
  *
  * The engine is a chain of continuations (ek_t): every query on `work` names
  * the function to call with its result.  set_state() is the one function
@@ -145,6 +145,7 @@ static void drive_revert(engine_t *e);
 static void finalize_next(engine_t *e);
 static void gate_failed(engine_t *e);
 static void watch_stop(engine_t *e, ek_t k);
+static void interrupt(engine_t *e);
 
 static uint64_t now_ms(void)
 {
@@ -315,7 +316,11 @@ static void set_state_done(engine_t *e)
 		if (e->tr.new_state == PHG_STEP_RUNNING &&
 		    (e->tr.old_state == PHG_STEP_PENDING || e->tr.old_state == PHG_STEP_REVERTED)) {
 			s->progress = 0;
+			s->revert_progress = 0;
+			s->final_progress = 0;
 			s->op_started = -1;
+			json_decref(s->memo);
+			s->memo = json_object();
 			s->bf_pass = 1;
 			s->bf_rows = s->bf_batches = 0;
 			for (size_t i = 0; i < s->bf_last.n; i++)
@@ -324,7 +329,15 @@ static void set_state_done(engine_t *e)
 			s->bf_last.v = NULL;
 			s->bf_last.n = 0;
 		}
+		if (e->tr.new_state == PHG_STEP_FAILED && e->tr.old_state == PHG_STEP_REVERTING) {
+			s->progress = 0;
+			json_decref(s->memo);
+			s->memo = json_object();
+		}
 		if (e->tr.new_state == PHG_STEP_REVERTING && e->tr.old_state != PHG_STEP_REVERTING) {
+			if (s->op_started + 1 > s->progress)
+				s->progress = s->op_started + 1;
+			s->op_started = -1;
 			s->revert_progress = 0;
 			s->bf_pass = 1;
 			s->bf_rows = s->bf_batches = 0;
@@ -334,6 +347,11 @@ static void set_state_done(engine_t *e)
 			s->bf_last.v = NULL;
 			s->bf_last.n = 0;
 		}
+	}
+	if (lvl == LVL_PHASE && e->tr.new_state == PHG_PHASE_RUNNING) {
+		/* a new attempt at the phase takes its own backup and verify */
+		e->ph[pi].backed_up = 0;
+		e->ph[pi].verified = 0;
 	}
 	ctx_phase(e, lvl == LVL_RUN ? -1 : pi, lvl == LVL_STEP ? si : -1);
 	snprintf(msg, sizeof(msg), "%s %s -> %s",
@@ -372,8 +390,10 @@ static void set_state(engine_t *e, level_t lvl, int pi, int si, int new_state,
 
 		phg_buf_printf(&b,
 		               "UPDATE %s.runs SET state = '%s', action = '%s', note = %s, "
-		               "updated_at = now(), finished_at = %s WHERE id = %lld",
+		               "error = %s, updated_at = now(), finished_at = %s WHERE id = %lld",
 		               e->schema_q, phg_run_state_name(new_state), e->run_action, n,
+		               new_state == PHG_RUN_FAILED ? n
+		               : new_state == PHG_RUN_RUNNING ? "NULL" : "error",
 		               final ? "now()" : "NULL", e->run_id);
 		free(n);
 		break;
@@ -399,7 +419,10 @@ static void set_state(engine_t *e, level_t lvl, int pi, int si, int new_state,
 			                 "op_started = NULL, memo = '{}', bf_pass = 1, bf_last = NULL, "
 			                 "bf_rows = 0, bf_batches = 0");
 		if (new_state == PHG_STEP_REVERTING && old != PHG_STEP_REVERTING)
-			phg_buf_adds(&b, ", revert_progress = 0, op_started = NULL, bf_pass = 1, "
+			/* an op that was started (index build, http request) may have
+			 * happened: the revert must undo it too */
+			phg_buf_adds(&b, ", progress = GREATEST(progress, COALESCE(op_started + 1, 0)), "
+			                 "revert_progress = 0, op_started = NULL, bf_pass = 1, "
 			                 "bf_last = NULL, bf_rows = 0, bf_batches = 0");
 		if (new_state == PHG_STEP_FAILED && old == PHG_STEP_REVERTING)
 			/* its own partial work was undone: it starts over next time */
@@ -524,6 +547,11 @@ static void on_signal(uv_signal_t *h, int signum)
 		        "%s received: finishing the current statement or batch, then saving state "
 		        "(again to cancel the running statement)",
 		        signum == SIGINT ? "SIGINT" : "SIGTERM");
+	} else if (e->backup != NULL) {
+		phg_log(PHG_LOG_WARN, &e->log, "stopping pg_dump; the backup is taken again on resume");
+		phg_backup_cancel(e->backup);
+		e->backup = NULL;
+		interrupt(e);
 	} else if (e->work_open && e->work.state == PHG_PG_BUSY) {
 		phg_log(PHG_LOG_WARN, &e->log, "cancelling the running statement");
 		phg_pg_cancel(&e->work);
@@ -547,6 +575,10 @@ static void retry_fire(uv_timer_t *t)
 {
 	engine_t *e = t->data;
 
+	if (e->stop_requested) {
+		engine_shutdown(e, PHG_EXIT_INTERRUPTED);
+		return;
+	}
 	connect_start(e);
 }
 
@@ -585,7 +617,11 @@ static void on_connected(phg_pg_t *pg, int status, const phg_err_t *err)
 		if (tmp.code == 0)
 			phg_err_set(&tmp, status, "cannot connect to the database: %s",
 			            phg_strerror(status));
-		if ((uint64_t)e->connect_attempt >= e->st->connect_retries || e->stop_requested) {
+		if (e->stop_requested) {
+			engine_shutdown(e, PHG_EXIT_INTERRUPTED);
+			return;
+		}
+		if ((uint64_t)e->connect_attempt >= e->st->connect_retries) {
 			phg_err_hint(&tmp,
 			             "The database comes from $%s (a libpq URI or conninfo), and the PG* "
 			             "variables as in psql.",
@@ -727,7 +763,8 @@ static void load_state_sql(engine_t *e, phg_buf_t *b)
 	               "SELECT p.idx, p.state, s.idx, s.state, s.progress, s.revert_progress, "
 	               "s.final_progress, s.op_started, s.bf_pass, array_to_json(s.bf_last)::text, "
 	               "s.bf_rows, s.bf_batches, s.memo::text, EXISTS (SELECT 1 FROM %s.backups b "
-	               "WHERE b.run_id = p.run_id AND b.phase = p.name) "
+	               "WHERE b.run_id = p.run_id AND b.phase = p.name AND "
+	               "b.taken_at >= p.started_at) "
 	               "FROM %s.phases p LEFT JOIN %s.steps s ON s.run_id = p.run_id AND "
 	               "s.phase_idx = p.idx WHERE p.run_id = %lld ORDER BY p.idx, s.idx",
 	               e->schema_q, e->schema_q, e->schema_q, e->run_id);
@@ -1240,6 +1277,10 @@ static void finalize_ran(engine_t *e)
 		exit_with(e, PHG_EXIT_RUNTIME);
 		return;
 	}
+	if (!e->plan->phases[e->pi].steps[e->si].kind->final_irreversible) {
+		finalize_advance(e); /* e.g. a sync trigger's unused function: still revertible */
+		return;
+	}
 	set_state(e, LVL_STEP, e->pi, e->si, PHG_STEP_FINALIZED, NULL, finalize_advance);
 }
 
@@ -1413,6 +1454,8 @@ static void verify_closed(phg_gate_t *g)
 {
 	engine_t *e = g->data;
 
+	if (!e->verify_on)
+		return; /* abandoned when the watch failed: gate_failed() took over */
 	e->verify_on = 0;
 	if (e->shutting_down)
 		return;
@@ -1653,9 +1696,10 @@ static void drive_apply(engine_t *e)
 		if (e->plan->phases[pi].backup && !e->ph[pi].backed_up) {
 			int started = 0;
 
+			/* a step that left something behind: the backup would not show
+			 * the database as it was before the phase any more */
 			for (int k = 0; (size_t)k < e->plan->phases[pi].nsteps; k++)
-				if (e->ph[pi].steps[k].state != PHG_STEP_PENDING &&
-				    e->ph[pi].steps[k].state != PHG_STEP_REVERTED)
+				if (step_needs_revert(&e->ph[pi].steps[k]))
 					started = 1;
 			if (!started) {
 				backup_start(e, pi);
@@ -1997,8 +2041,16 @@ static void take_lock(engine_t *e)
 
 	phg_pgq_init(&e->ctlq, &e->ctl);
 	snprintf(cls, sizeof(cls), "%d", PHG_LOCK_CLASS);
-	phg_pgq_query(&e->ctlq, "SELECT pg_try_advisory_lock($1::int, hashtext($2))", 2, p,
-	              lock_taken, e);
+	/* on `work`: the session that writes the state holds the lock, so
+	 * losing it (fatal for the run anyway) is the only way to lose the lock */
+	if (phg_pg_query(&e->work, "SELECT pg_try_advisory_lock($1::int, hashtext($2))", 2, p,
+	                 lock_taken, e) != 0) {
+		phg_err_t tmp;
+
+		phg_err_clear(&tmp);
+		phg_err_set(&tmp, PHG_ECONNECT, "the database connection is not usable");
+		fatal(e, PHG_EXIT_RUNTIME, &tmp);
+	}
 }
 
 static void work_connected(engine_t *e)

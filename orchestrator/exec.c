@@ -18,7 +18,7 @@
 static const char *const exec_state_names[] = {
 	"idle", "tx", "tx_rollback", "backoff", "st_set", "st_guard", "st_cleanup",
 	"st_mark", "st_run", "st_reset", "st_fail_guard", "st_fail_cleanup", "fail_reset",
-	"bf_set", "bf_keys", "bf_batch", "bf_pass2", "http_mark", "http", "record", "done",
+	"bf_set", "bf_keys", "bf_batch", "bf_pass2", "http_mark", "http", "unmark", "record", "done",
 };
 
 static void exec_next(phg_exec_t *x);
@@ -436,6 +436,13 @@ static void bf_keys(phg_exec_t *x)
 	phg_buf_free(&k);
 }
 
+/* A key problem ends the op; the session's timeouts are reset first. */
+static void bf_keys_fail(phg_exec_t *x, const phg_err_t *e)
+{
+	phg_err_copy(&x->op_err, e);
+	reset_session(x, PHG_X_FAIL_RESET);
+}
+
 static void bf_keys_done(phg_exec_t *x, PGresult *res)
 {
 	const phg_backfill_spec_t *bf = cur_op(x)->backfill;
@@ -450,14 +457,14 @@ static void bf_keys_done(phg_exec_t *x, PGresult *res)
 		            bf->table);
 		phg_err_hint(&e, "Give the backfill step a `key`: column(s) covered by a unique "
 		                 "index on NOT NULL columns.");
-		fail_op(x, PHG_ESTEP, &e);
+		bf_keys_fail(x, &e);
 		return;
 	}
 	for (int i = 0; i < n; i++) {
 		if (PQgetisnull(res, i, 1)) {
 			phg_err_set(&e, PHG_ESTEP, "key column \"%s\" of table \"%s\" does not exist",
 			            PQgetvalue(res, i, 0), bf->table);
-			fail_op(x, PHG_ESTEP, &e);
+			bf_keys_fail(x, &e);
 			return;
 		}
 		if (strcmp(PQgetvalue(res, i, 2), "t") != 0) {
@@ -467,7 +474,7 @@ static void bf_keys_done(phg_exec_t *x, PGresult *res)
 			            bf->table);
 			phg_err_detail(&e, "Batches are taken in key order; a key that is not unique "
 			                   "and not null could skip or repeat rows.");
-			fail_op(x, PHG_ESTEP, &e);
+			bf_keys_fail(x, &e);
 			return;
 		}
 		strv_add(&x->key_names, PQgetvalue(res, i, 0));
@@ -478,7 +485,7 @@ static void bf_keys_done(phg_exec_t *x, PGresult *res)
 		phg_err_set(&e, PHG_ESTATE, "backfill checkpoint of table \"%s\" has %zu key values, "
 		                            "the key has %zu columns",
 		            bf->table, x->bf_last.n, x->key_names.n);
-		fail_op(x, PHG_ESTATE, &e);
+		bf_keys_fail(x, &e);
 		return;
 	}
 	x->bf_started_ms = x->bf_logged_ms = now_ms();
@@ -634,6 +641,23 @@ static int bf_batch_done(phg_exec_t *x, PGresult *res)
 	return 1;
 }
 
+/* ---- a started op that definitely did not happen ---- */
+
+/* The op failed with a definite answer (an HTTP error status, an index
+ * build that failed and was cleaned up): it is not "started" any more, so
+ * a revert does not try to undo it.  Then fail with x->op_err. */
+static void unmark_and_fail(phg_exec_t *x, int status)
+{
+	phg_buf_t b;
+
+	x->unmark_status = status;
+	x->op_started = -1;
+	phg_buf_init(&b, 4096);
+	phg_buf_printf(&b, "UPDATE %s.steps SET op_started = NULL", x->schema_q);
+	step_where(x, &b);
+	exec_sendf(x, PHG_X_UNMARK, &b);
+}
+
 /* ---- PHG_OP_HTTP ---- */
 
 static void http_done(phg_http_req_t *req, const phg_http_result_t *r, void *arg);
@@ -678,9 +702,10 @@ static void http_done(phg_http_req_t *req, const phg_http_result_t *r, void *arg
 		return;
 	}
 	if (r->transport_ok) {
-		phg_err_set(&e, PHG_EHTTP, "%s answered HTTP %ld", op->label, r->status);
-		phg_err_detail(&e, "A 2xx answer is required. Body: %.300s", r->body ? r->body : "");
-		fail_op(x, PHG_ESTEP, &e);
+		phg_err_set(&x->op_err, PHG_EHTTP, "%s answered HTTP %ld", op->label, r->status);
+		phg_err_detail(&x->op_err, "A 2xx answer is required. Body: %.300s",
+		               r->body ? r->body : "");
+		unmark_and_fail(x, PHG_ESTEP);
 		return;
 	}
 	if (x->attempt < (x->settings->connect_retries > 3 ? x->settings->connect_retries : 3)) {
@@ -805,7 +830,8 @@ static void exec_on_result(phg_pg_t *pg, int status, PGresult *res, const phg_er
 
 	case PHG_X_ST_SET:
 		if (status != 0) {
-			fail_op(x, PHG_ESTEP, err);
+			phg_err_copy(&x->op_err, err);
+			reset_session(x, PHG_X_FAIL_RESET);
 			return;
 		}
 		if (op->guard_sql != NULL)
@@ -826,6 +852,15 @@ static void exec_on_result(phg_pg_t *pg, int status, PGresult *res, const phg_er
 				phg_log(PHG_LOG_INFO, &x->log,
 				        "%s: already done before the interruption (valid)", op->label);
 				reset_session(x, PHG_X_ST_RESET);
+				return;
+			}
+			if (strcmp(g, "valid") == 0) {
+				/* not ours: never build over it, never drop it */
+				phg_err_set(&x->op_err, PHG_ESTEP, "%s: it already exists", op->label);
+				phg_err_detail(&x->op_err, "A valid object of that name existed before this "
+				                           "step; phasegate neither replaces nor drops it.");
+				memcpy(x->op_err.sqlstate, "42P07", 6);
+				reset_session(x, PHG_X_FAIL_RESET);
 				return;
 			}
 			if (strcmp(g, "invalid") == 0 && op->cleanup_sql != NULL) {
@@ -901,12 +936,22 @@ static void exec_on_result(phg_pg_t *pg, int status, PGresult *res, const phg_er
 			exec_finish(x, PHG_EINTERRUPTED);
 			return;
 		}
+		if (op->kind == PHG_OP_STMT && op->guard_sql != NULL && x->op_started == (int)x->next &&
+		    !retriable(&x->op_err)) {
+			/* the build failed and its leftover was dropped: nothing happened */
+			unmark_and_fail(x, PHG_ESTEP);
+			return;
+		}
 		after_failure(x);
+		return;
+	case PHG_X_UNMARK:
+		fail_op(x, x->unmark_status, &x->op_err);
 		return;
 
 	case PHG_X_BF_SET:
 		if (status != 0) {
-			fail_op(x, PHG_ESTEP, err);
+			phg_err_copy(&x->op_err, err);
+			reset_session(x, PHG_X_FAIL_RESET);
 			return;
 		}
 		bf_keys(x);
@@ -918,8 +963,8 @@ static void exec_on_result(phg_pg_t *pg, int status, PGresult *res, const phg_er
 			return;
 		}
 		bf_keys_done(x, res);
-		if (x->st == PHG_X_DONE)
-			return;
+		if (x->st != PHG_X_BF_KEYS)
+			return; /* failed: the session is being reset */
 		bf_batch(x);
 		return;
 	case PHG_X_BF_BATCH:

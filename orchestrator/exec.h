@@ -68,6 +68,7 @@ typedef enum phg_exec_state_e {
 	PHG_X_BF_PASS2,
 	PHG_X_HTTP_MARK,
 	PHG_X_HTTP,
+	PHG_X_UNMARK,
 	PHG_X_RECORD,
 	PHG_X_DONE,
 } phg_exec_state_t;
@@ -109,6 +110,7 @@ struct phg_exec_s {
 	uint64_t attempt;
 	int fail_status;
 	phg_err_t op_err;
+	int unmark_status;      /* PHG_X_UNMARK: the failure to report after it */
 	char blockers[512];
 	int probing;
 	uint64_t rng;

@@ -122,4 +122,5 @@ const phg_step_kind_t phg_kind_drop_column = {
 	.build = drop_column_build,
 	.tables = phg_tables_first_arg,
 	.clean_on_fail = 1,
+	.final_irreversible = 1,
 };

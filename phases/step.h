@@ -115,6 +115,9 @@ typedef struct phg_step_kind_s {
 	/* If a step fails, undo its own completed ops before on_failure runs
 	 * (DDL steps: no NOT VALID constraint or INVALID index is left behind). */
 	int clean_on_fail;
+	/* Its finalize ops cannot be undone (drop_column's physical drop): once
+	 * they ran, the step is `finalized` and rollback refuses it. */
+	int final_irreversible;
 } phg_step_kind_t;
 
 /* registry.c: the one table of step kinds. */

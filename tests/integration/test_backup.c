@@ -352,8 +352,8 @@ static void assert_failed_file_msg(const run_t *r, const char *dir, const char *
 	assert_true(ml >= pl + sl);
 	assert_memory_equal(r->err.msg, expect_start, pl);
 	assert_string_equal(r->err.msg + ml - sl, suffix);
-	/* the stamp: YYYYmmddTHHMMSSZ.dump" */
-	assert_int_equal(ml - pl - sl, strlen("20240101T000000Z.dump"));
+	/* the stamp: YYYYmmddTHHMMSS.mmmZ.dump" */
+	assert_int_equal(ml - pl - sl, strlen("20240101T000000.000Z.dump"));
 }
 
 static long read_pidfile(const char *pf)
@@ -445,17 +445,18 @@ static void test_backup_tables_and_restore(void **state)
 		print_run("backup", &r);
 	assert_int_equal(r.status, 0);
 
-	/* DIR/STEM-YYYYmmddTHHMMSSZ.dump, in the directory created with its parents */
+	/* DIR/STEM-YYYYmmddTHHMMSS.mmmZ.dump, in the directory created with its parents */
 	assert_memory_equal(r.path, dir, strlen(dir));
 	base = r.path + strlen(dir);
 	assert_memory_equal(base, "/plan-run1-contract-", 20);
 	base += 20;
-	assert_int_equal(strlen(base), strlen("20240101T000000Z.dump"));
-	for (int i = 0; i < 15; i++)
-		if (i != 8)
+	assert_int_equal(strlen(base), strlen("20240101T000000.000Z.dump"));
+	for (int i = 0; i < 19; i++)
+		if (i != 8 && i != 15)
 			assert_true(base[i] >= '0' && base[i] <= '9');
 	assert_int_equal(base[8], 'T');
-	assert_string_equal(base + 15, "Z.dump");
+	assert_int_equal(base[15], '.');
+	assert_string_equal(base + 19, "Z.dump");
 	assert_entries(dir, 1); /* no .partial left */
 	partial = phg_asprintf("%s.partial", r.path);
 	assert_int_not_equal(access(partial, F_OK), 0);
