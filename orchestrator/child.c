@@ -179,8 +179,8 @@ static void child_signal(phg_child_t *c, int sig)
 	/* Only before the exit callback: after it the pid may be reused.  Until
 	 * libuv reaps the child (and calls the exit callback right after) the pid
 	 * is the child's, alive or a zombie. */
-	if (c->exited || !c->proc_open)
-		return;
+	if (c->exited || !c->proc_open || c->pid <= 0)
+		return; /* never kill(0) / kill(-1): our own group or everyone */
 	memset(&ctx, 0, sizeof(ctx));
 	ctx.pid = c->pid;
 	rc = uv_kill(-c->pid, sig);
