@@ -8,6 +8,7 @@
 
 #include <signal.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "error.h"
 #include "log.h"
@@ -183,7 +184,10 @@ static void child_signal(phg_child_t *c, int sig)
 		return; /* never kill(0) / kill(-1): our own group or everyone */
 	memset(&ctx, 0, sizeof(ctx));
 	ctx.pid = c->pid;
-	rc = uv_kill(-c->pid, sig);
+	/* the whole group the child leads (it was spawned detached: setsid), so
+	 * a wrapper's own children stop too; only while the child still leads
+	 * it, else the child alone */
+	rc = getpgid((pid_t)c->pid) == (pid_t)c->pid ? uv_kill(-c->pid, sig) : UV_ESRCH;
 	if (rc != 0)
 		rc = uv_process_kill(&c->proc, sig);
 	phg_log(PHG_LOG_DEBUG, &ctx, "sent %s to child process%s%s",
