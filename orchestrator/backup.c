@@ -174,9 +174,7 @@ static void bk_destroy(phg_backup_job_t *j)
 	free_argv(j->dump_argv, 0);
 	free_argv(j->list_argv, 0);
 	free_argv(j->env, 1);
-	for (size_t i = 0; i < j->tables.n; i++)
-		free(j->tables.v[i]);
-	free(j->tables.v);
+	phg_strv_clear(&j->tables);
 	free(j->mk_cur);
 	phg_child_cleanup(&j->child);
 	free(j);

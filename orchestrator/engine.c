@@ -323,11 +323,7 @@ static void set_state_done(engine_t *e)
 			s->memo = json_object();
 			s->bf_pass = 1;
 			s->bf_rows = s->bf_batches = 0;
-			for (size_t i = 0; i < s->bf_last.n; i++)
-				free(s->bf_last.v[i]);
-			free(s->bf_last.v);
-			s->bf_last.v = NULL;
-			s->bf_last.n = 0;
+			phg_strv_clear(&s->bf_last);
 		}
 		if (e->tr.new_state == PHG_STEP_FAILED && e->tr.old_state == PHG_STEP_REVERTING) {
 			s->progress = 0;
@@ -341,11 +337,7 @@ static void set_state_done(engine_t *e)
 			s->revert_progress = 0;
 			s->bf_pass = 1;
 			s->bf_rows = s->bf_batches = 0;
-			for (size_t i = 0; i < s->bf_last.n; i++)
-				free(s->bf_last.v[i]);
-			free(s->bf_last.v);
-			s->bf_last.v = NULL;
-			s->bf_last.n = 0;
+			phg_strv_clear(&s->bf_last);
 		}
 	}
 	if (lvl == LVL_PHASE && e->tr.new_state == PHG_PHASE_RUNNING) {
@@ -671,9 +663,7 @@ static void rt_free(engine_t *e)
 			step_rt_t *st = &e->ph[p].steps[s];
 
 			json_decref(st->memo);
-			for (size_t i = 0; i < st->bf_last.n; i++)
-				free(st->bf_last.v[i]);
-			free(st->bf_last.v);
+			phg_strv_clear(&st->bf_last);
 		}
 		free(e->ph[p].steps);
 	}
@@ -710,8 +700,7 @@ static void strv_from_json(phg_strv_t *v, const char *text)
 	json_t *x;
 
 	json_array_foreach(a, i, x) {
-		v->v = phg_realloc(v->v, (v->n + 1) * sizeof(char *));
-		v->v[v->n++] = phg_strdup(json_is_string(x) ? json_string_value(x) : "");
+		phg_strv_push(v, json_is_string(x) ? json_string_value(x) : "");
 	}
 	json_decref(a);
 }
@@ -824,9 +813,7 @@ static void exec_done(phg_exec_t *x, int status)
 	s->bf_batches = x->bf_batches;
 	s->bf_pass = x->bf_pass;
 	e->rows_total += x->rows_done;
-	for (size_t i = 0; i < s->bf_last.n; i++)
-		free(s->bf_last.v[i]);
-	free(s->bf_last.v);
+	phg_strv_clear(&s->bf_last);
 	s->bf_last = x->bf_last; /* the executor's latest checkpoint moves here */
 	x->bf_last.v = NULL;
 	x->bf_last.n = 0;
@@ -868,10 +855,8 @@ static void run_ops(engine_t *e, int pi, int si, phg_dir_t dir, ek_t k)
 	x->bf_pass = s->bf_pass;
 	x->bf_rows = s->bf_rows;
 	x->bf_batches = s->bf_batches;
-	for (size_t i = 0; i < s->bf_last.n; i++) {
-		x->bf_last.v = phg_realloc(x->bf_last.v, (x->bf_last.n + 1) * sizeof(char *));
-		x->bf_last.v[x->bf_last.n++] = phg_strdup(s->bf_last.v[i]);
-	}
+	for (size_t i = 0; i < s->bf_last.n; i++)
+		phg_strv_push(&x->bf_last, s->bf_last.v[i]);
 	x->log = e->log;
 	x->should_stop = should_stop;
 	x->stop_arg = e;
@@ -1584,14 +1569,10 @@ static void backup_start(engine_t *e, int pi)
 				for (k = 0; k < tables.n; k++)
 					if (strcmp(tables.v[k], t.v[j]) == 0)
 						break;
-				if (k == tables.n) {
-					tables.v = phg_realloc(tables.v, (tables.n + 1) * sizeof(char *));
-					tables.v[tables.n++] = t.v[j];
-				} else {
-					free(t.v[j]);
-				}
+				if (k == tables.n)
+					phg_strv_push(&tables, t.v[j]);
 			}
-			free(t.v);
+			phg_strv_clear(&t);
 		}
 	}
 	stem = phg_asprintf("%s-run%lld-%s", e->plan->name, e->run_id, ph->name);
@@ -1613,9 +1594,7 @@ static void backup_start(engine_t *e, int pi)
 	        e->plan->backup.dir);
 	rc = phg_backup_start(&e->loop, &o, backup_cb, e, &e->backup, &err);
 	free(stem);
-	for (size_t i = 0; i < tables.n; i++)
-		free(tables.v[i]);
-	free(tables.v);
+	phg_strv_clear(&tables);
 	if (rc != 0) {
 		e->backup = NULL;
 		e->gate_err = err;

@@ -340,21 +340,6 @@ static void bf_set(phg_exec_t *x)
 	exec_sendf(x, PHG_X_BF_SET, &b);
 }
 
-static void strv_clear(phg_strv_t *v)
-{
-	for (size_t i = 0; i < v->n; i++)
-		free(v->v[i]);
-	free(v->v);
-	v->v = NULL;
-	v->n = 0;
-}
-
-static void strv_add(phg_strv_t *v, const char *s)
-{
-	v->v = phg_realloc(v->v, (v->n + 1) * sizeof(char *));
-	v->v[v->n++] = phg_strdup(s);
-}
-
 static char *quote_ident(phg_exec_t *x, const char *s)
 {
 	char *e = PQescapeIdentifier(x->work->conn, s, strlen(s));
@@ -450,8 +435,8 @@ static void bf_keys_done(phg_exec_t *x, PGresult *res)
 	phg_err_t e;
 
 	phg_err_clear(&e);
-	strv_clear(&x->key_names);
-	strv_clear(&x->key_types);
+	phg_strv_clear(&x->key_names);
+	phg_strv_clear(&x->key_types);
 	if (n == 0) {
 		phg_err_set(&e, PHG_ESTEP, "table \"%s\" has no primary key to backfill by",
 		            bf->table);
@@ -477,8 +462,8 @@ static void bf_keys_done(phg_exec_t *x, PGresult *res)
 			bf_keys_fail(x, &e);
 			return;
 		}
-		strv_add(&x->key_names, PQgetvalue(res, i, 0));
-		strv_add(&x->key_types, PQgetvalue(res, i, 1));
+		phg_strv_push(&x->key_names, PQgetvalue(res, i, 0));
+		phg_strv_push(&x->key_types, PQgetvalue(res, i, 1));
 	}
 	x->est_rows = strtoll(PQgetvalue(res, 0, 3), NULL, 10);
 	if (x->bf_last.n != 0 && x->bf_last.n != x->key_names.n) {
@@ -631,10 +616,10 @@ static int bf_batch_done(phg_exec_t *x, PGresult *res)
 	x->bf_rows += nupd;
 	x->rows_done += nupd;
 	x->bf_batches++;
-	strv_clear(&x->bf_last);
+	phg_strv_clear(&x->bf_last);
 	last = json_loads(PQgetvalue(res, 0, 2), 0, &jerr);
 	json_array_foreach(last, i, v) {
-		strv_add(&x->bf_last, json_is_string(v) ? json_string_value(v) : "");
+		phg_strv_push(&x->bf_last, json_is_string(v) ? json_string_value(v) : "");
 	}
 	json_decref(last);
 	bf_progress(x, 0);
@@ -988,7 +973,7 @@ static void exec_on_result(phg_pg_t *pg, int status, PGresult *res, const phg_er
 
 			/* sweep from the start for rows inserted behind the cursor */
 			x->bf_pass = 2;
-			strv_clear(&x->bf_last);
+			phg_strv_clear(&x->bf_last);
 			phg_buf_init(&b, 4096);
 			phg_buf_printf(&b, "UPDATE %s.steps SET bf_pass = 2, bf_last = NULL",
 			               x->schema_q);
@@ -1050,9 +1035,9 @@ int phg_exec_run(phg_exec_t *x, phg_exec_cb cb)
 
 void phg_exec_reset(phg_exec_t *x)
 {
-	strv_clear(&x->key_names);
-	strv_clear(&x->key_types);
-	strv_clear(&x->bf_last);
+	phg_strv_clear(&x->key_names);
+	phg_strv_clear(&x->key_types);
+	phg_strv_clear(&x->bf_last);
 }
 
 static void timer_closed(uv_handle_t *h)

@@ -245,6 +245,11 @@ phg_pos_t phg_step_field_pos(const phg_step_t *step, const char *key);
 
 /* ---- helpers shared by the loader and step kinds (plan_util.c) ---- */
 
+/* Append a copy of @s to @v. */
+void phg_strv_push(phg_strv_t *v, const char *s);
+/* Free every string and the array; @v is empty afterwards. */
+void phg_strv_clear(phg_strv_t *v);
+
 /* "250ms", "2s", "1m", "1h", "0" -> milliseconds. 0 or PHG_EINVAL / PHG_ETOOBIG. */
 int phg_parse_duration(const char *s, uint64_t *ms);
 /* Strict decimal unsigned integer, no sign, no spaces. 0, PHG_EINVAL or PHG_ETOOBIG. */

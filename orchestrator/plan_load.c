@@ -544,15 +544,6 @@ static const phg_field_t phase_fields[] = {
 /* freeing and copying by table                                        */
 /* ------------------------------------------------------------------ */
 
-static void strv_free(phg_strv_t *v)
-{
-	for (size_t i = 0; i < v->n; i++)
-		free(v->v[i]);
-	free(v->v);
-	v->v = NULL;
-	v->n = 0;
-}
-
 static void kvv_free(phg_kvv_t *v)
 {
 	for (size_t i = 0; i < v->n; i++) {
@@ -578,7 +569,7 @@ static void free_value(const phg_field_t *f, void *p)
 		*(char **)p = NULL;
 		break;
 	case PHG_FT_IDENT_LIST:
-		strv_free(p);
+		phg_strv_clear(p);
 		break;
 	case PHG_FT_STRMAP:
 		kvv_free(p);
@@ -1877,8 +1868,8 @@ void phg_plan_free(phg_plan_t *plan)
 			step_free(&ph->steps[s]);
 		free(ph->steps);
 		free(ph->name);
-		strv_free(&ph->verify);
-		strv_free(&ph->watch);
+		phg_strv_clear(&ph->verify);
+		phg_strv_clear(&ph->watch);
 	}
 	free(plan->phases);
 	for (size_t i = 0; i < plan->own_nchecks_; i++)

@@ -5,6 +5,10 @@
  */
 #include "plan.h"
 
+#include <stdlib.h>
+
+#include "buf.h"
+
 #include <string.h>
 
 int phg_parse_uint(const char *s, uint64_t *out)
@@ -148,4 +152,19 @@ int phg_sqltype_ok(const char *s)
 		return 0; /* ; - " ' and anything else */
 	}
 	return depth == 0;
+}
+
+void phg_strv_push(phg_strv_t *v, const char *s)
+{
+	v->v = phg_realloc(v->v, (v->n + 1) * sizeof(char *));
+	v->v[v->n++] = phg_strdup(s);
+}
+
+void phg_strv_clear(phg_strv_t *v)
+{
+	for (size_t i = 0; i < v->n; i++)
+		free(v->v[i]);
+	free(v->v);
+	v->v = NULL;
+	v->n = 0;
 }

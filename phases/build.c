@@ -30,11 +30,7 @@ const char *phg_bprintf(phg_build_t *b, const char *fmt, ...)
 
 void phg_build_reset(phg_build_t *b)
 {
-	for (size_t i = 0; i < b->pool.n; i++)
-		free(b->pool.v[i]);
-	free(b->pool.v);
-	b->pool.v = NULL;
-	b->pool.n = 0;
+	phg_strv_clear(&b->pool);
 }
 
 const char *phg_q(phg_build_t *b, const char *ident)
@@ -145,15 +141,6 @@ void phg_op_sql(phg_op_t *op, const char *fmt, ...)
 	op->sql[op->nsql++] = phg_buf_take(&s);
 }
 
-static void strv_free(phg_strv_t *v)
-{
-	for (size_t i = 0; i < v->n; i++)
-		free(v->v[i]);
-	free(v->v);
-	v->v = NULL;
-	v->n = 0;
-}
-
 void phg_ops_free(phg_ops_t *ops)
 {
 	for (size_t i = 0; i < ops->n; i++) {
@@ -170,7 +157,7 @@ void phg_ops_free(phg_ops_t *ops)
 			free(op->backfill->table);
 			free(op->backfill->set);
 			free(op->backfill->where);
-			strv_free(&op->backfill->key);
+			phg_strv_clear(&op->backfill->key);
 			free(op->backfill);
 		}
 		if (op->http != NULL) {

@@ -28,12 +28,6 @@ const char *phg_qsibling(phg_build_t *b, const char *table, const char *name)
 	return phg_bprintf(b, "%s.%s", phg_q(b, schema), phg_q(b, name));
 }
 
-void phg_strv_push(phg_strv_t *v, const char *s)
-{
-	v->v = phg_realloc(v->v, (v->n + 1) * sizeof(char *));
-	v->v[v->n++] = phg_strdup(s);
-}
-
 void phg_tables_first_arg(const phg_step_t *step, phg_strv_t *out)
 {
 	phg_strv_push(out, *(char *const *)step->args);

@@ -27,7 +27,6 @@ const char *phg_qsibling(phg_build_t *b, const char *table, const char *name);
 
 /* tables(): every table step's args struct starts with `char *table`. */
 void phg_tables_first_arg(const phg_step_t *step, phg_strv_t *out);
-void phg_strv_push(phg_strv_t *v, const char *s);
 
 /* add_check / add_foreign_key: ADD CONSTRAINT @name @definition NOT VALID,
  * then VALIDATE (writes continue); revert drops it. */
