@@ -98,24 +98,17 @@ static int usage_error(const cmd_t *c, const char *fmt, const char *arg)
 
 /* ---- rendering (plan, apply --dry-run) ---- */
 
-static void render_step(const phg_plan_t *plan, const phg_step_t *step, phg_buf_t *out)
+static void render_step(const phg_plan_t *plan, const phg_step_t *step, phg_dir_t dir,
+                        phg_buf_t *out)
 {
 	phg_ops_t ops = {0};
-	phg_build_t b;
 	phg_err_t err;
 
-	memset(&b, 0, sizeof(b));
 	phg_err_clear(&err);
-	b.plan = plan;
-	b.step = step;
-	b.dir = PHG_DIR_APPLY;
-	b.ops = &ops;
-	b.err = &err;
-	if (step->kind->build(&b) != 0)
+	if (phg_step_build(plan, step, dir, 0, NULL, NULL, &ops, &err) != 0)
 		phg_buf_printf(out, "-- (cannot render: %s)\n", err.msg);
 	phg_ops_render(&ops, &plan->settings, out);
 	phg_ops_free(&ops);
-	phg_build_reset(&b);
 }
 
 static void render_list(phg_buf_t *out, const char *what, const phg_strv_t *v)
@@ -164,7 +157,7 @@ static void render_plan(const phg_plan_t *plan, const int *done, phg_buf_t *out)
 		render_list(out, "watched throughout", &ph->watch);
 		for (size_t i = 0; i < ph->nsteps; i++) {
 			phg_buf_printf(out, "-- step %zu: %s\n", i + 1, ph->steps[i].kind->name);
-			render_step(plan, &ph->steps[i], out);
+			render_step(plan, &ph->steps[i], PHG_DIR_APPLY, out);
 		}
 		render_list(out, "gate after: verify", &ph->verify);
 		phg_buf_adds(out, "\n");
@@ -175,22 +168,8 @@ static void render_plan(const phg_plan_t *plan, const int *done, phg_buf_t *out)
 
 		phg_buf_init(&fin, 16 * 1024 * 1024);
 		for (size_t p = 0; p < plan->nphases; p++) {
-			for (size_t i = 0; i < plan->phases[p].nsteps; i++) {
-				phg_ops_t ops = {0};
-				phg_build_t b;
-				phg_err_t err;
-
-				memset(&b, 0, sizeof(b));
-				b.plan = plan;
-				b.step = &plan->phases[p].steps[i];
-				b.dir = PHG_DIR_FINALIZE;
-				b.ops = &ops;
-				b.err = &err;
-				b.step->kind->build(&b);
-				phg_ops_render(&ops, s, &fin);
-				phg_ops_free(&ops);
-				phg_build_reset(&b);
-			}
+			for (size_t i = 0; i < plan->phases[p].nsteps; i++)
+				render_step(plan, &plan->phases[p].steps[i], PHG_DIR_FINALIZE, &fin);
 		}
 		if (fin.len > 0)
 			phg_buf_printf(out, "-- ===== when every phase is applied =====\n%s", fin.data);

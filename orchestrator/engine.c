@@ -134,7 +134,6 @@ struct engine_s {
 	ek_t k;
 	ek_t after_exec;
 	phg_ops_t ops;
-	phg_build_t b;
 	uint64_t started_ms;
 	long long rows_total;
 };
@@ -764,31 +763,18 @@ static void load_state_sql(engine_t *e, phg_buf_t *b)
 static void ops_clear(engine_t *e)
 {
 	phg_ops_free(&e->ops);
-	phg_build_reset(&e->b);
 }
 
 static int build_ops(engine_t *e, int pi, int si, phg_dir_t dir, phg_err_t *err)
 {
-	const phg_step_t *step = &e->plan->phases[pi].steps[si];
 	step_rt_t *s = &e->ph[pi].steps[si];
-	int rc;
+	/* a started op (index build, http request) may have happened: a revert
+	 * counts it as done */
+	int done = s->progress > s->op_started + 1 ? s->progress : s->op_started + 1;
 
 	ops_clear(e);
-	memset(&e->b, 0, sizeof(e->b));
-	e->b.plan = e->plan;
-	e->b.step = step;
-	e->b.dir = dir;
-	e->b.progress = (size_t)(s->progress > s->op_started + 1 ? s->progress : s->op_started + 1);
-	if (step->kind == phg_step_kind_find("backfill") && s->bf_batches > 0 && e->b.progress == 0)
-		e->b.progress = 1;
-	e->b.memo = s->memo;
-	e->b.conn = e->work.conn;
-	e->b.ops = &e->ops;
-	e->b.err = err;
-	rc = step->kind->build(&e->b);
-	if (rc == 0 && e->b.irreversible)
-		rc = PHG_EIRREVERSIBLE;
-	return rc;
+	return phg_step_build(e->plan, &e->plan->phases[pi].steps[si], dir, (size_t)done, s->memo,
+	                      e->work.conn, &e->ops, err);
 }
 
 static void exec_done(phg_exec_t *x, int status)
@@ -2268,18 +2254,10 @@ static int env_preflight(const phg_plan_t *plan)
 
 			for (int dir = PHG_DIR_APPLY; dir <= PHG_DIR_REVERT; dir++) {
 				phg_ops_t ops = {0};
-				phg_build_t b;
 				phg_err_t err;
 
-				memset(&b, 0, sizeof(b));
 				phg_err_clear(&err);
-				b.plan = plan;
-				b.step = step;
-				b.dir = (phg_dir_t)dir;
-				b.progress = 1;
-				b.ops = &ops;
-				b.err = &err;
-				step->kind->build(&b);
+				phg_step_build(plan, step, (phg_dir_t)dir, 1, NULL, NULL, &ops, &err);
 				for (size_t k = 0; k < ops.n; k++) {
 					const phg_http_spec_t *h = ops.v[k].http;
 
@@ -2298,7 +2276,6 @@ static int env_preflight(const phg_plan_t *plan)
 					}
 				}
 				phg_ops_free(&ops);
-				phg_build_reset(&b);
 			}
 		}
 	}

@@ -16,6 +16,29 @@ const char *phg_build_keep(phg_build_t *b, char *s)
 	return s;
 }
 
+int phg_step_build(const phg_plan_t *plan, const phg_step_t *step, phg_dir_t dir,
+                   size_t progress, const json_t *memo, PGconn *conn, phg_ops_t *ops,
+                   phg_err_t *err)
+{
+	phg_build_t b;
+	int rc;
+
+	memset(&b, 0, sizeof(b));
+	b.plan = plan;
+	b.step = step;
+	b.dir = dir;
+	b.progress = progress;
+	b.memo = memo;
+	b.conn = conn;
+	b.ops = ops;
+	b.err = err;
+	rc = step->kind->build(&b);
+	if (rc == 0 && b.irreversible)
+		rc = phg_err_set(err, PHG_EIRREVERSIBLE, "step cannot be reverted");
+	phg_build_reset(&b);
+	return rc;
+}
+
 const char *phg_bprintf(phg_build_t *b, const char *fmt, ...)
 {
 	va_list ap;

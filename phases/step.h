@@ -124,6 +124,17 @@ typedef struct phg_step_kind_s {
 extern const phg_step_kind_t *const phg_step_kinds[];
 const phg_step_kind_t *phg_step_kind_find(const char *name);
 
+/*
+ * Build the ops of @step for @dir into @ops, which the caller frees with
+ * phg_ops_free() (the ops own their strings).  @progress, @memo and @conn
+ * are as in phg_build_t (0 / NULL / NULL when rendering offline).
+ * 0, a PHG_E* code, or PHG_EIRREVERSIBLE when the step cannot be reverted;
+ * the reason is in @err.
+ */
+int phg_step_build(const phg_plan_t *plan, const phg_step_t *step, phg_dir_t dir,
+                   size_t progress, const json_t *memo, PGconn *conn, phg_ops_t *ops,
+                   phg_err_t *err);
+
 /* ---- helpers for build() (build.c) ---- */
 
 /* A quoted identifier (PQescapeIdentifier when b->conn is set; the same
