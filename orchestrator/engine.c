@@ -74,7 +74,6 @@ struct engine_s {
 	char *conninfo;
 	const char *url_env;
 	char *schema_q;
-	char *schema_lit;
 
 	phg_pg_t work, ctl;
 	phg_pgq_t ctlq;
@@ -135,7 +134,6 @@ struct engine_s {
 	ek_t after_exec;
 	phg_ops_t ops;
 	uint64_t started_ms;
-	long long rows_total;
 };
 
 static void engine_shutdown(engine_t *e, int code);
@@ -798,7 +796,6 @@ static void exec_done(phg_exec_t *x, int status)
 	s->bf_rows = x->bf_rows;
 	s->bf_batches = x->bf_batches;
 	s->bf_pass = x->bf_pass;
-	e->rows_total += x->rows_done;
 	phg_strv_clear(&s->bf_last);
 	s->bf_last = x->bf_last; /* the executor's latest checkpoint moves here */
 	x->bf_last.v = NULL;
@@ -1985,11 +1982,7 @@ static void lock_taken(phg_pg_t *pg, int status, PGresult *res, const phg_err_t 
 		              "coalesce(' from ' || a.client_addr::text, ''), "
 		              "date_trunc('second', a.backend_start)::text "
 		              "FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
-		              "WHERE l.locktype = 'advisory' AND l.database = (SELECT oid FROM "
-		              "pg_database WHERE datname = current_database()) AND "
-		              "l.classid = $1::bigint::oid AND "
-		              "l.objid = ((hashtext($2)::bigint + 4294967296) % 4294967296)::oid AND "
-		              "l.objsubid = 2 AND l.granted",
+		              "WHERE " PHG_PLAN_LOCK_HELD("$1", "$2"),
 		              2, p2, lock_holder, e);
 		return;
 	}
@@ -2156,7 +2149,6 @@ static int engine_init(engine_t *e, engine_mode_t mode, phg_plan_t *plan,
 	/* the state schema name is a validated identifier */
 	q = phg_asprintf("\"%s\"", e->st->state_schema);
 	e->schema_q = q;
-	e->schema_lit = phg_asprintf("'%s'", e->st->state_schema);
 	uv_signal_init(&e->loop, &e->sigint);
 	uv_signal_init(&e->loop, &e->sigterm);
 	e->sigint.data = e->sigterm.data = e;
@@ -2192,7 +2184,6 @@ static int engine_run(engine_t *e)
 	}
 	free(e->conninfo);
 	free(e->schema_q);
-	free(e->schema_lit);
 	return e->exit_code;
 }
 

@@ -18,7 +18,7 @@
 static const char *const exec_state_names[] = {
 	"idle", "tx", "tx_rollback", "backoff", "st_set", "st_guard", "st_cleanup",
 	"st_mark", "st_run", "st_reset", "st_fail_guard", "st_fail_cleanup", "fail_reset",
-	"bf_set", "bf_keys", "bf_batch", "bf_pass2", "http_mark", "http", "unmark", "record", "done",
+	"bf_set", "bf_keys", "bf_batch", "bf_pass2", "http", "unmark", "record", "done",
 };
 
 static void exec_next(phg_exec_t *x);
@@ -614,7 +614,6 @@ static int bf_batch_done(phg_exec_t *x, PGresult *res)
 	if (nbatch == 0)
 		return 0;
 	x->bf_rows += nupd;
-	x->rows_done += nupd;
 	x->bf_batches++;
 	phg_strv_clear(&x->bf_last);
 	last = json_loads(PQgetvalue(res, 0, 2), 0, &jerr);
@@ -1026,7 +1025,6 @@ int phg_exec_run(phg_exec_t *x, phg_exec_cb cb)
 	if (x->work == NULL || x->work->state != PHG_PG_READY)
 		return PHG_EINVAL;
 	x->cb = cb;
-	x->rows_done = 0;
 	phg_err_clear(&x->err);
 	exec_state(x, PHG_X_IDLE);
 	exec_next(x);

@@ -66,7 +66,6 @@ typedef enum phg_exec_state_e {
 	PHG_X_BF_KEYS,
 	PHG_X_BF_BATCH,
 	PHG_X_BF_PASS2,
-	PHG_X_HTTP_MARK,
 	PHG_X_HTTP,
 	PHG_X_UNMARK,
 	PHG_X_RECORD,
@@ -98,7 +97,6 @@ struct phg_exec_s {
 
 	/* outputs */
 	phg_err_t err;
-	long long rows_done;            /* backfill rows updated by this run */
 
 	/* private */
 	phg_exec_state_t st;

@@ -272,10 +272,7 @@ static void status_schema(report_t *r, PGresult *res)
 	phg_buf_printf(&b,
 	               "SELECT id, checksum, state, env, action, " TS("started_at") ", "
 	               TS("finished_at") ", note, EXISTS (SELECT 1 FROM pg_locks l WHERE "
-	               "l.locktype = 'advisory' AND l.database = (SELECT oid FROM pg_database WHERE "
-	               "datname = current_database()) AND l.classid = $2::bigint::oid AND l.objid = "
-	               "((hashtext($1)::bigint + 4294967296) %% 4294967296)::oid AND l.objsubid = 2 "
-	               "AND l.granted), error FROM %s.runs WHERE plan = $1 ORDER BY id DESC LIMIT 1",
+	               PHG_PLAN_LOCK_HELD("$2", "$1") "), error FROM %s.runs WHERE plan = $1 ORDER BY id DESC LIMIT 1",
 	               r->schema_q);
 	rq(r, b.data, 2, p, status_run);
 	phg_buf_free(&b);

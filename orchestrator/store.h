@@ -57,7 +57,17 @@ int phg_step_state_parse(const char *s);
  * transaction under a global advisory lock).  @schema_q is quoted. */
 void phg_store_schema_sql(phg_buf_t *out, const char *schema_q);
 
-/* Key of the session advisory lock a run holds on its plan. */
+/* Key of the session advisory lock a run holds on its plan:
+ * pg_try_advisory_lock(PHG_LOCK_CLASS, hashtext(plan name)). */
 #define PHG_LOCK_CLASS 0x70686761 /* "phga" */
+
+/* A condition on pg_locks `l`: the plan's lock is held in the current
+ * database.  @cls and @plan are SQL expressions (parameters such as "$1")
+ * for PHG_LOCK_CLASS and the plan name. */
+#define PHG_PLAN_LOCK_HELD(cls, plan)                                             \
+	"l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 AND l.database = "  \
+	"(SELECT oid FROM pg_database WHERE datname = current_database()) AND "       \
+	"l.classid = " cls "::bigint::oid AND "                                       \
+	"l.objid = mod(hashtext(" plan ")::bigint + 4294967296, 4294967296)::oid"
 
 #endif /* PHG_STORE_H */
