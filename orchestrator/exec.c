@@ -340,55 +340,30 @@ static void bf_set(phg_exec_t *x)
 	exec_sendf(x, PHG_X_BF_SET, &b);
 }
 
-static char *quote_ident(phg_exec_t *x, const char *s)
+/* Quoting of the plan's names goes through the step kinds' helpers
+ * (PQescapeIdentifier on the work connection); strings live until reset. */
+static void quoter(phg_exec_t *x, phg_build_t *qb)
 {
-	char *e = PQescapeIdentifier(x->work->conn, s, strlen(s));
-	char *r;
-
-	if (e == NULL)
-		return phg_asprintf("\"%s\"", s);
-	r = phg_strdup(e);
-	PQfreemem(e);
-	return r;
-}
-
-/* Quoted schema.table from the plan's (validated) name. */
-static void qtable(phg_exec_t *x, const char *table, phg_buf_t *b)
-{
-	const char *dot = strchr(table, '.');
-	char *q;
-
-	if (dot != NULL) {
-		char *schema = phg_strdup(table);
-
-		schema[dot - table] = '\0';
-		q = quote_ident(x, schema);
-		phg_buf_printf(b, "%s.", q);
-		free(q);
-		free(schema);
-		table = dot + 1;
-	}
-	q = quote_ident(x, table);
-	phg_buf_adds(b, q);
-	free(q);
+	memset(qb, 0, sizeof(*qb));
+	qb->conn = x->work->conn;
 }
 
 static void bf_keys(phg_exec_t *x)
 {
 	const phg_backfill_spec_t *bf = cur_op(x)->backfill;
-	phg_buf_t t, k;
+	phg_build_t qb;
+	phg_buf_t k;
 	const char *params[2];
 
-	phg_buf_init(&t, 4096);
+	quoter(x, &qb);
 	phg_buf_init(&k, 64 * 1024);
-	qtable(x, bf->table, &t);
 	if (bf->key.n > 0) {
 		phg_buf_adds(&k, "{");
 		for (size_t i = 0; i < bf->key.n; i++)
 			phg_buf_printf(&k, "%s\"%s\"", i ? "," : "", bf->key.v[i]);
 		phg_buf_adds(&k, "}");
 	}
-	params[0] = t.data;
+	params[0] = phg_qtable(&qb, bf->table);
 	params[1] = bf->key.n > 0 ? k.data : NULL;
 	exec_send(
 	    x, PHG_X_BF_KEYS,
@@ -417,7 +392,7 @@ static void bf_keys(phg_exec_t *x)
 	    "  (SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = $1::regclass)"
 	    " FROM k ORDER BY ord",
 	    2, params);
-	phg_buf_free(&t);
+	phg_build_reset(&qb);
 	phg_buf_free(&k);
 }
 
@@ -481,22 +456,22 @@ static void bf_keys_done(phg_exec_t *x, PGresult *res)
 		        x->bf_pass);
 }
 
-static void key_list(phg_exec_t *x, phg_buf_t *b, const char *prefix, const char *alias_pfx)
+static void key_list(phg_exec_t *x, phg_build_t *qb, phg_buf_t *b, const char *prefix,
+                     const char *alias_pfx)
 {
 	for (size_t i = 0; i < x->key_names.n; i++) {
-		char *q = quote_ident(x, x->key_names.v[i]);
-
-		phg_buf_printf(b, "%s%s%s", i ? ", " : "", prefix, q);
+		phg_buf_printf(b, "%s%s%s", i ? ", " : "", prefix, phg_q(qb, x->key_names.v[i]));
 		if (alias_pfx != NULL)
 			phg_buf_printf(b, " AS %s%zu", alias_pfx, i);
-		free(q);
 	}
 }
 
 static void bf_batch(phg_exec_t *x)
 {
 	const phg_backfill_spec_t *bf = cur_op(x)->backfill;
-	phg_buf_t b, t;
+	phg_build_t qb;
+	phg_buf_t b;
+	const char *t;
 	const char **params = NULL;
 	int np = 0;
 
@@ -506,15 +481,15 @@ static void bf_batch(phg_exec_t *x)
 		reset_session(x, PHG_X_FAIL_RESET);
 		return;
 	}
+	quoter(x, &qb);
+	t = phg_qtable(&qb, bf->table);
 	phg_buf_init(&b, SQL_MAX);
-	phg_buf_init(&t, 4096);
-	qtable(x, bf->table, &t);
 	phg_buf_adds(&b, "WITH batch AS MATERIALIZED (SELECT ");
-	key_list(x, &b, "", "_phg_k");
-	phg_buf_printf(&b, " FROM %s WHERE true", t.data);
+	key_list(x, &qb, &b, "", "_phg_k");
+	phg_buf_printf(&b, " FROM %s WHERE true", t);
 	if (x->bf_last.n > 0) {
 		phg_buf_adds(&b, " AND (");
-		key_list(x, &b, "", NULL);
+		key_list(x, &qb, &b, "", NULL);
 		phg_buf_adds(&b, ") > (");
 		for (size_t i = 0; i < x->key_names.n; i++)
 			phg_buf_printf(&b, "%s$%zu::%s", i ? ", " : "", i + 1, x->key_types.v[i]);
@@ -525,17 +500,10 @@ static void bf_batch(phg_exec_t *x)
 	if (bf->where != NULL)
 		phg_buf_printf(&b, " AND (%s)", bf->where);
 	phg_buf_adds(&b, " ORDER BY ");
-	key_list(x, &b, "", NULL);
+	key_list(x, &qb, &b, "", NULL);
 	phg_buf_printf(&b, " LIMIT %" PRIu64 "), upd AS (UPDATE %s SET %s FROM batch WHERE (",
-	               bf->batch_size, t.data, bf->set);
-	{
-		phg_buf_t pfx;
-
-		phg_buf_init(&pfx, 4096);
-		phg_buf_printf(&pfx, "%s.", t.data);
-		key_list(x, &b, pfx.data, NULL);
-		phg_buf_free(&pfx);
-	}
+	               bf->batch_size, t, bf->set);
+	key_list(x, &qb, &b, phg_bprintf(&qb, "%s.", t), NULL);
 	phg_buf_adds(&b, ") = (");
 	for (size_t i = 0; i < x->key_names.n; i++)
 		phg_buf_printf(&b, "%sbatch._phg_k%zu", i ? ", " : "", i);
@@ -561,7 +529,7 @@ static void bf_batch(phg_exec_t *x)
 	probe_start(x);
 	exec_send(x, PHG_X_BF_BATCH, b.data, np, params);
 	phg_buf_free(&b);
-	phg_buf_free(&t);
+	phg_build_reset(&qb);
 }
 
 static void bf_progress(phg_exec_t *x, int final)
