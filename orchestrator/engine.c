@@ -1,5 +1,5 @@
 /*
- * engine.c - apply, rollback, status and history on one libuv loop.
+ * engine.c - apply and rollback (and promote's apply) on one libuv loop.
  *
  * Two connections: `work` holds the plan's session advisory lock and runs
  * state transitions and the steps' ops (so a step's DDL and its progress
@@ -60,7 +60,7 @@ typedef struct phase_rt_s {
 	step_rt_t *steps;
 } phase_rt_t;
 
-typedef enum { MODE_APPLY, MODE_ROLLBACK, MODE_STATUS, MODE_HISTORY } engine_mode_t;
+typedef enum { MODE_APPLY, MODE_ROLLBACK } engine_mode_t; /* status/history: report.c */
 
 typedef enum { LVL_RUN, LVL_PHASE, LVL_STEP } level_t;
 
@@ -545,8 +545,6 @@ static void on_signal(uv_signal_t *h, int signum)
 		phg_log(PHG_LOG_WARN, &e->log, "cancelling the running statement");
 		phg_pg_cancel(&e->work);
 	}
-	if (e->mode == MODE_STATUS || e->mode == MODE_HISTORY)
-		engine_shutdown(e, PHG_EXIT_INTERRUPTED);
 }
 
 static int should_stop(void *arg)
