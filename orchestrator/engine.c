@@ -27,6 +27,7 @@
 #include "backup.h"
 #include "buf.h"
 #include "exec.h"
+#include "fault.h"
 #include "gate.h"
 #include "http.h"
 #include "log.h"
@@ -306,6 +307,15 @@ static void set_state_done(engine_t *e)
 	phg_log_level_t ll = PHG_LOG_DEBUG; /* the callers log what a person reads */
 	char msg[256];
 
+	/* committed: a crash from here on must resume from the new state */
+	if (lvl == LVL_RUN)
+		phg_fault("run:%s:%s", e->run_action, phg_run_state_name(e->tr.new_state));
+	else if (lvl == LVL_PHASE)
+		phg_fault("phase:%s:%s", e->plan->phases[pi].name,
+		          phg_phase_state_name(e->tr.new_state));
+	else
+		phg_fault("step:%s:%d:%s", e->plan->phases[pi].name, si + 1,
+		          phg_step_state_name(e->tr.new_state));
 	*ref = e->tr.new_state;
 	if (lvl == LVL_STEP) {
 		step_rt_t *s = &e->ph[pi].steps[si];
@@ -896,6 +906,16 @@ static const char *step_label(engine_t *e, int pi, int si, char *buf, size_t n)
 
 /* ---- reverting (rollback command and on_failure) ---- */
 
+/* Its irreversible finalize op committed: made permanent, whether or not the
+ * `finalized` transition was written before a crash. */
+static int step_is_final(engine_t *e, int pi, int si)
+{
+	const step_rt_t *s = &e->ph[pi].steps[si];
+
+	return s->state == PHG_STEP_FINALIZED ||
+	       (s->final_progress > 0 && e->plan->phases[pi].steps[si].kind->final_irreversible);
+}
+
 static int step_needs_revert(const step_rt_t *s)
 {
 	switch (s->state) {
@@ -925,7 +945,7 @@ static int precheck_revert(engine_t *e, int hi, int lo, phg_err_t *err)
 			if (!step_needs_revert(s))
 				continue;
 			step_label(e, pi, si, lbl, sizeof(lbl));
-			if (s->state == PHG_STEP_FINALIZED) {
+			if (step_is_final(e, pi, si)) {
 				phg_err_set(err, PHG_EIRREVERSIBLE, "cannot revert %s", lbl);
 				phg_err_detail(err, "Its change was made permanent when the plan completed "
 				                    "(a hidden column is dropped for good at that point).");
@@ -1426,6 +1446,7 @@ static void verify_closed(phg_gate_t *g)
 	if (e->shutting_down)
 		return;
 	if (e->verify_status == 0) {
+		phg_fault("gate:%s:verify-passed", e->plan->phases[e->pi].name);
 		e->ph[e->pi].verified = 1;
 		drive_apply(e);
 	} else {
@@ -1478,6 +1499,7 @@ static void verify_start(engine_t *e, int pi)
 
 static void backup_recorded(engine_t *e)
 {
+	phg_fault("gate:%s:backup-recorded", e->plan->phases[e->pi].name);
 	e->ph[e->pi].backed_up = 1;
 	drive_apply(e);
 }
@@ -1767,6 +1789,7 @@ static void who(char *user, size_t un, char *host, size_t hn)
 static void new_run_created(engine_t *e)
 {
 	e->run_id = strtoll(PQgetvalue(e->res, 0, 0), NULL, 10);
+	phg_fault("run:created");
 	rt_alloc(e);
 	e->run_state = PHG_RUN_RUNNING;
 	ctx_phase(e, -1, -1);
@@ -2066,6 +2089,13 @@ static void rollback_state_loaded(engine_t *e)
 	if (hi <= e->rb_lo) {
 		phg_log(PHG_LOG_INFO, &e->log, "nothing to roll back%s",
 		        e->rb_lo >= 0 ? " after that phase" : "");
+		if (e->rb_lo < 0) {
+			/* a run that never got past its start: it is over */
+			snprintf(e->run_action, sizeof(e->run_action), "rollback");
+			set_state(e, LVL_RUN, 0, 0, PHG_RUN_ROLLED_BACK, "rolled back (nothing applied)",
+			          exit_ok);
+			return;
+		}
 		exit_ok(e);
 		return;
 	}

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "buf.h"
+#include "fault.h"
 
 #define SQL_MAX (16u * 1024 * 1024)
 
@@ -37,6 +38,19 @@ static void exec_state(phg_exec_t *x, phg_exec_state_t st)
 static const phg_op_t *cur_op(phg_exec_t *x)
 {
 	return &x->ops->v[x->next];
+}
+
+static const char *dir_name(const phg_exec_t *x)
+{
+	return x->dir == PHG_DIR_REVERT ? "revert" : x->dir == PHG_DIR_FINALIZE ? "finalize" : "apply";
+}
+
+/* A fault point at an op boundary: op:DIR:PHASE:STEP:OP:WHAT */
+static void op_fault(const phg_exec_t *x, const char *what)
+{
+	if (phg_fault_enabled())
+		phg_fault("op:%s:%s:%d:%zu:%s", dir_name(x), x->log.phase ? x->log.phase : "?",
+		          x->step_idx + 1, x->next, what);
 }
 
 static const char *counter_column(const phg_exec_t *x)
@@ -581,6 +595,7 @@ static int bf_batch_done(phg_exec_t *x, PGresult *res)
 	x->attempt = 0;
 	if (nbatch == 0)
 		return 0;
+	op_fault(x, "batch");
 	x->bf_rows += nupd;
 	x->bf_batches++;
 	phg_strv_clear(&x->bf_last);
@@ -650,6 +665,7 @@ static void http_done(phg_http_req_t *req, const phg_http_result_t *r, void *arg
 	if (r->transport_ok && r->status >= 200 && r->status < 300) {
 		phg_log(PHG_LOG_INFO, &x->log, "%s: HTTP %ld in %" PRIu64 " ms", op->label, r->status,
 		        r->latency_ms);
+		op_fault(x, "answered");
 		record(x);
 		return;
 	}
@@ -724,6 +740,7 @@ static void exec_next(phg_exec_t *x)
 static void op_committed(phg_exec_t *x)
 {
 	phg_log(PHG_LOG_DEBUG, &x->log, "committed: %s", cur_op(x)->label);
+	op_fault(x, "committed");
 	x->next++;
 	x->op_started = -1;
 	exec_next(x);
@@ -844,6 +861,7 @@ static void exec_on_result(phg_pg_t *pg, int status, PGresult *res, const phg_er
 			return;
 		}
 		x->op_started = (int)x->next;
+		op_fault(x, "marked");
 		if (op->kind == PHG_OP_HTTP)
 			http_send(x);
 		else
@@ -852,6 +870,7 @@ static void exec_on_result(phg_pg_t *pg, int status, PGresult *res, const phg_er
 	case PHG_X_ST_RUN:
 		probe_stop(x);
 		if (status == 0) {
+			op_fault(x, "ran");
 			reset_session(x, PHG_X_ST_RESET);
 			return;
 		}
@@ -957,6 +976,7 @@ static void exec_on_result(phg_pg_t *pg, int status, PGresult *res, const phg_er
 			reset_session(x, PHG_X_FAIL_RESET);
 			return;
 		}
+		op_fault(x, "pass2");
 		bf_batch(x);
 		return;
 

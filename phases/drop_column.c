@@ -6,11 +6,16 @@
  * old name, nullability and default are recorded in the step's memo in the
  * same transaction, with the hiding transaction's id.  Sync triggers naming
  * the column are removed first.
- * Revert renames it back, restores the default, fills the rows written while
- * it was hidden (NULL, and a row version younger than the hiding
- * transaction) with that default, in batches, and brings NOT NULL back by
- * the set_not_null path (CHECK NOT VALID, VALIDATE, SET NOT NULL).  When the
- * plan completes, the tombstone is dropped for good (finalize), after which
+ * Revert renames it back and restores the default.  Rows written while it
+ * was hidden (a row version younger than the hiding transaction) are filled
+ * in batches: from the column a sync trigger links it with, when there is
+ * one (after a drop + rename swap the app wrote its values there, through
+ * the old name), else, where NULL, with the default.  A sync trigger that
+ * copies the value back is restored with the name (harmless during the
+ * fills); one that cannot be inverted (`expr` without `down_expr`) only
+ * after them, so the fill does not overwrite the linked column.  Then NOT
+ * NULL comes back by the set_not_null path (CHECK NOT VALID, VALIDATE, SET
+ * NOT NULL).  When the plan completes, the tombstone is dropped for good (finalize), after which
  * the step can no longer be reverted.
  */
 #include "kind.h"
@@ -39,8 +44,8 @@ static int drop_column_build(phg_build_t *b)
 	const phg_step_t *trg[MAX_TRG];
 	size_t ntrg = phg_sync_triggers_naming(b->plan, b->step, a->table, a->column,
 	                                       trg, MAX_TRG);
-	const char *def, *xid;
-	int notnull;
+	const char *def, *xid, *young, *fill;
+	int notnull, late_triggers;
 	phg_op_t *op;
 
 	switch (b->dir) {
@@ -66,31 +71,63 @@ static int drop_column_build(phg_build_t *b)
 			break;
 		def = phg_memo_str(b->memo, "default");
 		notnull = phg_memo_bool(b->memo, "notnull") == 1;
+		xid = phg_memo_str(b->memo, "hidden_xid");
+		if (xid != NULL && (xid[0] == '\0' || strspn(xid, "0123456789") != strlen(xid)))
+			xid = NULL;
+		/* rows written while hidden (younger than the hiding transaction;
+		 * age() compares xids modulo wraparound) */
+		young = xid != NULL ? phg_bprintf(b, "age(xmin) < age((%s::bigint %% 4294967296)::text::xid)",
+		                                  xid)
+		                    : NULL;
+		/* the column a sync trigger links it with holds what the app wrote
+		 * meanwhile (after a swap, through this very name): fill from it */
+		fill = NULL;
+		late_triggers = 0;
+		for (size_t i = 0; i < ntrg; i++) {
+			const char *f = phg_sync_fill_expr(b, trg[i], a->column);
+
+			if (f != NULL && fill == NULL)
+				fill = f;
+			if (f == NULL)
+				late_triggers = 1;
+		}
 		op = phg_op_new(b, PHG_OP_TX, PHG_OPF_DDL, "restore column %s of %s", c, t);
 		phg_op_sql(op, "ALTER TABLE %s RENAME COLUMN %s TO %s", t, tomb, c);
 		if (def != NULL)
 			phg_op_sql(op, "ALTER TABLE %s ALTER COLUMN %s SET DEFAULT %s", t, c, def);
-		phg_sync_triggers_restore(b, trg, ntrg, op);
-		xid = phg_memo_str(b->memo, "hidden_xid");
-		if (xid != NULL && (xid[0] == '\0' || strspn(xid, "0123456789") != strlen(xid)))
-			xid = NULL;
+		/* a trigger that copies the same value back is harmless during the
+		 * fills; one that cannot be inverted (expr only) would overwrite the
+		 * linked column with what the fill writes: it comes back after them */
+		if (!late_triggers)
+			phg_sync_triggers_restore(b, trg, ntrg, op);
+		if (fill != NULL) {
+			op = phg_op_new(b, PHG_OP_BACKFILL, 0,
+			                "give rows written while %s was hidden the value of the column "
+			                "it is synced with", c);
+			op->backfill = phg_calloc(1, sizeof(*op->backfill));
+			op->backfill->table = phg_strdup(a->table);
+			op->backfill->set = phg_asprintf("%s = %s", c, fill);
+			op->backfill->where = phg_asprintf("%s IS DISTINCT FROM %s%s%s", c, fill,
+			                                   young ? " AND " : "", young ? young : "");
+			op->backfill->batch_size = 5000;
+		}
 		if (def != NULL && (notnull || xid != NULL)) {
 			/* rows written while hidden got NULL: give them the default.
-			 * They are the NULL rows whose version is younger than the
-			 * hiding transaction (age() compares xids modulo wraparound);
-			 * for a NOT NULL column every NULL is such a row. */
+			 * For a NOT NULL column every NULL is such a row. */
 			op = phg_op_new(b, PHG_OP_BACKFILL, 0,
 			                "give rows written while %s was hidden its default", c);
 			op->backfill = phg_calloc(1, sizeof(*op->backfill));
 			op->backfill->table = phg_strdup(a->table);
 			op->backfill->set = phg_asprintf("%s = DEFAULT", c);
-			if (xid != NULL)
-				op->backfill->where = phg_asprintf(
-				    "%s IS NULL AND age(xmin) < age((%s::bigint %% 4294967296)::text::xid)", c,
-				    xid);
+			if (young != NULL)
+				op->backfill->where = phg_asprintf("%s IS NULL AND %s", c, young);
 			else
 				op->backfill->where = phg_asprintf("%s IS NULL", c);
 			op->backfill->batch_size = 5000;
+		}
+		if (late_triggers) {
+			op = phg_op_new(b, PHG_OP_TX, PHG_OPF_DDL, "restore the sync triggers on %s", c);
+			phg_sync_triggers_restore(b, trg, ntrg, op);
 		}
 		if (!notnull)
 			break;

@@ -42,8 +42,15 @@ size_t phg_sync_triggers_naming(const phg_plan_t *plan, const phg_step_t *step,
                                 const phg_step_t **out, size_t max);
 /* The trigger name of a sync_trigger step (unquoted). */
 const char *phg_sync_trigger_name(phg_build_t *b, const phg_step_t *st);
-/* Append CREATE TRIGGER for sync_trigger step @st (its function exists). */
+/* Append CREATE OR REPLACE FUNCTION and CREATE TRIGGER for sync_trigger
+ * step @st (the function may have been dropped by finalize meanwhile). */
 void phg_sync_trigger_create(phg_build_t *b, const phg_step_t *st, phg_op_t *op);
+
+/* An SQL expression over the row that gives @column from the other column
+ * sync_trigger step @st links it with (its `to`, `from`, `expr` or
+ * `down_expr`); NULL when it cannot be derived (`expr` without `down_expr`
+ * gives `to` from `from`, never back). */
+const char *phg_sync_fill_expr(phg_build_t *b, const phg_step_t *st, const char *column);
 
 /* Memo SQL fragment: a jsonb array of which of the sync triggers on @column
  * exist now; "'[]'::jsonb" when there are none to look at. */

@@ -58,10 +58,57 @@ static const char *sync_function(phg_build_t *b, const phg_step_t *st)
 	return phg_bprintf(b, "%s.%s", phg_q(b, b->plan->settings.state_schema), phg_q(b, fn));
 }
 
+/* CREATE OR REPLACE the trigger function of sync_trigger step @st. */
+static void sync_function_create(phg_build_t *b, const phg_step_t *st, phg_op_t *op)
+{
+	const sync_trigger_args_t *a = st->args;
+	const char *f = phg_q(b, a->from), *to = phg_q(b, a->to);
+	const char *fn = sync_function(b, st);
+	const char *expr = a->expr ? a->expr : f;
+
+	if (a->down_expr == NULL && a->expr == NULL) {
+		/* the common case: a plain copy, no per-row query */
+		phg_op_sql(op,
+		           "CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql "
+		           "AS $phg$\nBEGIN\n"
+		           "  NEW.%s := NEW.%s;\n"
+		           "  RETURN NEW;\nEND\n$phg$",
+		           fn, to, f);
+	} else if (a->down_expr == NULL) {
+		phg_op_sql(op,
+		           "CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql "
+		           "AS $phg$\nBEGIN\n"
+		           "  SELECT (%s) INTO NEW.%s FROM (SELECT NEW.*) AS _phg_row;\n"
+		           "  RETURN NEW;\nEND\n$phg$",
+		           fn, expr, to);
+	} else {
+		phg_op_sql(op,
+		           "CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql "
+		           "AS $phg$\nBEGIN\n"
+		           "  IF TG_OP = 'INSERT' THEN\n"
+		           "    IF NEW.%s IS NULL AND NEW.%s IS NOT NULL THEN\n"
+		           "      SELECT (%s) INTO NEW.%s FROM (SELECT NEW.*) AS _phg_row;\n"
+		           "    ELSE\n"
+		           "      SELECT (%s) INTO NEW.%s FROM (SELECT NEW.*) AS _phg_row;\n"
+		           "    END IF;\n"
+		           "  ELSIF NEW.%s IS DISTINCT FROM OLD.%s THEN\n"
+		           "    SELECT (%s) INTO NEW.%s FROM (SELECT NEW.*) AS _phg_row;\n"
+		           "  ELSIF NEW.%s IS DISTINCT FROM OLD.%s THEN\n"
+		           "    SELECT (%s) INTO NEW.%s FROM (SELECT NEW.*) AS _phg_row;\n"
+		           "  END IF;\n"
+		           "  RETURN NEW;\nEND\n$phg$",
+		           fn, f, to, a->down_expr, f, expr, to, f, f, expr, to, to, to,
+		           a->down_expr, f);
+	}
+}
+
+/* The function first: finalize drops it once unused, and a revert that
+ * puts a trigger back (drop_column, rename_column) may run after that. */
 void phg_sync_trigger_create(phg_build_t *b, const phg_step_t *st, phg_op_t *op)
 {
 	const sync_trigger_args_t *a = st->args;
 
+	sync_function_create(b, st, op);
 	phg_op_sql(op, "CREATE TRIGGER %s BEFORE INSERT OR UPDATE ON %s FOR EACH ROW "
 	               "EXECUTE FUNCTION %s()",
 	           phg_q(b, phg_sync_trigger_name(b, st)), phg_qtable(b, a->table),
@@ -90,6 +137,20 @@ size_t phg_sync_triggers_naming(const phg_plan_t *plan, const phg_step_t *step,
 		}
 	}
 	return n;
+}
+
+const char *phg_sync_fill_expr(phg_build_t *b, const phg_step_t *st, const char *column)
+{
+	const sync_trigger_args_t *a = st->args;
+
+	if (strcmp(column, a->from) == 0) {
+		if (a->down_expr != NULL)
+			return phg_bprintf(b, "(%s)", a->down_expr);
+		return a->expr == NULL ? phg_q(b, a->to) : NULL; /* expr has no inverse */
+	}
+	if (strcmp(column, a->to) == 0)
+		return a->expr != NULL ? phg_bprintf(b, "(%s)", a->expr) : phg_q(b, a->from);
+	return NULL;
 }
 
 const char *phg_sync_triggers_memo(phg_build_t *b, const char *table,
@@ -146,47 +207,12 @@ static int sync_trigger_build(phg_build_t *b)
 	const char *f = phg_q(b, a->from), *to = phg_q(b, a->to);
 	const char *fn = sync_function(b, b->step);
 	const char *trg = phg_q(b, phg_sync_trigger_name(b, b->step));
-	const char *expr = a->expr ? a->expr : f;
 	phg_op_t *op;
 
 	switch (b->dir) {
 	case PHG_DIR_APPLY:
 		op = phg_op_new(b, PHG_OP_TX, PHG_OPF_DDL, "keep %s in step with %s on %s%s", to, f,
 		                t, a->down_expr ? " (both ways)" : "");
-		if (a->down_expr == NULL && a->expr == NULL) {
-			/* the common case: a plain copy, no per-row query */
-			phg_op_sql(op,
-			           "CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql "
-			           "AS $phg$\nBEGIN\n"
-			           "  NEW.%s := NEW.%s;\n"
-			           "  RETURN NEW;\nEND\n$phg$",
-			           fn, to, f);
-		} else if (a->down_expr == NULL) {
-			phg_op_sql(op,
-			           "CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql "
-			           "AS $phg$\nBEGIN\n"
-			           "  SELECT (%s) INTO NEW.%s FROM (SELECT NEW.*) AS _phg_row;\n"
-			           "  RETURN NEW;\nEND\n$phg$",
-			           fn, expr, to);
-		} else {
-			phg_op_sql(op,
-			           "CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql "
-			           "AS $phg$\nBEGIN\n"
-			           "  IF TG_OP = 'INSERT' THEN\n"
-			           "    IF NEW.%s IS NULL AND NEW.%s IS NOT NULL THEN\n"
-			           "      SELECT (%s) INTO NEW.%s FROM (SELECT NEW.*) AS _phg_row;\n"
-			           "    ELSE\n"
-			           "      SELECT (%s) INTO NEW.%s FROM (SELECT NEW.*) AS _phg_row;\n"
-			           "    END IF;\n"
-			           "  ELSIF NEW.%s IS DISTINCT FROM OLD.%s THEN\n"
-			           "    SELECT (%s) INTO NEW.%s FROM (SELECT NEW.*) AS _phg_row;\n"
-			           "  ELSIF NEW.%s IS DISTINCT FROM OLD.%s THEN\n"
-			           "    SELECT (%s) INTO NEW.%s FROM (SELECT NEW.*) AS _phg_row;\n"
-			           "  END IF;\n"
-			           "  RETURN NEW;\nEND\n$phg$",
-			           fn, f, to, a->down_expr, f, expr, to, f, f, expr, to, to, to,
-			           a->down_expr, f);
-		}
 		phg_op_sql(op, "DROP TRIGGER IF EXISTS %s ON %s", trg, t);
 		phg_sync_trigger_create(b, b->step, op);
 		break;

@@ -3,7 +3,7 @@
  * quickstart: a small HTTP service in front of the PostgreSQL table `jobs`.
  *
  *   phasegate-demo [--port N] [--port-file FILE] [--db CONNINFO] [--buggy]
- *                  [--write-rate N] [--flags-table]
+ *                  [--write-rate N] [--flags-table] [--write-log FILE]
  *
  *   GET /healthz      SELECT count(*) FROM jobs, 1 s deadline:
  *                     200 {"status":"ok","jobs":N,"dual_write":BOOL}, or
@@ -14,7 +14,9 @@
  *   PUT /flags/NAME   body {"enabled": BOOL}: 200 with the new state, 400 on
  *                     bad JSON; each change is printed: "flag NAME -> on".
  *   GET /stats        {"writes_ok":N,"writes_failed":M,"writes_skipped":K,
- *                      "last_error":"..."} of the background writer.
+ *                      "flag_changes":C,"last_error":"..."} of the background
+ *                      writer; C counts real flag changes (a PUT of the value
+ *                      a flag already has is none).
  *
  * --db defaults to $DATABASE_URL.  Two connections through phasegate's own
  * loop adapter (orchestrator/pg.h): "health" for reads (health checks,
@@ -61,6 +63,7 @@
 #define DEMO_MAX_FLAGS 64
 #define DEMO_FLAG_NAME_MAX 64
 #define DEMO_MAX_WRITE_RATE 1000
+#define DEMO_DRAIN_MS 2000
 
 static const char sql_count[] = "SELECT count(*) FROM jobs";
 static const char sql_insert[] =
@@ -72,6 +75,20 @@ static const char sql_update[] =
 static const char sql_update_dual[] =
     "UPDATE jobs SET status = 'done', new_status = 'done' "
     "WHERE id = (SELECT max(id) FROM jobs)";
+/* --write-log: every write names its row and value, and reports them back,
+ * so a test can tell exactly what the application committed.  Updates
+ * spread over the newest 500 rows and cycle through three values. */
+static const char sql_insert_log[] =
+    "INSERT INTO jobs (repo, status) VALUES ($1, 'queued') RETURNING id, status";
+static const char sql_insert_dual_log[] =
+    "INSERT INTO jobs (repo, status, new_status) VALUES ($1, 'queued', 'queued') "
+    "RETURNING id, status";
+static const char sql_update_log[] =
+    "UPDATE jobs SET status = $2 WHERE id = (SELECT max(id) FROM jobs) - $1::bigint "
+    "RETURNING id, status";
+static const char sql_update_dual_log[] =
+    "UPDATE jobs SET status = $2, new_status = $2 "
+    "WHERE id = (SELECT max(id) FROM jobs) - $1::bigint RETURNING id, status";
 static const char sql_flags[] = "SELECT name, enabled FROM feature_flags";
 static const char sql_flag_set[] =
     "INSERT INTO feature_flags (name, enabled) VALUES ($1, $2) "
@@ -157,11 +174,13 @@ struct demo_s {
 	int writer_timer_open;
 	int flags_timer_open;
 	int stopping;
+	int writer_draining; /* stopping: the in-flight write finishes first */
 	/* options */
 	const char *conninfo;
 	int buggy;
 	int write_rate;
 	int flags_table;
+	FILE *write_log;    /* --write-log: "I|U ID VALUE" per committed write */
 	/* state */
 	demo_db_t health;
 	demo_db_t writer;
@@ -173,6 +192,7 @@ struct demo_s {
 	uint64_t writes_failed;
 	uint64_t writes_skipped;
 	uint64_t write_seq;
+	uint64_t flag_changes;   /* flag state changes (a PUT of the same value is none) */
 	char last_error[512];
 };
 
@@ -579,6 +599,8 @@ static int flag_set(demo_t *app, const char *name, int enabled,
 		app->flags[i].enabled = 0;
 		app->nflags++;
 	}
+	if (app->flags[i].enabled != enabled)
+		app->flag_changes++;
 	if (source == NULL || app->flags[i].enabled != enabled)
 		say("flag %s -> %s%s%s", name, enabled ? "on" : "off",
 		    source != NULL ? " " : "", source != NULL ? source : "");
@@ -634,21 +656,44 @@ static void write_failed(demo_t *app, const char *msg)
 }
 
 static void write_start(demo_t *app, demo_write_kind_t kind);
+static void on_writer_drained(uv_timer_t *t);
+static void write_outcome(demo_job_t *job, int status, PGresult *res,
+                          const phg_err_t *err);
 
+/* A write ended; while stopping, the writer stops on the next loop turn
+ * (not inside this job's own callback chain). */
 static void on_written(demo_job_t *job, int status, PGresult *res,
                        const phg_err_t *err)
 {
 	demo_t *app = job->arg;
 
-	(void)res;
+	write_outcome(job, status, res, err);
+	if (app->writer_draining)
+		uv_timer_start(&app->writer_timer, on_writer_drained, 0, 0);
+}
+
+static void write_outcome(demo_job_t *job, int status, PGresult *res,
+                          const phg_err_t *err)
+{
+	demo_t *app = job->arg;
+
 	if (status == PHG_ECANCELED)
 		return;
 	if (status == 0) {
 		app->writes_ok++;
+		if (app->write_log != NULL && res != NULL) {
+			int upd = job->kind == DEMO_W_UPDATE || job->kind == DEMO_W_UPDATE_DUAL;
+
+			/* an update may find no row (the table is empty): nothing written */
+			for (int r = 0; r < PQntuples(res); r++)
+				fprintf(app->write_log, "%c %s %s\n", upd ? 'U' : 'I',
+				        PQgetvalue(res, r, 0), PQgetvalue(res, r, 1));
+			fflush(app->write_log);
+		}
 		return;
 	}
 	if (status == PHG_EPG && err != NULL && strcmp(err->sqlstate, "42703") == 0 &&
-	    (job->kind == DEMO_W_INSERT_DUAL || job->kind == DEMO_W_UPDATE_DUAL)) {
+	    !app->stopping && (job->kind == DEMO_W_INSERT_DUAL || job->kind == DEMO_W_UPDATE_DUAL)) {
 		/* new_status is gone (contract renamed it): write like before */
 		write_start(app, job->kind == DEMO_W_INSERT_DUAL ? DEMO_W_INSERT
 		                                                 : DEMO_W_UPDATE);
@@ -672,14 +717,30 @@ static void write_start(demo_t *app, demo_write_kind_t kind)
 		[DEMO_W_UPDATE] = sql_update,
 		[DEMO_W_UPDATE_DUAL] = sql_update_dual,
 	};
+	static const char *const sql_log[] = {
+		[DEMO_W_INSERT] = sql_insert_log,
+		[DEMO_W_INSERT_DUAL] = sql_insert_dual_log,
+		[DEMO_W_UPDATE] = sql_update_log,
+		[DEMO_W_UPDATE_DUAL] = sql_update_dual_log,
+	};
+	static const char *const values[] = {"running", "done", "failed"};
 	char repo[64];
-	int nparams = kind == DEMO_W_INSERT || kind == DEMO_W_INSERT_DUAL;
+	int upd = kind == DEMO_W_UPDATE || kind == DEMO_W_UPDATE_DUAL;
+	int nparams = !upd;
+	const char *p1 = NULL;
 	int rc;
 
 	snprintf(repo, sizeof(repo), "loom/repo-%llu",
 	         (unsigned long long)(app->write_seq % 37));
-	rc = db_submit(&app->writer, sql[kind], nparams, repo, NULL, on_written,
-	               app, (int)kind, NULL);
+	if (app->write_log != NULL && upd) {
+		/* which row (back from the newest) and which value */
+		snprintf(repo, sizeof(repo), "%llu",
+		         (unsigned long long)(app->write_seq * 7919 % 500));
+		p1 = values[app->write_seq % 3];
+		nparams = 2;
+	}
+	rc = db_submit(&app->writer, app->write_log != NULL ? sql_log[kind] : sql[kind],
+	               nparams, repo, p1, on_written, app, (int)kind, NULL);
 	if (rc == 0)
 		return;
 	if (rc == PHG_ECONNECT) {
@@ -965,10 +1026,11 @@ static void handle_flags(demo_t *app, httpd_conn_t *conn)
 static void handle_stats(demo_t *app, httpd_conn_t *conn)
 {
 	respond_json(conn, 200,
-	             json_pack("{s:I,s:I,s:I,s:o}", "writes_ok",
+	             json_pack("{s:I,s:I,s:I,s:I,s:o}", "writes_ok",
 	                       (json_int_t)app->writes_ok, "writes_failed",
 	                       (json_int_t)app->writes_failed, "writes_skipped",
-	                       (json_int_t)app->writes_skipped, "last_error",
+	                       (json_int_t)app->writes_skipped, "flag_changes",
+	                       (json_int_t)app->flag_changes, "last_error",
 	                       json_text(app->last_error)));
 }
 
@@ -1003,6 +1065,19 @@ static void on_request(httpd_conn_t *conn, const httpd_req_t *req)
 
 /* ---- start, stop ---- */
 
+/* The in-flight write finished (or DEMO_DRAIN_MS passed): stop the writer. */
+static void on_writer_drained(uv_timer_t *t)
+{
+	demo_t *app = t->data;
+
+	if (!app->writer_draining)
+		return;
+	app->writer_draining = 0;
+	uv_close((uv_handle_t *)&app->writer_timer, NULL);
+	app->writer_timer_open = 0;
+	db_stop(&app->writer);
+}
+
 static void stop(demo_t *app)
 {
 	if (app->stopping)
@@ -1014,7 +1089,12 @@ static void stop(demo_t *app)
 		uv_close((uv_handle_t *)&app->sigterm, NULL);
 		app->signals_open = 0;
 	}
-	if (app->writer_timer_open) {
+	if (app->writer_timer_open && app->writer.running != NULL) {
+		/* a write is in flight: let it finish (at most DEMO_DRAIN_MS), so
+		 * what was committed is known and logged */
+		app->writer_draining = 1;
+		uv_timer_start(&app->writer_timer, on_writer_drained, DEMO_DRAIN_MS, 0);
+	} else if (app->writer_timer_open) {
 		uv_close((uv_handle_t *)&app->writer_timer, NULL);
 		app->writer_timer_open = 0;
 	}
@@ -1025,7 +1105,8 @@ static void stop(demo_t *app)
 	/* requests first: they let go of their jobs */
 	httpd_close(&app->srv, NULL);
 	db_stop(&app->health);
-	db_stop(&app->writer);
+	if (!app->writer_draining)
+		db_stop(&app->writer);
 }
 
 static void on_signal(uv_signal_t *s, int signum)
@@ -1044,7 +1125,9 @@ static void usage(FILE *f)
 	        "  --db CONNINFO    libpq URI or key=value string (default $DATABASE_URL)\n"
 	        "  --buggy          the buggy release: breaks when dual_write is on\n"
 	        "  --write-rate N   background app writes per second (default 0)\n"
-	        "  --flags-table    keep flags in the table feature_flags too\n");
+	        "  --flags-table    keep flags in the table feature_flags too\n"
+	        "  --write-log F    append \"I|U ID VALUE\" to F for every committed write\n"
+	        "                   (updates then spread over the newest 500 rows)\n");
 }
 
 static int parse_rate(const char *s, int *out)
@@ -1098,6 +1181,13 @@ int main(int argc, char **argv)
 			port_file = argv[++i];
 		} else if (strcmp(a, "--db") == 0) {
 			app.conninfo = argv[++i];
+		} else if (strcmp(a, "--write-log") == 0) {
+			app.write_log = fopen(argv[++i], "a");
+			if (app.write_log == NULL) {
+				fprintf(stderr, "phasegate-demo: cannot open write log \"%s\": %s\n",
+				        argv[i], strerror(errno));
+				return 2;
+			}
 		} else if (strcmp(a, "--write-rate") == 0) {
 			if (parse_rate(argv[++i], &app.write_rate) != 0) {
 				fprintf(stderr,
@@ -1186,5 +1276,7 @@ int main(int argc, char **argv)
 		uv_print_all_handles(&app.loop, stderr);
 		status = 1;
 	}
+	if (app.write_log != NULL)
+		fclose(app.write_log);
 	return status;
 }

@@ -20,7 +20,6 @@ psql_q "CREATE TABLE jobs (id bigserial PRIMARY KEY, status text NOT NULL)" >/de
 psql_q "INSERT INTO jobs (status) SELECT 'queued' FROM generate_series(1, 3)" >/dev/null
 count=$(psql_q "SELECT count(*) FROM jobs")
 assert_eq 3 "$count" "rows after insert"
-assert_ne 0 "$count" "rows after insert"
 assert_eq "1|queued" "$(psql_q 'SELECT id, status FROM jobs ORDER BY id LIMIT 1')" "first row"
 
 # The same database through DATABASE_URL, as phasegate will use it.
@@ -28,7 +27,7 @@ assert_exit 0 psql -X -A -t -d "$DATABASE_URL" -c "SELECT count(*) FROM jobs"
 assert_file_contains "$T/out" 3 "count through DATABASE_URL"
 assert_exit '!' psql -X -d "$DATABASE_URL" -v ON_ERROR_STOP=1 -c "SELECT * FROM no_such_table"
 assert_file_contains "$T/err" 'relation "no_such_table" does not exist'
-assert_not_contains "$(cat "$T/out")" "ERROR"
+assert_eq "" "$(cat "$T/out")" "a failed query prints no result"
 
 # A failing assertion exits 1 and prints both sides and the caller's line;
 # the failing test's own database and temp dir are cleaned up.
@@ -48,6 +47,21 @@ inner_db=$(sed -n 's/^inner db: //p' "$T/out")
 assert_contains "$inner_db" "t_inner_"
 assert_eq 0 "$(psql_q "SELECT count(*) FROM pg_database WHERE datname = '$inner_db'")" \
 	"the failed test's database was dropped"
+
+# The other assertions fail too when they do not hold, naming both sides.
+cat >"$T/failing_ne.sh" <<'EOF'
+source "$PHG_TEST_LIB"
+assert_ne "same" "same" "equal values"
+EOF
+assert_exit 1 env TMPDIR="$T" bash "$T/failing_ne.sh"
+assert_file_contains "$T/err" "FAIL failing_ne: equal values (failing_ne.sh:2)"
+assert_file_contains "$T/err" "expected anything but: 'same'"
+cat >"$T/failing_contains.sh" <<'EOF'
+source "$PHG_TEST_LIB"
+assert_not_contains "an ERROR here" "ERROR" "error text"
+EOF
+assert_exit 1 env TMPDIR="$T" bash "$T/failing_contains.sh"
+assert_file_contains "$T/err" "FAIL failing_contains: error text (failing_contains.sh:2)"
 
 # A command that fails under set -e is reported with its line.
 cat >"$T/erroring.sh" <<'EOF'

@@ -25,6 +25,10 @@ export APP_HEALTH_URL="http://127.0.0.1:$(cat "$T/port")/healthz"
 # a short soak so the test stays quick: an env override of the check
 sed -e 's/soak: 10s/soak: 200ms/' -e 's/interval: 1s/interval: 100ms/' \
 	"$PHG_SOURCE_DIR/plans/001-jobs-status-rewrite.yaml" >"$T/plan.yaml"
+# a plan edit that makes the sed do nothing must fail here, not slow the test
+assert_file_contains "$T/plan.yaml" "soak: 200ms" "the soak override applied"
+assert_file_contains "$T/plan.yaml" "interval: 100ms" "the interval override applied"
+assert_file_not_contains "$T/plan.yaml" "soak: 10s" "no check kept the long soak"
 cd "$T"
 assert_exit 0 phg apply "$T/plan.yaml" --to enforce
 assert_eq "0" "$(psql_q "SELECT count(*) FROM jobs WHERE new_status IS DISTINCT FROM status")" "backfilled"

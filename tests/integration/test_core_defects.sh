@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# test_core_defects.sh - defects found building the fault matrix, kept fixed:
+#  1. reverting a contract phase (drop_column status + rename_column
+#     new_status -> status) keeps what the app wrote through the swapped
+#     column: it reads back through the old name, in both columns (the
+#     sync trigger came back before the fill and the fill overwrote it);
+#  2. a sync trigger put back by a revert after the plan's finalize dropped
+#     its function (a kill between the two finalize ops) is recreated with
+#     its function;
+#  3. rollback of a run that applied nothing marks the run rolled back.
+# shellcheck source=/dev/null
+source "$PHG_TEST_LIB"
+
+new_db defects
+
+no_phasegate_session() {
+	[[ $(psql_q "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+		AND application_name = 'phasegate'") == 0 ]]
+}
+
+# ---------------------------------------------------------------- 1
+psql_q "CREATE TABLE jobs (id bigserial PRIMARY KEY, status varchar(20) NOT NULL DEFAULT 'queued');
+        INSERT INTO jobs (status) SELECT (ARRAY['queued','running'])[1 + g % 2] FROM generate_series(1, 50) g" >/dev/null
+cat >"$T/expand.yaml" <<'YAML'
+version: 1
+name: defect-swap-revert
+phases:
+  - name: expand
+    steps:
+      - add_column: { table: jobs, column: new_status, type: "varchar(20)" }
+      - sync_trigger: { table: jobs, from: status, to: new_status }
+      - backfill: { table: jobs, set: "new_status = status", where: "new_status IS DISTINCT FROM status" }
+      - set_not_null: { table: jobs, column: new_status }
+YAML
+cat "$T/expand.yaml" - >"$T/swap.yaml" <<'YAML'
+  - name: contract
+    steps:
+      - drop_column: { table: jobs, column: status }
+      - rename_column: { table: jobs, column: new_status, to: status }
+      # the app, writing through the swapped column
+      - sql: { up: "UPDATE jobs SET status = 'done' WHERE id IN (1, 2, 3)", down: "SELECT 1" }
+      - sql: { up: "INSERT INTO jobs (status) VALUES ('failed')", down: "SELECT 1" }
+      # then something fails: the phase is rolled back automatically
+      - sql: { up: "SELECT 1 / 0", down: "SELECT 1" }
+YAML
+assert_exit 3 phg apply "$T/swap.yaml"
+assert_file_contains "$T/err" "automatic rollback complete"
+assert_eq "done,done,done" "$(psql_q "SELECT string_agg(status, ',' ORDER BY id) FROM jobs WHERE id IN (1, 2, 3)")" \
+	"the app's writes through the swapped column read back through the old name"
+assert_eq "done,done,done" "$(psql_q "SELECT string_agg(new_status, ',' ORDER BY id) FROM jobs WHERE id IN (1, 2, 3)")" \
+	"and the new column keeps them"
+assert_eq "failed|failed" "$(psql_q "SELECT status, new_status FROM jobs WHERE id = 51")" \
+	"a row inserted while swapped"
+assert_eq "0" "$(psql_q "SELECT count(*) FROM jobs WHERE status IS DISTINCT FROM new_status")" "columns in step"
+assert_eq "1" "$(psql_q "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'jobs'::regclass AND NOT tgisinternal")" \
+	"the sync trigger is back"
+psql_q "UPDATE jobs SET status = 'running' WHERE id = 4" >/dev/null
+assert_eq "running" "$(psql_q "SELECT new_status FROM jobs WHERE id = 4")" "and it syncs"
+assert_eq "t" "$(psql_q "SELECT attnotnull FROM pg_attribute WHERE attrelid = 'jobs'::regclass AND attname = 'status'")" \
+	"NOT NULL restored"
+
+# ---------------------------------------------------------------- 2
+# the finalize of the sync trigger (drop its function once unused) ran, the
+# drop_column's did not: the rollback puts the trigger back with its function
+psql_q "SET client_min_messages = warning; DROP TABLE jobs; DROP SCHEMA phasegate CASCADE;
+        CREATE TABLE jobs (id bigserial PRIMARY KEY, status varchar(20) NOT NULL DEFAULT 'queued');
+        INSERT INTO jobs (status) SELECT 'queued' FROM generate_series(1, 20)" >/dev/null
+cat "$T/expand.yaml" - >"$T/fin.yaml" <<'YAML'
+  - name: contract
+    steps:
+      - drop_column: { table: jobs, column: status }
+      - rename_column: { table: jobs, column: new_status, to: status }
+YAML
+sed -i 's/^name: .*/name: defect-finalize-kill/' "$T/fin.yaml"
+assert_file_contains "$T/fin.yaml" "name: defect-finalize-kill"
+rc=0
+PHG_FAULT=op:finalize:expand:2:0:committed phg apply "$T/fin.yaml" >"$T/out" 2>"$T/err" || rc=$?
+assert_eq 137 "$rc" "killed between the two finalize ops"
+wait_for -t 20 no_phasegate_session
+assert_eq "0" "$(psql_q "SELECT count(*) FROM pg_proc WHERE proname LIKE 'phg_sync_%'")" "the function was dropped"
+assert_exit 0 phg rollback "$T/fin.yaml"
+assert_eq "id,status" "$(psql_q "SELECT string_agg(attname, ',' ORDER BY attnum) FROM pg_attribute
+	WHERE attrelid = 'jobs'::regclass AND attnum > 0 AND NOT attisdropped")" "the table is as before"
+assert_eq "rolled_back" "$(psql_q "SELECT state FROM phasegate.runs")" "run rolled back"
+
+# ---------------------------------------------------------------- 3
+psql_q "SET client_min_messages = warning; DROP SCHEMA phasegate CASCADE" >/dev/null
+rc=0
+PHG_FAULT=run:created phg apply "$T/fin.yaml" >"$T/out" 2>"$T/err" || rc=$?
+assert_eq 137 "$rc" "killed right after the run was created"
+wait_for -t 20 no_phasegate_session
+assert_exit 0 phg rollback "$T/fin.yaml"
+assert_file_contains "$T/err" "nothing to roll back"
+assert_eq "rolled_back" "$(psql_q "SELECT state FROM phasegate.runs")" "the run is over"
+pass
