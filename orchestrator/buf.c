@@ -25,8 +25,16 @@ void phg_buf_free(phg_buf_t *b)
 void phg_buf_reset(phg_buf_t *b)
 {
 	b->len = 0;
+	b->err = 0;
 	if (b->data != NULL)
 		b->data[0] = '\0';
+}
+
+static int buf_fail(phg_buf_t *b, int rc)
+{
+	if (b->err == 0)
+		b->err = rc;
+	return b->err;
 }
 
 static int buf_reserve(phg_buf_t *b, size_t extra)
@@ -34,8 +42,10 @@ static int buf_reserve(phg_buf_t *b, size_t extra)
 	size_t need, ncap;
 	char *p;
 
+	if (b->err != 0)
+		return b->err;
 	if (extra > b->max || b->len > b->max - extra)
-		return PHG_ETOOBIG;
+		return buf_fail(b, PHG_ETOOBIG);
 	need = b->len + extra + 1;
 	if (need <= b->cap)
 		return 0;
@@ -46,7 +56,7 @@ static int buf_reserve(phg_buf_t *b, size_t extra)
 		ncap = b->max + 1;
 	p = realloc(b->data, ncap);
 	if (p == NULL)
-		return PHG_ENOMEM;
+		return buf_fail(b, PHG_ENOMEM);
 	b->data = p;
 	b->cap = ncap;
 	return 0;
@@ -79,7 +89,7 @@ int phg_buf_vprintf(phg_buf_t *b, const char *fmt, va_list ap)
 	n = vsnprintf(NULL, 0, fmt, cp);
 	va_end(cp);
 	if (n < 0)
-		return PHG_EINVAL;
+		return buf_fail(b, PHG_EINVAL);
 	rc = buf_reserve(b, (size_t)n);
 	if (rc != 0)
 		return rc;
@@ -97,6 +107,11 @@ int phg_buf_printf(phg_buf_t *b, const char *fmt, ...)
 	rc = phg_buf_vprintf(b, fmt, ap);
 	va_end(ap);
 	return rc;
+}
+
+int phg_buf_error(const phg_buf_t *b)
+{
+	return b->err;
 }
 
 char *phg_buf_take(phg_buf_t *b)

@@ -252,6 +252,18 @@ static void eq(engine_t *e, const char *sql, int np, const char *const *params, 
 
 static void eqb(engine_t *e, phg_buf_t *b, ek_t k)
 {
+	if (phg_buf_error(b) != 0) {
+		phg_err_t tmp;
+
+		/* never send a statement with a piece missing */
+		phg_err_clear(&tmp);
+		phg_err_set(&tmp, phg_buf_error(b), "internal error: a state query does not fit in "
+		                                     "%zu bytes",
+		            b->max);
+		phg_buf_free(b);
+		fatal(e, PHG_EXIT_RUNTIME, &tmp);
+		return;
+	}
 	eq(e, b->data, 0, NULL, k);
 	phg_buf_free(b);
 }
@@ -284,6 +296,7 @@ static const char *state_name(level_t lvl, int s)
 		return phg_step_state_name(s);
 	}
 }
+
 
 static int *state_ref(engine_t *e, level_t lvl, int pi, int si)
 {
@@ -546,6 +559,13 @@ static void on_signal(uv_signal_t *h, int signum)
 		        "%s received: finishing the current statement or batch, then saving state "
 		        "(again to cancel the running statement)",
 		        signum == SIGINT ? "SIGINT" : "SIGTERM");
+		/* a wait for the next attempt ends at once, not at its end */
+		if (e->x_open)
+			phg_exec_interrupt(&e->x);
+		if (e->retry_open && !e->shutting_down && uv_is_active((uv_handle_t *)&e->retry_timer)) {
+			uv_timer_stop(&e->retry_timer);
+			engine_shutdown(e, PHG_EXIT_INTERRUPTED);
+		}
 	} else if (e->backup != NULL) {
 		phg_log(PHG_LOG_WARN, &e->log, "stopping pg_dump; the backup is taken again on resume");
 		phg_backup_cancel(e->backup);
@@ -690,11 +710,10 @@ static void rt_alloc(engine_t *e)
 	}
 }
 
-static int parse_int(const char *s)
+/* A counter or index the state tables hold; *bad = 1 when it is not one. */
+static int state_int(const char *s, int *bad)
 {
-	long v = strtol(s, NULL, 10);
-
-	return v > INT_MAX ? INT_MAX : v < INT_MIN ? INT_MIN : (int)v;
+	return (int)phg_db_num(s, INT_MIN, INT_MAX, 0, bad);
 }
 
 static void strv_from_json(phg_strv_t *v, const char *text)
@@ -716,36 +735,37 @@ static void strv_from_json(phg_strv_t *v, const char *text)
 static int load_rows(engine_t *e, PGresult *res)
 {
 	int n = PQntuples(res);
+	int bad = 0;
 
 	rt_alloc(e);
 	for (int r = 0; r < n; r++) {
-		int pi = parse_int(PQgetvalue(res, r, 0));
+		int pi = state_int(PQgetvalue(res, r, 0), &bad);
 		int si;
 		step_rt_t *s;
 		json_error_t jerr;
 
-		if (pi < 0 || (size_t)pi >= e->nph)
+		if (bad || pi < 0 || (size_t)pi >= e->nph)
 			return PHG_ESTATE;
 		e->ph[pi].state = phg_phase_state_parse(PQgetvalue(res, r, 1));
 		e->ph[pi].backed_up = strcmp(PQgetvalue(res, r, 13), "t") == 0;
 		if (PQgetisnull(res, r, 2))
 			continue;
-		si = parse_int(PQgetvalue(res, r, 2));
-		if (si < 0 || (size_t)si >= e->plan->phases[pi].nsteps)
+		si = state_int(PQgetvalue(res, r, 2), &bad);
+		if (bad || si < 0 || (size_t)si >= e->plan->phases[pi].nsteps)
 			return PHG_ESTATE;
 		s = &e->ph[pi].steps[si];
 		s->state = phg_step_state_parse(PQgetvalue(res, r, 3));
-		s->progress = parse_int(PQgetvalue(res, r, 4));
-		s->revert_progress = parse_int(PQgetvalue(res, r, 5));
-		s->final_progress = parse_int(PQgetvalue(res, r, 6));
-		s->op_started = PQgetisnull(res, r, 7) ? -1 : parse_int(PQgetvalue(res, r, 7));
-		s->bf_pass = parse_int(PQgetvalue(res, r, 8));
+		s->progress = state_int(PQgetvalue(res, r, 4), &bad);
+		s->revert_progress = state_int(PQgetvalue(res, r, 5), &bad);
+		s->final_progress = state_int(PQgetvalue(res, r, 6), &bad);
+		s->op_started = PQgetisnull(res, r, 7) ? -1 : state_int(PQgetvalue(res, r, 7), &bad);
+		s->bf_pass = state_int(PQgetvalue(res, r, 8), &bad);
 		if (!PQgetisnull(res, r, 9))
 			strv_from_json(&s->bf_last, PQgetvalue(res, r, 9));
-		s->bf_rows = strtoll(PQgetvalue(res, r, 10), NULL, 10);
-		s->bf_batches = strtoll(PQgetvalue(res, r, 11), NULL, 10);
+		s->bf_rows = phg_db_num(PQgetvalue(res, r, 10), 0, LLONG_MAX, 0, &bad);
+		s->bf_batches = phg_db_num(PQgetvalue(res, r, 11), 0, LLONG_MAX, 0, &bad);
 		s->memo = json_loads(PQgetvalue(res, r, 12), 0, &jerr);
-		if (e->ph[pi].state < 0 || s->state < 0)
+		if (e->ph[pi].state < 0 || s->state < 0 || bad)
 			return PHG_ESTATE;
 	}
 	return 0;
@@ -1028,13 +1048,20 @@ static void revert_memo_loaded(engine_t *e)
 	phg_err_t err;
 	json_error_t jerr;
 
+	int bad = 0;
+
 	if (PQntuples(e->res) == 1) {
 		json_decref(s->memo);
 		s->memo = json_loads(PQgetvalue(e->res, 0, 0), 0, &jerr);
-		s->progress = parse_int(PQgetvalue(e->res, 0, 1));
-		s->op_started = PQgetisnull(e->res, 0, 2) ? -1 : parse_int(PQgetvalue(e->res, 0, 2));
+		s->progress = state_int(PQgetvalue(e->res, 0, 1), &bad);
+		s->op_started = PQgetisnull(e->res, 0, 2) ? -1 : state_int(PQgetvalue(e->res, 0, 2), &bad);
 	}
 	phg_err_clear(&err);
+	if (bad) {
+		phg_err_set(&err, PHG_ESTATE, "the recorded progress of the step is not a number");
+		revert_failed(e, &err);
+		return;
+	}
 	if (build_ops(e, e->pi, e->si, PHG_DIR_REVERT, &err) != 0) {
 		revert_failed(e, &err);
 		return;
@@ -1113,11 +1140,14 @@ static void on_failure(engine_t *e)
 
 	ctx_phase(e, -1, -1);
 	if (e->st->on_failure == PHG_ON_FAILURE_STOP) {
-		phg_log(PHG_LOG_WARN, &e->log,
-		        "on_failure is \"stop\": phase \"%s\" is left as it is (state failed); fix "
-		        "the cause and run apply to retry it, or rollback",
+		/* nothing was rolled back: exit 4, "an operator must look" (3
+		 * promises the rollback completed) */
+		phg_log(PHG_LOG_ERROR, &e->log,
+		        "on_failure is \"stop\": phase \"%s\" is left as it is (state failed), "
+		        "nothing was rolled back; an operator must look: fix the cause and run "
+		        "apply to retry the phase, or rollback to undo it",
 		        e->plan->phases[e->failed_phase].name);
-		exit_with(e, PHG_EXIT_ROLLED_BACK);
+		exit_with(e, PHG_EXIT_ROLLBACK_FAILED);
 		return;
 	}
 	lo = e->st->on_failure == PHG_ON_FAILURE_ROLLBACK_PLAN ? -1 : e->failed_phase - 1;
@@ -1788,7 +1818,17 @@ static void who(char *user, size_t un, char *host, size_t hn)
 
 static void new_run_created(engine_t *e)
 {
-	e->run_id = strtoll(PQgetvalue(e->res, 0, 0), NULL, 10);
+	int bad = 0;
+
+	e->run_id = phg_db_num(PQgetvalue(e->res, 0, 0), 1, LLONG_MAX, 0, &bad);
+	if (bad) {
+		phg_err_t err;
+
+		phg_err_clear(&err);
+		phg_err_set(&err, PHG_ESTATE, "the new run has no valid id");
+		fatal(e, PHG_EXIT_RUNTIME, &err);
+		return;
+	}
 	phg_fault("run:created");
 	rt_alloc(e);
 	e->run_state = PHG_RUN_RUNNING;
@@ -1872,7 +1912,7 @@ static int last_run_read(engine_t *e)
 		e->run_state = PHG_RUN_NOT_STARTED;
 		return 0;
 	}
-	e->run_id = strtoll(PQgetvalue(e->res, 0, 0), NULL, 10);
+	e->run_id = phg_db_num(PQgetvalue(e->res, 0, 0), 1, LLONG_MAX, 0, NULL);
 	snprintf(e->run_checksum, sizeof(e->run_checksum), "%s", PQgetvalue(e->res, 0, 1));
 	e->run_state = phg_run_state_parse(PQgetvalue(e->res, 0, 2));
 	snprintf(e->run_action, sizeof(e->run_action), "%s", PQgetvalue(e->res, 0, 3));

@@ -8,6 +8,7 @@
 #include "exec.h"
 
 #include <inttypes.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -97,6 +98,8 @@ static uint64_t now_ms(void)
 
 /* ---- queries ---- */
 
+static void exec_finish(phg_exec_t *x, int status);
+
 static void exec_send(phg_exec_t *x, phg_exec_state_t st, const char *sql, int nparams,
                       const char *const *params)
 {
@@ -104,15 +107,33 @@ static void exec_send(phg_exec_t *x, phg_exec_state_t st, const char *sql, int n
 	if (phg_pg_query(x->work, sql, nparams, params, exec_on_result, x) != 0) {
 		phg_err_set(&x->err, PHG_ECONNECT, "the work connection is not usable");
 		x->fail_status = PHG_ECONNECT;
-		exec_state(x, PHG_X_DONE);
-		/* report asynchronously-safe: we are inside a callback chain already */
-		x->cb(x, PHG_ECONNECT);
+		exec_finish(x, PHG_ECONNECT);
 	}
+}
+
+/* A statement that overflowed its buffer is never sent: it would lack a
+ * piece (a statement, the progress record) and still commit. */
+static int too_big(phg_exec_t *x, const phg_buf_t *b)
+{
+	phg_err_t e;
+
+	if (phg_buf_error(b) == 0)
+		return 0;
+	phg_err_clear(&e);
+	phg_err_set(&e, PHG_ETOOBIG, "the SQL of \"%s\" is too large", cur_op(x)->label);
+	phg_err_detail(&e, "A statement sent with its progress record may be at most %zu bytes; "
+	                   "nothing of it was sent.",
+	               b->max);
+	phg_err_hint(&e, "Split the step into smaller ones.");
+	phg_err_copy(&x->err, &e);
+	exec_finish(x, PHG_ESTEP);
+	return 1;
 }
 
 static void exec_sendf(phg_exec_t *x, phg_exec_state_t st, phg_buf_t *b)
 {
-	exec_send(x, st, b->data, 0, NULL);
+	if (!too_big(x, b))
+		exec_send(x, st, b->data, 0, NULL);
 	phg_buf_free(b);
 }
 
@@ -167,6 +188,15 @@ static void probe_stop(phg_exec_t *x)
 
 /* ---- finishing ---- */
 
+static void done_fire(uv_timer_t *t)
+{
+	phg_exec_t *x = t->data;
+
+	x->cb(x, x->done_status);
+}
+
+/* Done: the callback runs on the next loop turn, never from inside the call
+ * that started the work (phg_exec_run with no op left, a failed send). */
 static void exec_finish(phg_exec_t *x, int status)
 {
 	probe_stop(x);
@@ -176,7 +206,8 @@ static void exec_finish(phg_exec_t *x, int status)
 	}
 	uv_timer_stop(&x->backoff_timer);
 	exec_state(x, PHG_X_DONE);
-	x->cb(x, status);
+	x->done_status = status;
+	uv_timer_start(&x->done_timer, done_fire, 0, 0);
 }
 
 static int retriable(const phg_err_t *e)
@@ -454,7 +485,7 @@ static void bf_keys_done(phg_exec_t *x, PGresult *res)
 		phg_strv_push(&x->key_names, PQgetvalue(res, i, 0));
 		phg_strv_push(&x->key_types, PQgetvalue(res, i, 1));
 	}
-	x->est_rows = strtoll(PQgetvalue(res, 0, 3), NULL, 10);
+	x->est_rows = phg_db_num(PQgetvalue(res, 0, 3), 0, LLONG_MAX, 0, NULL);
 	if (x->bf_last.n != 0 && x->bf_last.n != x->key_names.n) {
 		phg_err_set(&e, PHG_ESTATE, "backfill checkpoint of table \"%s\" has %zu key values, "
 		                            "the key has %zu columns",
@@ -540,8 +571,10 @@ static void bf_batch(phg_exec_t *x)
 	                 "SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM upd), "
 	                 "(SELECT array_to_json(k)::text FROM last)");
 	x->attempt++;
-	probe_start(x);
-	exec_send(x, PHG_X_BF_BATCH, b.data, np, params);
+	if (!too_big(x, &b)) {
+		probe_start(x);
+		exec_send(x, PHG_X_BF_BATCH, b.data, np, params);
+	}
 	phg_buf_free(&b);
 	phg_build_reset(&qb);
 }
@@ -585,8 +618,8 @@ static void bf_progress(phg_exec_t *x, int final)
 
 static int bf_batch_done(phg_exec_t *x, PGresult *res)
 {
-	long long nbatch = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
-	long long nupd = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
+	long long nbatch = phg_db_num(PQgetvalue(res, 0, 0), 0, LLONG_MAX, 0, NULL);
+	long long nupd = phg_db_num(PQgetvalue(res, 0, 1), 0, LLONG_MAX, 0, NULL);
 	json_t *last;
 	json_error_t jerr;
 	size_t i;
@@ -999,9 +1032,11 @@ int phg_exec_init(uv_loop_t *loop, phg_exec_t *x)
 	memset(x, 0, sizeof(*x));
 	uv_timer_init(loop, &x->backoff_timer);
 	uv_timer_init(loop, &x->probe_timer);
+	uv_timer_init(loop, &x->done_timer);
 	x->backoff_timer.data = x;
 	x->probe_timer.data = x;
-	x->timers_open = 2;
+	x->done_timer.data = x;
+	x->timers_open = 3;
 	x->op_started = -1;
 	x->bf_pass = 1;
 	x->rng = uv_hrtime() ^ ((uint64_t)(uintptr_t)x << 17);
@@ -1017,6 +1052,14 @@ int phg_exec_run(phg_exec_t *x, phg_exec_cb cb)
 	exec_state(x, PHG_X_IDLE);
 	exec_next(x);
 	return 0;
+}
+
+void phg_exec_interrupt(phg_exec_t *x)
+{
+	if (x->st != PHG_X_BACKOFF)
+		return;
+	phg_log(PHG_LOG_INFO, &x->log, "retry wait ended by the stop request");
+	exec_finish(x, PHG_EINTERRUPTED);
 }
 
 void phg_exec_reset(phg_exec_t *x)
@@ -1040,4 +1083,5 @@ void phg_exec_close(phg_exec_t *x, void (*cb)(phg_exec_t *x))
 	x->close_cb = cb;
 	uv_close((uv_handle_t *)&x->backoff_timer, timer_closed);
 	uv_close((uv_handle_t *)&x->probe_timer, timer_closed);
+	uv_close((uv_handle_t *)&x->done_timer, timer_closed);
 }

@@ -17,8 +17,12 @@
  * the log names the sessions that blocked it (pg_blocking_pids, looked up
  * on the control connection while the statement waits).
  *
- * The caller owns the phg_exec_t; phg_exec_init() starts two timers that
- * phg_exec_close() closes (its callback runs when both are closed).
+ * The caller owns the phg_exec_t; phg_exec_init() starts three timers that
+ * phg_exec_close() closes (its callback runs when all are closed).  The
+ * completion callback never runs from inside phg_exec_run() (not even with
+ * no op left to run): always on a later loop turn.  A statement that does
+ * not fit its capped buffer fails the op (PHG_ETOOBIG in err) before
+ * anything of it is sent.
  */
 #ifndef PHG_EXEC_H
 #define PHG_EXEC_H
@@ -103,6 +107,8 @@ struct phg_exec_s {
 	phg_exec_cb cb;
 	uv_timer_t backoff_timer;
 	uv_timer_t probe_timer;
+	uv_timer_t done_timer;          /* the callback runs on a later loop turn */
+	int done_status;
 	int timers_open;
 	void (*close_cb)(phg_exec_t *x);
 	uint64_t attempt;
@@ -127,6 +133,12 @@ int phg_exec_init(uv_loop_t *loop, phg_exec_t *x);
 /* Run x->ops from x->next.  @cb is called once, when done or failed.
  * 0, or PHG_EINVAL when the work connection is not ready (cb not called). */
 int phg_exec_run(phg_exec_t *x, phg_exec_cb cb);
+
+/* A stop was asked (SIGINT/SIGTERM): a wait between attempts (lock retry
+ * backoff, http retry) ends now and the run completes with
+ * PHG_EINTERRUPTED on the next loop turn; a statement or batch in flight is
+ * left to finish (the caller's should_stop ends the run after it). */
+void phg_exec_interrupt(phg_exec_t *x);
 
 /* Free what a run left (backfill key lists, checkpoint copy); keeps timers. */
 void phg_exec_reset(phg_exec_t *x);

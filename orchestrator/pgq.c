@@ -24,6 +24,23 @@ void phg_pgq_init(phg_pgq_t *q, phg_pg_t *pg)
 	q->pg = pg;
 	q->head = q->tail = NULL;
 	q->running = 0;
+	q->defer_open = 0;
+}
+
+static void pgq_defer_fire(uv_timer_t *t)
+{
+	phg_pgq_flush(t->data);
+}
+
+/* Flush on the next loop turn: the caller may be the one that queued. */
+static void pgq_defer_flush(phg_pgq_t *q)
+{
+	if (!q->defer_open) {
+		uv_timer_init(q->pg->loop, &q->defer);
+		q->defer.data = q;
+		q->defer_open = 1;
+	}
+	uv_timer_start(&q->defer, pgq_defer_fire, 0, 0);
 }
 
 static void item_free(phg_pgq_item_t *it)
@@ -67,14 +84,14 @@ static void pgq_pump(phg_pgq_t *q)
 		return;
 	if (q->pg->state != PHG_PG_READY) {
 		if (q->pg->state != PHG_PG_BUSY)
-			phg_pgq_flush(q);
+			pgq_defer_flush(q);
 		return;
 	}
 	q->running = 1;
 	if (phg_pg_query(q->pg, it->sql, it->nparams, (const char *const *)it->params, pgq_done,
 	                 q) != 0) {
 		q->running = 0;
-		phg_pgq_flush(q);
+		pgq_defer_flush(q);
 	}
 }
 
@@ -131,6 +148,10 @@ void phg_pgq_flush(phg_pgq_t *q)
 
 void phg_pgq_discard(phg_pgq_t *q)
 {
+	if (q->defer_open) {
+		uv_close((uv_handle_t *)&q->defer, NULL);
+		q->defer_open = 0;
+	}
 	phg_pgq_flush(q);
 	if (q->running && q->head != NULL) {
 		item_free(q->head);

@@ -5,10 +5,15 @@
  *
  * Parameters are copied.  A queued callback is called exactly once: with
  * the result, or with PHG_ECANCELED when the queue is flushed (on close) or
- * PHG_ECONNECT when the connection broke.
+ * PHG_ECONNECT when the connection broke -- never from inside the
+ * phg_pgq_query() that queued it (a connection found unusable there is
+ * flushed on the next loop turn).  The owner calls phg_pgq_discard() before
+ * the loop ends (it closes the queue's timer).
  */
 #ifndef PHG_PGQ_H
 #define PHG_PGQ_H
+
+#include <uv.h>
 
 #include "pg.h"
 
@@ -18,6 +23,8 @@ typedef struct phg_pgq_s {
 	phg_pg_t *pg;
 	phg_pgq_item_t *head, *tail;
 	int running;
+	uv_timer_t defer;  /* a flush found by phg_pgq_query runs on a later turn */
+	int defer_open;
 } phg_pgq_t;
 
 void phg_pgq_init(phg_pgq_t *q, phg_pg_t *pg);

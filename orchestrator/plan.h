@@ -254,6 +254,12 @@ void phg_strv_clear(phg_strv_t *v);
 int phg_parse_duration(const char *s, uint64_t *ms);
 /* Strict decimal unsigned integer, no sign, no spaces. 0, PHG_EINVAL or PHG_ETOOBIG. */
 int phg_parse_uint(const char *s, uint64_t *out);
+/* Strict decimal signed integer (optional '-', digits, nothing else) within
+ * [@min, @max]: 0, PHG_EINVAL, or PHG_ETOOBIG when out of range. */
+int phg_parse_int64(const char *s, long long min, long long max, long long *out);
+/* phg_parse_int64() for a number the database sent (a count, an id, a
+ * progress counter): @fallback and *@bad = 1 when it is not one. */
+long long phg_db_num(const char *s, long long min, long long max, long long fallback, int *bad);
 /* 1 if @s is a plain SQL identifier phasegate accepts, else 0. */
 int phg_ident_ok(const char *s);
 /* 1 if @s is IDENT or IDENT.IDENT. */

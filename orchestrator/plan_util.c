@@ -5,11 +5,41 @@
  */
 #include "plan.h"
 
+#include <errno.h>
 #include <stdlib.h>
 
 #include "buf.h"
 
 #include <string.h>
+
+int phg_parse_int64(const char *s, long long min, long long max, long long *out)
+{
+	char *end;
+	long long v;
+
+	if (s == NULL || *s == '\0' || (*s != '-' && (*s < '0' || *s > '9')))
+		return PHG_EINVAL; /* no leading space or '+' */
+	errno = 0;
+	v = strtoll(s, &end, 10);
+	if (end == s || *end != '\0')
+		return PHG_EINVAL;
+	if (errno == ERANGE || v < min || v > max)
+		return PHG_ETOOBIG;
+	*out = v;
+	return 0;
+}
+
+long long phg_db_num(const char *s, long long min, long long max, long long fallback, int *bad)
+{
+	long long v;
+
+	if (phg_parse_int64(s, min, max, &v) != 0) {
+		if (bad != NULL)
+			*bad = 1;
+		return fallback;
+	}
+	return v;
+}
 
 int phg_parse_uint(const char *s, uint64_t *out)
 {

@@ -5,6 +5,7 @@
  * A run recorded as `running` whose plan lock nobody holds was killed; it is
  * shown as `interrupted`.
  */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -188,7 +189,7 @@ static void status_phases(report_t *r, PGresult *res)
 	int n = PQntuples(res);
 
 	for (int i = 0; i < n; i++) {
-		size_t pi = (size_t)strtol(PQgetvalue(res, i, 0), NULL, 10);
+		size_t pi = (size_t)phg_db_num(PQgetvalue(res, i, 0), 0, INT_MAX, (long long)INT_MAX, NULL);
 		json_t *ph = json_array_get(phases, pi);
 		json_t *steps;
 		json_t *step;
@@ -201,11 +202,11 @@ static void status_phases(report_t *r, PGresult *res)
 		if (PQgetisnull(res, i, 4))
 			continue;
 		steps = json_object_get(ph, "steps");
-		step = json_array_get(steps, (size_t)strtol(PQgetvalue(res, i, 4), NULL, 10));
+		step = json_array_get(steps, (size_t)phg_db_num(PQgetvalue(res, i, 4), 0, INT_MAX, (long long)INT_MAX, NULL));
 		if (step == NULL)
 			continue;
 		json_object_set_new(step, "state", json_string(PQgetvalue(res, i, 5)));
-		json_object_set_new(step, "rows", json_integer(strtoll(PQgetvalue(res, i, 6), NULL, 10)));
+		json_object_set_new(step, "rows", json_integer(phg_db_num(PQgetvalue(res, i, 6), LLONG_MIN, LLONG_MAX, 0, NULL)));
 	}
 	{
 		phg_buf_t b;
@@ -230,7 +231,7 @@ static void status_run(report_t *r, PGresult *res)
 		status_print(r);
 		return;
 	}
-	r->run_id = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+	r->run_id = phg_db_num(PQgetvalue(res, 0, 0), LLONG_MIN, LLONG_MAX, 0, NULL);
 	state = PQgetvalue(res, 0, 2);
 	if (strcmp(state, "running") == 0 && strcmp(PQgetvalue(res, 0, 8), "f") == 0)
 		state = "interrupted"; /* recorded running, but no process holds its lock */
@@ -320,7 +321,7 @@ static void history_rows(report_t *r, PGresult *res)
 	for (int i = 0; i < n; i++) {
 		json_t *o = json_object();
 
-		json_object_set_new(o, "run_id", json_integer(strtoll(PQgetvalue(res, i, 0), NULL, 10)));
+		json_object_set_new(o, "run_id", json_integer(phg_db_num(PQgetvalue(res, i, 0), LLONG_MIN, LLONG_MAX, 0, NULL)));
 		json_object_set_new(o, "plan", json_string(PQgetvalue(res, i, 1)));
 		json_object_set_new(o, "checksum", json_string(PQgetvalue(res, i, 2)));
 		json_object_set_new(o, "env", json_string(PQgetvalue(res, i, 3)));
@@ -331,9 +332,9 @@ static void history_rows(report_t *r, PGresult *res)
 		json_object_set_new(o, "who", jstr_or_null(res, i, 8));
 		json_object_set_new(o, "host", jstr_or_null(res, i, 9));
 		json_object_set_new(o, "phases_applied",
-		                    json_integer(strtoll(PQgetvalue(res, i, 10), NULL, 10)));
-		json_object_set_new(o, "phases", json_integer(strtoll(PQgetvalue(res, i, 11), NULL, 10)));
-		json_object_set_new(o, "backups", json_integer(strtoll(PQgetvalue(res, i, 12), NULL, 10)));
+		                    json_integer(phg_db_num(PQgetvalue(res, i, 10), LLONG_MIN, LLONG_MAX, 0, NULL)));
+		json_object_set_new(o, "phases", json_integer(phg_db_num(PQgetvalue(res, i, 11), LLONG_MIN, LLONG_MAX, 0, NULL)));
+		json_object_set_new(o, "backups", json_integer(phg_db_num(PQgetvalue(res, i, 12), LLONG_MIN, LLONG_MAX, 0, NULL)));
 		json_object_set_new(o, "note", jstr_or_null(res, i, 13));
 		json_object_set_new(o, "error", jstr_or_null(res, i, 14));
 		json_array_append_new(r->out, o);

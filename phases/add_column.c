@@ -69,13 +69,16 @@ static int default_is_constant(const char *e)
 			continue;
 		}
 		if (*p == '\'' || ((*p == 'E' || *p == 'e') && p[1] == '\'')) {
-			if (*p != '\'')
+			/* backslash escapes exist in this literal only if it is E'..' */
+			int escapes = *p != '\'';
+
+			if (escapes)
 				p++;
 			p++;
 			for (;;) {
 				if (*p == '\0')
 					return 0;
-				if (*p == '\\' && p[1] != '\0' && e[0] != '\'') {
+				if (*p == '\\' && p[1] != '\0' && escapes) {
 					p += 2;
 					continue;
 				}

@@ -5,7 +5,9 @@
  * progress record; with transaction: false it runs on its own (for
  * statements such as CREATE INDEX CONCURRENTLY) and must be safe to run
  * again, since a crash after it and before its record re-runs it.
- * validate lints the SQL for statements that take long or strong locks.
+ * validate lints the SQL, whole statements however long, for statements that
+ * take long or strong locks, and refuses transaction control (BEGIN, COMMIT,
+ * ROLLBACK, SAVEPOINT...) in a transactional step.
  */
 #include "kind.h"
 
@@ -92,47 +94,116 @@ static const lint_rule_t lint_rules[] = {
 	{NULL, NULL, NULL},
 };
 
-/* Lower-cased words of one statement; quoted strings and comments skipped. */
-static size_t words_of(const char *s, size_t n, char words[][32], size_t max)
+/* The lower-cased words of one statement, growing as needed: the lint
+ * reads whole statements, however long. */
+typedef struct {
+	char (*w)[32];
+	size_t n, cap;
+} words_t;
+
+static void words_push(words_t *ws, const char *s, size_t n)
 {
-	size_t nw = 0;
+	if (ws->n == ws->cap) {
+		ws->cap = ws->cap ? ws->cap * 2 : 64;
+		ws->w = phg_realloc(ws->w, ws->cap * sizeof(*ws->w));
+	}
+	if (n > 31)
+		n = 31;
+	for (size_t i = 0; i < n; i++)
+		ws->w[ws->n][i] = (char)tolower((unsigned char)s[i]);
+	ws->w[ws->n][n] = '\0';
+	ws->n++;
+}
 
-	for (size_t i = 0; i < n;) {
-		if (s[i] == '\'') {
-			for (i++; i < n && s[i] != '\''; i++)
-				;
+/* Length of the dollar-quote tag at @s ("$tag$" or "$$"), 0 if none. */
+static size_t dollar_tag(const char *s, size_t n)
+{
+	size_t i = 1;
+
+	if (n < 2 || s[0] != '$')
+		return 0;
+	while (i < n && (isalnum((unsigned char)s[i]) || s[i] == '_'))
+		i++;
+	if (i < n && s[i] == '$' && !(i > 1 && isdigit((unsigned char)s[1])))
+		return i + 1;
+	return 0;
+}
+
+/* Split @sql into statements at semicolons outside quotes, dollar quotes
+ * and comments; call @fn with each statement's words (quoted strings and
+ * comments skipped, identifiers in double quotes left out too). */
+static void statements_of(const char *sql, void (*fn)(words_t *ws, void *arg), void *arg)
+{
+	size_t n = strlen(sql), i = 0;
+	words_t ws = {0};
+
+	while (i < n) {
+		char c = sql[i];
+		size_t tag;
+
+		if (c == '\'' || c == '"') {
+			for (i++; i < n; i++) {
+				if (sql[i] == c && i + 1 < n && sql[i + 1] == c)
+					i++; /* '' or "" inside */
+				else if (sql[i] == c)
+					break;
+			}
 			i++;
-		} else if (s[i] == '-' && i + 1 < n && s[i + 1] == '-') {
-			while (i < n && s[i] != '\n')
+		} else if (c == '-' && i + 1 < n && sql[i + 1] == '-') {
+			while (i < n && sql[i] != '\n')
 				i++;
-		} else if (isalpha((unsigned char)s[i]) || s[i] == '_') {
-			size_t k = 0;
+		} else if (c == '/' && i + 1 < n && sql[i + 1] == '*') {
+			const char *e = strstr(sql + i + 2, "*/");
 
-			while (i < n && (isalnum((unsigned char)s[i]) || s[i] == '_')) {
-				if (k < 31 && nw < max)
-					words[nw][k++] = (char)tolower((unsigned char)s[i]);
+			i = e ? (size_t)(e - sql) + 2 : n;
+		} else if (c == '$' && (tag = dollar_tag(sql + i, n - i)) > 0) {
+			const char *e;
+			char t[80];
+
+			if (tag >= sizeof(t)) {
+				i += tag;
+				continue;
+			}
+			memcpy(t, sql + i, tag);
+			t[tag] = '\0';
+			e = strstr(sql + i + tag, t);
+			i = e ? (size_t)(e - sql) + tag : n;
+		} else if (c == ';') {
+			fn(&ws, arg);
+			ws.n = 0;
+			i++;
+		} else if (isalpha((unsigned char)c) || c == '_') {
+			size_t k = i;
+
+			while (i < n && (isalnum((unsigned char)sql[i]) || sql[i] == '_' || sql[i] == '$'))
 				i++;
-			}
-			if (nw < max) {
-				words[nw][k] = '\0';
-				nw++;
-			}
+			words_push(&ws, sql + k, i - k);
 		} else {
 			i++;
 		}
 	}
-	return nw;
+	if (ws.n > 0)
+		fn(&ws, arg);
+	free(ws.w);
 }
 
-static int rule_matches(const lint_rule_t *r, char words[][32], size_t nw)
+static int rule_matches(const lint_rule_t *r, const words_t *ws)
 {
 	char want[8][32];
-	size_t nwant = words_of(r->words, strlen(r->words), want, 8);
-	size_t k = 0;
+	size_t nwant = 0, k = 0;
+	const char *p = r->words;
 
+	while (*p != '\0' && nwant < 8) {
+		size_t l = strcspn(p, " ");
+
+		memcpy(want[nwant], p, l);
+		want[nwant++][l] = '\0';
+		p += l;
+		p += strspn(p, " ");
+	}
 	/* "alter column type": alter ... column ... type in that order */
-	for (size_t i = 0; i < nw && k < nwant; i++)
-		if (strcmp(words[i], want[k]) == 0)
+	for (size_t i = 0; i < ws->n && k < nwant; i++)
+		if (strcmp(ws->w[i], want[k]) == 0)
 			k++;
 	if (k < nwant)
 		return 0;
@@ -140,64 +211,113 @@ static int rule_matches(const lint_rule_t *r, char words[][32], size_t nw)
 	if (nwant == 2 && strcmp(r->words, "alter column type") != 0) {
 		int adjacent = 0;
 
-		for (size_t i = 0; i + 1 < nw; i++)
-			if (strcmp(words[i], want[0]) == 0 && strcmp(words[i + 1], want[1]) == 0)
+		for (size_t i = 0; i + 1 < ws->n; i++)
+			if (strcmp(ws->w[i], want[0]) == 0 && strcmp(ws->w[i + 1], want[1]) == 0)
 				adjacent = 1;
 		if (!adjacent)
 			return 0;
 	}
 	if (r->unless != NULL) {
-		for (size_t i = 0; i < nw; i++)
-			if (strcmp(words[i], r->unless) == 0)
+		for (size_t i = 0; i < ws->n; i++)
+			if (strcmp(ws->w[i], r->unless) == 0)
 				return 0;
 	}
 	if (strcmp(r->words, "add column") == 0) {
 		/* only NOT NULL without DEFAULT */
 		int notnull = 0, def = 0;
 
-		for (size_t i = 0; i + 1 < nw; i++)
-			if (strcmp(words[i], "not") == 0 && strcmp(words[i + 1], "null") == 0)
+		for (size_t i = 0; i + 1 < ws->n; i++)
+			if (strcmp(ws->w[i], "not") == 0 && strcmp(ws->w[i + 1], "null") == 0)
 				notnull = 1;
-		for (size_t i = 0; i < nw; i++)
-			if (strcmp(words[i], "default") == 0)
+		for (size_t i = 0; i < ws->n; i++)
+			if (strcmp(ws->w[i], "default") == 0)
 				def = 1;
 		return notnull && !def;
 	}
 	return 1;
 }
 
-static void lint(const phg_step_t *step, const char *key, const char *sql, phg_diag_t *d)
+/* Transaction control: BEGIN, START TRANSACTION, COMMIT, END, ROLLBACK,
+ * ABORT, SAVEPOINT, RELEASE, PREPARE TRANSACTION, COMMIT/ROLLBACK
+ * PREPARED.  In a transactional step it would end (or nest) the step's own
+ * transaction, so the step and its record would no longer commit together. */
+static const char *tx_control(const words_t *ws)
 {
-	const char *p = sql;
-	phg_pos_t pos = phg_step_field_pos(step, key);
+	static const char *const first[] = {"begin",  "commit",    "end",     "rollback",
+	                                    "abort",  "savepoint", "release", NULL};
 
-	while (*p != '\0') {
-		const char *end = strchr(p, ';');
-		size_t n = end ? (size_t)(end - p) : strlen(p);
-		char words[64][32];
-		size_t nw = words_of(p, n, words, 64);
+	if (ws->n == 0)
+		return NULL;
+	for (size_t i = 0; first[i] != NULL; i++)
+		if (strcmp(ws->w[0], first[i]) == 0)
+			return first[i];
+	if (strcmp(ws->w[0], "start") == 0 && ws->n > 1 && strcmp(ws->w[1], "transaction") == 0)
+		return "start transaction";
+	if (strcmp(ws->w[0], "prepare") == 0 && ws->n > 1 && strcmp(ws->w[1], "transaction") == 0)
+		return "prepare transaction";
+	return NULL;
+}
 
-		for (const lint_rule_t *r = lint_rules; r->words != NULL; r++) {
-			if (rule_matches(r, words, nw)) {
-				phg_diag_warn(d, pos, "sql `%s`: %s", key, r->warning);
-				break;
-			}
-		}
-		p += n;
-		if (*p == ';')
-			p++;
+typedef struct {
+	const phg_step_t *step;
+	const char *key;
+	int transaction;
+	phg_diag_t *d;
+	int rc;
+} lint_t;
+
+static void lint_statement(words_t *ws, void *arg)
+{
+	lint_t *l = arg;
+	phg_pos_t pos = phg_step_field_pos(l->step, l->key);
+	const char *tc = tx_control(ws);
+
+	if (tc != NULL && l->transaction) {
+		char up[32];
+		size_t i;
+
+		for (i = 0; tc[i] != '\0' && i + 1 < sizeof(up); i++)
+			up[i] = (char)toupper((unsigned char)tc[i]);
+		up[i] = '\0';
+		phg_diag_error(l->d, pos,
+		               "sql `%s` must not control the transaction (%s): the step commits "
+		               "in one transaction with its progress record; use transaction: false "
+		               "to run its statements on their own",
+		               l->key, up);
+		l->rc = PHG_EPLAN;
+		return;
 	}
+	for (const lint_rule_t *r = lint_rules; r->words != NULL; r++) {
+		if (rule_matches(r, ws)) {
+			phg_diag_warn(l->d, pos, "sql `%s`: %s", l->key, r->warning);
+			break;
+		}
+	}
+}
+
+static int lint(const phg_step_t *step, const char *key, const char *sql, int transaction,
+                phg_diag_t *d)
+{
+	lint_t l = {.step = step, .key = key, .transaction = transaction, .d = d};
+
+	statements_of(sql, lint_statement, &l);
+	return l.rc;
 }
 
 static int sql_check(const phg_plan_t *plan, const phg_step_t *step, phg_diag_t *d)
 {
 	const sql_args_t *a = step->args;
 
+	int rc;
+
 	(void)plan;
-	lint(step, "up", a->up, d);
-	if (a->down != NULL)
-		lint(step, "down", a->down, d);
-	return 0;
+	/* the step runs in its own transaction with its progress record: a
+	 * COMMIT or ROLLBACK inside would break "the step and its record commit
+	 * together" (transaction: false runs each statement on its own) */
+	rc = lint(step, "up", a->up, a->transaction, d);
+	if (a->down != NULL && lint(step, "down", a->down, a->transaction, d) != 0)
+		rc = PHG_EPLAN;
+	return rc;
 }
 
 static void sql_tables(const phg_step_t *step, phg_strv_t *out)

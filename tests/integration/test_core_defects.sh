@@ -7,7 +7,10 @@
 #  2. a sync trigger put back by a revert after the plan's finalize dropped
 #     its function (a kill between the two finalize ops) is recreated with
 #     its function;
-#  3. rollback of a run that applied nothing marks the run rolled back.
+#  3. rollback of a run that applied nothing marks the run rolled back;
+#  4. SIGINT while a DDL waits for its next attempt (lock retry backoff of
+#     20 s) ends the wait at once: exit 130 in well under the wait, state
+#     saved, and apply afterwards completes.
 # shellcheck source=/dev/null
 source "$PHG_TEST_LIB"
 
@@ -92,4 +95,41 @@ wait_for -t 20 no_phasegate_session
 assert_exit 0 phg rollback "$T/fin.yaml"
 assert_file_contains "$T/err" "nothing to roll back"
 assert_eq "rolled_back" "$(psql_q "SELECT state FROM phasegate.runs")" "the run is over"
+
+# ---------------------------------------------------------------- 4
+now_ms() { local t=${EPOCHREALTIME//[.,]/}; printf '%s\n' $((10#$t / 1000)); }
+psql_q "CREATE TABLE locked (id int PRIMARY KEY)" >/dev/null
+cat >"$T/backoff.yaml" <<'YAML'
+version: 1
+name: defect-sigint-backoff
+settings:
+  lock_timeout: 100ms
+  lock_retries: 10
+  retry_backoff: 20s
+  retry_backoff_max: 20s
+phases:
+  - name: expand
+    steps:
+      - add_column: { table: locked, column: c, type: int }
+YAML
+# a transaction holding a lock on the table for as long as the test needs
+bg_run blocker psql -X -q -d "$TEST_DB" -c "BEGIN; LOCK TABLE locked IN ACCESS SHARE MODE; SELECT pg_sleep(60)"
+blocked() { [[ $(psql_q "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 'locked' AND l.granted") -ge 1 ]]; }
+wait_for -t 10 blocked
+bg_run backoff "$PHASEGATE" apply "$T/backoff.yaml"
+pid=$BG_PID
+wait_for -t 20 grep -q "retrying in" "$T/backoff.err"
+t0=$(now_ms)
+kill -INT "$pid"
+rc=0
+wait "$pid" || rc=$?
+elapsed=$(($(now_ms) - t0))
+assert_eq 130 "$rc" "SIGINT during the backoff"
+((elapsed < 5000)) || fail "SIGINT during a 20 s backoff (10 s or more before the fix) took ${elapsed} ms to exit"
+assert_file_contains "$T/backoff.err" "interrupted: state saved"
+assert_eq "interrupted" "$(psql_q "SELECT state FROM phasegate.runs WHERE plan = 'defect-sigint-backoff'")" "state saved"
+psql_q "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()
+	AND query LIKE '%pg_sleep(60)%' AND pid <> pg_backend_pid()" >/dev/null
+assert_exit 0 phg apply "$T/backoff.yaml"
+assert_eq "1" "$(psql_q "SELECT count(*) FROM pg_attribute WHERE attrelid = 'locked'::regclass AND attname = 'c'")" "applied after"
 pass

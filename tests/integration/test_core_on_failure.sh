@@ -6,9 +6,9 @@
 #   rollback-phase: phase two reverted, phase one kept, exit 3
 #   rollback-plan:  every phase reverted, run rolled_back, exit 3
 #   stop:           phase two left as it is (failed) for an operator: its
-#                   add_column stays, so exit 3 would be a lie; the failed
-#                   step's own NOT VALID constraint is gone; once the data is
-#                   fixed, apply retries the phase and completes
+#                   add_column stays, so exit 3 would be a lie: exit 4; the
+#                   failed step's own NOT VALID constraint is gone; once the
+#                   data is fixed, apply retries the phase and completes
 # shellcheck source=/dev/null
 source "$PHG_TEST_LIB"
 
@@ -73,10 +73,11 @@ assert_exit 0 phg apply "$T/stp.yaml"
 assert_eq "completed one=applied two=applied" "$(st "$T/stp.yaml")" "stop: apply after the fix"
 assert_eq "id,q,a,b|1" "$(cols stp)|$(nconstraints stp)" "stop: the retried phase applied"
 
-# exit 3 is "the automatic rollback per on_failure completed"; for `stop`
-# that rollback is nothing (issue #3: "stop: leave it, exit 3 with the state
-# failed"), and the log says the phase was left as it is
-assert_eq 3 "$stop_exit" "on_failure stop exits 3 with the run failed"
+# exit 3 promises "the automatic rollback completed: the database is as it
+# was before the failed phase"; `stop` rolls nothing back, so it exits 4 ("an
+# operator must look", SPEC section 1) and the log says what is left
+assert_eq 4 "$stop_exit" "on_failure stop exits 4 with the run failed"
 assert_file_contains "$T/stop.err" "left as it is"
+assert_file_contains "$T/stop.err" "an operator must look"
 
 pass

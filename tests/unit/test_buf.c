@@ -86,9 +86,16 @@ static void test_buf_cap_add_too_big_leaves_buffer_unchanged(void **state)
 	assert_int_equal(phg_buf_adds(&b, "6789"), PHG_ETOOBIG);
 	assert_int_equal(b.len, 5);
 	assert_string_equal(b.data, "12345");
-	/* What still fits is accepted afterwards. */
-	assert_int_equal(phg_buf_adds(&b, "678"), 0);
-	assert_string_equal(b.data, "12345678");
+	/* The error is sticky: what would still fit is refused too, so a
+	 * statement built in pieces is never used with a piece missing. */
+	assert_int_equal(phg_buf_error(&b), PHG_ETOOBIG);
+	assert_int_equal(phg_buf_adds(&b, "678"), PHG_ETOOBIG);
+	assert_string_equal(b.data, "12345");
+	assert_int_equal(b.len, 5);
+	/* reset starts over */
+	phg_buf_reset(&b);
+	assert_int_equal(phg_buf_error(&b), 0);
+	assert_int_equal(phg_buf_adds(&b, "12345678"), 0);
 	assert_int_equal(phg_buf_adds(&b, "9"), PHG_ETOOBIG);
 	assert_string_equal(b.data, "12345678");
 	assert_int_equal(b.len, 8);
@@ -149,8 +156,10 @@ static void test_buf_printf_too_big_leaves_buffer_unchanged(void **state)
 	assert_int_equal(phg_buf_printf(&b, "-%s-", "toolong"), PHG_ETOOBIG);
 	assert_int_equal(b.len, 5);
 	assert_string_equal(b.data, "12345");
-	assert_int_equal(phg_buf_printf(&b, "%s", "abcde"), 0);
-	assert_string_equal(b.data, "12345abcde");
+	assert_int_equal(phg_buf_printf(&b, "%s", "abcde"), PHG_ETOOBIG);
+	assert_int_equal(phg_buf_adds(&b, "a"), PHG_ETOOBIG);
+	assert_string_equal(b.data, "12345");
+	assert_int_equal(phg_buf_error(&b), PHG_ETOOBIG);
 	phg_buf_free(&b);
 }
 

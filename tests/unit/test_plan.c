@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -749,6 +750,48 @@ static void test_parse_uint(void **state)
 	}
 }
 
+/* Numbers from the database: the end pointer and the range are checked. */
+static void test_parse_int64(void **state)
+{
+	static const struct {
+		const char *s;
+		long long min, max;
+		int rc;
+		long long v;
+	} cases[] = {
+	    {"0", 0, 10, 0, 0},
+	    {"-5", -10, 10, 0, -5},
+	    {"10", 0, 10, 0, 10},
+	    {"11", 0, 10, PHG_ETOOBIG, 0},
+	    {"-1", 0, 10, PHG_ETOOBIG, 0},
+	    {"2147483648", -2147483648LL, 2147483647LL, PHG_ETOOBIG, 0},
+	    {"9223372036854775808", 0, LLONG_MAX, PHG_ETOOBIG, 0},
+	    {"12abc", 0, 100, PHG_EINVAL, 0},
+	    {"", 0, 100, PHG_EINVAL, 0},
+	    {" 1", 0, 100, PHG_EINVAL, 0},
+	    {"+1", 0, 100, PHG_EINVAL, 0},
+	    {"1.5", 0, 100, PHG_EINVAL, 0},
+	};
+	int bad = 0;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		long long v = 777;
+		int rc = phg_parse_int64(cases[i].s, cases[i].min, cases[i].max, &v);
+
+		if (rc != cases[i].rc)
+			fail_msg("phg_parse_int64(\"%s\") = %d, want %d", cases[i].s, rc, cases[i].rc);
+		if (rc == 0 && v != cases[i].v)
+			fail_msg("phg_parse_int64(\"%s\") = %lld", cases[i].s, v);
+		if (rc != 0)
+			assert_int_equal(v, 777);
+	}
+	assert_int_equal(phg_db_num("42", 0, 100, -1, &bad), 42);
+	assert_int_equal(bad, 0);
+	assert_int_equal(phg_db_num("x", 0, 100, -1, &bad), -1);
+	assert_int_equal(bad, 1);
+}
+
 static void test_identifiers(void **state)
 {
 	char name[80];
@@ -979,6 +1022,7 @@ int main(void)
 	    cmocka_unit_test(test_checksums),
 	    cmocka_unit_test(test_parse_duration),
 	    cmocka_unit_test(test_parse_uint),
+	    cmocka_unit_test(test_parse_int64),
 	    cmocka_unit_test(test_identifiers),
 	    cmocka_unit_test(test_errors),
 	    cmocka_unit_test(test_limits),

@@ -1,0 +1,290 @@
+/*
+ * test_exec.c - the op executor (orchestrator/exec.h) against a real
+ * database: its callback never runs from inside phg_exec_run(), and a
+ * statement that overflows its capped buffer fails the op before anything
+ * of it is sent (no progress is recorded for it); a query queued on an
+ * unusable control connection is cancelled on a later loop turn.
+ *
+ * Every test runs its own loop and ends with uv_loop_close() == 0.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <uv.h>
+
+#include "buf.h"
+#include "error.h"
+#include "exec.h"
+#include "pg.h"
+#include "pgq.h"
+#include "pgtest.h"
+#include "store.h"
+
+#define TEST_DB "t_exec"
+
+static char *g_url;
+
+typedef struct texec {
+	uv_loop_t loop;
+	phg_pg_t work;
+	phg_exec_t x;
+	phg_settings_t settings;
+	phg_ops_t ops;
+	int connected;
+	int connect_status;
+	int calls;
+	int status;
+	int closed;
+} texec_t;
+
+static void on_connect(phg_pg_t *pg, int status, const phg_err_t *err)
+{
+	texec_t *t = pg->data;
+
+	(void)err;
+	t->connected = 1;
+	t->connect_status = status;
+}
+
+static void on_done(phg_exec_t *x, int status)
+{
+	texec_t *t = x->data;
+
+	t->calls++;
+	t->status = status;
+}
+
+static void on_pg_closed(phg_pg_t *pg)
+{
+	texec_t *t = pg->data;
+
+	t->closed++;
+}
+
+static void on_exec_closed(phg_exec_t *x)
+{
+	texec_t *t = x->data;
+
+	t->closed++;
+}
+
+static void run_until(texec_t *t, const int *counter, int want)
+{
+	uint64_t deadline = uv_hrtime() + 20ull * 1000 * 1000 * 1000;
+
+	while (*counter < want && uv_hrtime() < deadline)
+		uv_run(&t->loop, UV_RUN_NOWAIT);
+	if (*counter < want)
+		fail_msg("timed out: counter %d, want %d", *counter, want);
+}
+
+static void setup_exec(texec_t *t)
+{
+	phg_err_t err;
+
+	memset(t, 0, sizeof(*t));
+	assert_int_equal(uv_loop_init(&t->loop), 0);
+	phg_pg_init(&t->loop, &t->work, "work");
+	t->work.data = t;
+	phg_err_clear(&err);
+	assert_int_equal(phg_pg_connect(&t->work, g_url, 10000, on_connect, &err), 0);
+	run_until(t, &t->connected, 1);
+	assert_int_equal(t->connect_status, 0);
+	phg_exec_init(&t->loop, &t->x);
+	t->x.data = t;
+	t->settings.lock_timeout_ms = 1000;
+	t->settings.lock_retries = 2;
+	t->settings.retry_backoff_ms = 10;
+	t->settings.retry_backoff_max_ms = 20;
+	t->x.work = &t->work;
+	t->x.settings = &t->settings;
+	t->x.schema_q = "\"phasegate\"";
+	t->x.run_id = 1;
+	t->x.ops = &t->ops;
+}
+
+static void teardown_exec(texec_t *t)
+{
+	phg_ops_free(&t->ops);
+	phg_exec_close(&t->x, on_exec_closed);
+	phg_pg_close(&t->work, on_pg_closed);
+	run_until(t, &t->closed, 2);
+	uv_run(&t->loop, UV_RUN_DEFAULT);
+	assert_int_equal(uv_loop_close(&t->loop), 0);
+}
+
+static void test_no_op_calls_back_later(void **state)
+{
+	texec_t t;
+
+	(void)state;
+	setup_exec(&t);
+	/* no op at all: done, but not from inside phg_exec_run() */
+	assert_int_equal(phg_exec_run(&t.x, on_done), 0);
+	assert_int_equal(t.calls, 0);
+	run_until(&t, &t.calls, 1);
+	assert_int_equal(t.status, 0);
+	assert_int_equal(t.calls, 1);
+	teardown_exec(&t);
+}
+
+static void test_oversized_statement_fails_the_op(void **state)
+{
+	texec_t t;
+	phg_op_t *op;
+	char *big, *v;
+	size_t n = 17u * 1024 * 1024; /* over the 16 MiB cap of one op's SQL */
+
+	(void)state;
+	setup_exec(&t);
+	t.ops.v = phg_calloc(1, sizeof(*t.ops.v));
+	t.ops.n = 1;
+	op = &t.ops.v[0];
+	op->kind = PHG_OP_TX;
+	op->flags = PHG_OPF_DDL;
+	op->label = phg_strdup("a huge statement");
+	big = phg_calloc(1, n + 64);
+	memcpy(big, "INSERT INTO marks VALUES ('", 27);
+	memset(big + 27, 'x', n);
+	memcpy(big + 27 + n, "')", 3);
+	op->sql = phg_calloc(2, sizeof(char *));
+	op->sql[0] = phg_strdup("INSERT INTO marks VALUES ('first')");
+	op->sql[1] = big;
+	op->nsql = 2;
+	assert_int_equal(phg_exec_run(&t.x, on_done), 0);
+	assert_int_equal(t.calls, 0);
+	run_until(&t, &t.calls, 1);
+	if (t.status != PHG_ESTEP || t.x.err.code != PHG_ETOOBIG)
+		fprintf(stderr, "status %s, err %s: %s\n", phg_err_name(t.status),
+		        phg_err_name(t.x.err.code), t.x.err.msg);
+	assert_int_equal(t.status, PHG_ESTEP);
+	assert_int_equal(t.x.err.code, PHG_ETOOBIG);
+	assert_non_null(strstr(t.x.err.msg, "a huge statement"));
+	assert_int_equal(t.x.next, 0);
+	/* nothing of the op ran, and no progress was recorded */
+	v = pgtest_scalar(g_url, "SELECT count(*) FROM marks");
+	assert_string_equal(v, "0");
+	free(v);
+	v = pgtest_scalar(g_url, "SELECT progress FROM phasegate.steps");
+	assert_string_equal(v, "0");
+	free(v);
+	teardown_exec(&t);
+}
+
+static void test_tx_op_commits_with_its_record(void **state)
+{
+	texec_t t;
+	phg_op_t *op;
+	char *v;
+
+	(void)state;
+	setup_exec(&t);
+	t.ops.v = phg_calloc(1, sizeof(*t.ops.v));
+	t.ops.n = 1;
+	op = &t.ops.v[0];
+	op->kind = PHG_OP_TX;
+	op->label = phg_strdup("a mark");
+	op->sql = phg_calloc(1, sizeof(char *));
+	op->sql[0] = phg_strdup("INSERT INTO marks VALUES ('ok')");
+	op->nsql = 1;
+	assert_int_equal(phg_exec_run(&t.x, on_done), 0);
+	run_until(&t, &t.calls, 1);
+	assert_int_equal(t.status, 0);
+	assert_int_equal(t.x.next, 1);
+	v = pgtest_scalar(g_url, "SELECT string_agg(v, ',') FROM marks");
+	assert_string_equal(v, "ok");
+	free(v);
+	v = pgtest_scalar(g_url, "SELECT progress FROM phasegate.steps");
+	assert_string_equal(v, "1");
+	free(v);
+	assert_int_equal(pgtest_exec(g_url, "DELETE FROM marks; UPDATE phasegate.steps SET progress = 0"), 0);
+	teardown_exec(&t);
+}
+
+static int g_pgq_calls, g_pgq_status;
+
+static void on_pgq(phg_pg_t *pg, int status, PGresult *res, const phg_err_t *err, void *arg)
+{
+	(void)pg;
+	(void)res;
+	(void)err;
+	(void)arg;
+	g_pgq_calls++;
+	g_pgq_status = status;
+}
+
+/* A query queued on a connection that is not usable: its callback runs on
+ * a later loop turn, not from inside phg_pgq_query(). */
+static void test_pgq_flush_is_deferred(void **state)
+{
+	uv_loop_t loop;
+	phg_pg_t pg;
+	phg_pgq_t q;
+
+	(void)state;
+	assert_int_equal(uv_loop_init(&loop), 0);
+	phg_pg_init(&loop, &pg, "ctl");
+	phg_pgq_init(&q, &pg);
+	g_pgq_calls = 0;
+	assert_int_equal(phg_pgq_query(&q, "SELECT 1", 0, NULL, on_pgq, NULL), 0);
+	assert_int_equal(g_pgq_calls, 0);
+	uv_run(&loop, UV_RUN_NOWAIT);
+	assert_int_equal(g_pgq_calls, 1);
+	assert_int_equal(g_pgq_status, PHG_ECANCELED);
+	phg_pgq_discard(&q);
+	phg_pg_close(&pg, NULL);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static int group_setup(void **state)
+{
+	phg_buf_t b;
+	int rc;
+
+	(void)state;
+	g_url = pgtest_create_db(TEST_DB);
+	if (g_url == NULL)
+		return -1;
+	phg_buf_init(&b, 64 * 1024);
+	phg_store_schema_sql(&b, "\"phasegate\"");
+	rc = pgtest_exec(g_url, b.data);
+	phg_buf_free(&b);
+	if (rc != 0)
+		return -1;
+	return pgtest_exec(g_url,
+	                   "CREATE TABLE marks (v text);"
+	                   "INSERT INTO phasegate.runs (id, plan, checksum, state) "
+	                   "VALUES (1, 'p', 'sha256:x', 'running');"
+	                   "INSERT INTO phasegate.phases (run_id, idx, name, checksum, state) "
+	                   "VALUES (1, 0, 'ph', 'x', 'running');"
+	                   "INSERT INTO phasegate.steps (run_id, phase_idx, idx, kind, state) "
+	                   "VALUES (1, 0, 0, 'sql', 'running')");
+}
+
+static int group_teardown(void **state)
+{
+	(void)state;
+	pgtest_drop_db(TEST_DB);
+	free(g_url);
+	return 0;
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_no_op_calls_back_later),
+	    cmocka_unit_test(test_tx_op_commits_with_its_record),
+	    cmocka_unit_test(test_oversized_statement_fails_the_op),
+	    cmocka_unit_test(test_pgq_flush_is_deferred),
+	};
+
+	return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
