@@ -9,6 +9,8 @@
 #ifndef PHG_ENGINE_H
 #define PHG_ENGINE_H
 
+#include <uv.h>
+
 #include "plan.h"
 
 enum {
@@ -29,6 +31,29 @@ typedef struct phg_run_opts_s {
 	int json;             /* status/history --json */
 	const char *db_env;   /* history without a plan: variable holding the URL */
 } phg_run_opts_t;
+
+/*
+ * An engine: one run (apply or rollback) of one plan against the database
+ * its plan (and --env) names, with its own connections, executor, gates and
+ * signal handlers, on the caller's loop.  Several engines may share a loop
+ * (one process driving several databases):
+ *
+ *	e = phg_engine_new(loop, PHG_ENGINE_APPLY, plan, &opts, &code);
+ *	phg_engine_start(e);             returns at once; the run is on the loop
+ *	uv_run(loop, UV_RUN_DEFAULT);    returns when every engine closed all
+ *	code = phg_engine_free(e);       the exit code of SPEC section 1
+ *
+ * phg_engine_new() returns NULL with *@exit_code set (2: an unknown --to
+ * phase) and touches nothing then.  @plan and @o must outlive the engine.
+ * Nothing is called back: the engine is done when the loop has nothing of
+ * it left.
+ */
+typedef struct engine_s phg_engine_t;
+typedef enum phg_engine_mode_e { PHG_ENGINE_APPLY, PHG_ENGINE_ROLLBACK } phg_engine_mode_t;
+phg_engine_t *phg_engine_new(uv_loop_t *loop, phg_engine_mode_t mode, phg_plan_t *plan,
+                             const phg_run_opts_t *o, int *exit_code);
+void phg_engine_start(phg_engine_t *e);
+int phg_engine_free(phg_engine_t *e);
 
 int phg_cmd_apply(phg_plan_t *plan, const phg_run_opts_t *o);
 int phg_cmd_rollback(phg_plan_t *plan, const phg_run_opts_t *o);

@@ -1,0 +1,185 @@
+/*
+ * commands.c - the CLI front-ends that run an engine: apply, rollback,
+ * promote.  Each checks its arguments and the ${VAR}s the plan needs before
+ * touching anything, runs the engine on a loop of its own and returns the
+ * process exit code of SPEC section 1.
+ */
+#include "engine_int.h"
+
+#include <inttypes.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int expand_ok(const char *s, const char *where, const char *name);
+static int env_preflight(const phg_plan_t *plan);
+
+/* Every ${VAR} the run may need (check URLs and headers, http steps and
+ * their reverts) must be set before anything is touched: exit 2 otherwise. */
+static int expand_ok(const char *s, const char *where, const char *name)
+{
+	phg_buf_t b;
+	phg_err_t err;
+	int rc;
+
+	if (s == NULL)
+		return 0;
+	phg_buf_init(&b, 1024 * 1024);
+	phg_err_clear(&err);
+	rc = phg_expand_env(s, &b, &err);
+	phg_buf_free(&b);
+	if (rc != 0) {
+		phg_log(PHG_LOG_ERROR, NULL, "%s", err.msg);
+		fprintf(stderr, "  DETAIL: In %s \"%s\". Nothing was changed.\n", where, name);
+	}
+	return rc;
+}
+
+static int env_preflight(const phg_plan_t *plan)
+{
+	int bad = 0;
+
+	for (size_t i = 0; i < plan->nchecks; i++) {
+		const phg_check_t *c = &plan->checks[i];
+
+		bad |= expand_ok(c->url, "the url of check", c->name) != 0;
+		for (size_t h = 0; h < c->headers.n; h++) {
+			char where[256];
+
+			snprintf(where, sizeof(where), "header \"%s\" of check", c->headers.v[h].key);
+			bad |= expand_ok(c->headers.v[h].value, where, c->name) != 0;
+		}
+	}
+	for (size_t p = 0; p < plan->nphases; p++) {
+		for (size_t s = 0; s < plan->phases[p].nsteps; s++) {
+			const phg_step_t *step = &plan->phases[p].steps[s];
+
+			for (int dir = PHG_DIR_APPLY; dir <= PHG_DIR_REVERT; dir++) {
+				phg_ops_t ops = {0};
+				phg_err_t err;
+
+				phg_err_clear(&err);
+				phg_step_build(plan, step, (phg_dir_t)dir, 1, NULL, NULL, &ops, &err);
+				for (size_t k = 0; k < ops.n; k++) {
+					const phg_http_spec_t *h = ops.v[k].http;
+
+					if (h == NULL)
+						continue;
+					bad |= expand_ok(h->url, "the url of the http step of phase",
+					                 plan->phases[p].name) != 0;
+					for (size_t j = 0; j < h->headers.n; j++) {
+						char where[256];
+
+						snprintf(where, sizeof(where),
+						         "header \"%s\" of the http step of phase",
+						         h->headers.v[j].key);
+						bad |= expand_ok(h->headers.v[j].value, where,
+						                 plan->phases[p].name) != 0;
+					}
+				}
+				phg_ops_free(&ops);
+			}
+		}
+	}
+	return bad ? PHG_EINVAL : 0;
+}
+
+/* One engine on a loop of its own, run to the end. */
+static int run_engine(phg_plan_t *plan, const phg_run_opts_t *o, phg_engine_mode_t mode)
+{
+	uv_loop_t loop;
+	phg_engine_t *e;
+	int code, rc;
+
+	if (o->to_phase != NULL) {
+		int idx;
+
+		if (phg_eng_to_phase(plan, o->to_phase, &idx) != 0)
+			return PHG_EXIT_USAGE;
+	}
+	if (env_preflight(plan) != 0)
+		return PHG_EXIT_USAGE;
+	if (uv_loop_init(&loop) != 0)
+		return PHG_EXIT_RUNTIME;
+	e = phg_engine_new(&loop, mode, plan, o, &code);
+	if (e != NULL) {
+		phg_engine_start(e);
+		uv_run(&loop, UV_RUN_DEFAULT);
+		code = phg_engine_free(e);
+	}
+	rc = uv_loop_close(&loop);
+	if (rc != 0) {
+		phg_log(PHG_LOG_ERROR, NULL, "internal error: the event loop still has handles (%s)",
+		        uv_strerror(rc));
+		if (code == 0)
+			code = PHG_EXIT_RUNTIME;
+	}
+	return code;
+}
+
+int phg_cmd_apply(phg_plan_t *plan, const phg_run_opts_t *o)
+{
+	return run_engine(plan, o, PHG_ENGINE_APPLY);
+}
+
+int phg_cmd_rollback(phg_plan_t *plan, const phg_run_opts_t *o)
+{
+	return run_engine(plan, o, PHG_ENGINE_ROLLBACK);
+}
+
+int phg_cmd_promote(phg_plan_t *plan, const char *from, const char *to)
+{
+	phg_run_opts_t o;
+	phg_err_t err;
+	json_t *st = NULL;
+	const char *state, *sum;
+	int rc;
+
+	memset(&o, 0, sizeof(o));
+	phg_err_clear(&err);
+	if (phg_plan_select_env(plan, from, &err) != 0 || phg_plan_select_env(plan, to, &err) != 0) {
+		fprintf(stderr, "phasegate: %s\n", err.msg);
+		if (err.detail[0])
+			fprintf(stderr, "DETAIL: %s\n", err.detail);
+		return PHG_EXIT_USAGE;
+	}
+	phg_plan_select_env(plan, from, &err);
+	o.env = from;
+	rc = phg_status_json(plan, &o, &st);
+	if (rc != 0 || st == NULL) {
+		phg_log(PHG_LOG_ERROR, NULL, "cannot read the state of environment \"%s\"", from);
+		json_decref(st);
+		return rc ? rc : PHG_EXIT_RUNTIME;
+	}
+	state = json_string_value(json_object_get(st, "state"));
+	sum = json_string_value(json_object_get(st, "checksum"));
+	if (strcmp(state, "completed") != 0 || strcmp(sum, plan->checksum) != 0) {
+		json_t *id = json_object_get(st, "run_id");
+
+		phg_log(PHG_LOG_ERROR, NULL, "promotion of plan \"%s\" from \"%s\" to \"%s\" refused",
+		        plan->name, from, to);
+		if (!json_is_integer(id))
+			fprintf(stderr, "  DETAIL: Environment \"%s\" has no run of this plan.\n", from);
+		else if (strcmp(sum, plan->checksum) != 0)
+			fprintf(stderr,
+			        "  DETAIL: The last run in \"%s\" (run %lld, %s) was of checksum %s; this "
+			        "file has %s.\n",
+			        from, (long long)json_integer_value(id), state, sum, plan->checksum);
+		else
+			fprintf(stderr,
+			        "  DETAIL: The last run in \"%s\" (run %lld) is %s, not completed.\n", from,
+			        (long long)json_integer_value(id), state);
+		fprintf(stderr, "  HINT: Apply this exact plan file to \"%s\" first.\n", from);
+		json_decref(st);
+		return PHG_EXIT_PROMOTE_REFUSED;
+	}
+	phg_log(PHG_LOG_INFO, NULL, "environment \"%s\" completed run %lld of checksum %s: promoting to \"%s\"",
+	        from, (long long)json_integer_value(json_object_get(st, "run_id")), sum, to);
+	json_decref(st);
+	phg_plan_select_env(plan, to, &err);
+	o.env = to;
+	return phg_cmd_apply(plan, &o);
+}

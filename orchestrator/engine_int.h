@@ -1,0 +1,189 @@
+/*
+ * engine_int.h - what the parts of an engine share (engine.c, session.c,
+ * engine_gates.c, engine_state.c, commands.c); not for other modules, which
+ * use engine.h.
+ *
+ * An engine_t is one run of one plan against one database, with its own
+ * connections, executor, gates and signal handlers.  Memory and handles are
+ * the engine's; phg_eng_run() returns once every handle is closed.
+ */
+#ifndef PHG_ENGINE_INT_H
+#define PHG_ENGINE_INT_H
+
+#include <stdint.h>
+
+#include <jansson.h>
+#include <libpq-fe.h>
+#include <uv.h>
+
+#include "backup.h"
+#include "buf.h"
+#include "engine.h"
+#include "exec.h"
+#include "fault.h"
+#include "gate.h"
+#include "http.h"
+#include "log.h"
+#include "pg.h"
+#include "pgq.h"
+#include "step.h"
+#include "store.h"
+#include "transition.h"
+
+#define SQL_MAX (16u * 1024 * 1024)
+
+typedef struct engine_s engine_t;
+typedef void (*ek_t)(engine_t *e);
+
+typedef struct step_rt_s {
+	int state;
+	int progress;
+	int revert_progress;
+	int final_progress;
+	int op_started;
+	json_t *memo;
+	int bf_pass;
+	phg_strv_t bf_last;
+	long long bf_rows;
+	long long bf_batches;
+} step_rt_t;
+
+typedef struct phase_rt_s {
+	int state;
+	int backed_up;  /* a verified backup of this phase is recorded */
+	int verified;   /* its verify gate passed in this process */
+	step_rt_t *steps;
+} phase_rt_t;
+
+typedef phg_engine_mode_t engine_mode_t; /* status/history: report.c */
+#define MODE_APPLY PHG_ENGINE_APPLY
+#define MODE_ROLLBACK PHG_ENGINE_ROLLBACK
+
+typedef phg_level_t level_t;
+
+struct engine_s {
+	uv_loop_t *loop; /* the caller's: several engines may share one */
+	engine_mode_t mode;
+	phg_plan_t *plan;
+	const phg_run_opts_t *o;
+	const phg_settings_t *st;
+	phg_logctx_t log;
+	char *conninfo;
+	const char *url_env;
+	char *schema_q;
+
+	phg_pg_t work, ctl;
+	phg_pgq_t ctlq;
+	int work_open, ctl_open;
+	phg_exec_t x;
+	int x_open;
+	uv_signal_t sigint, sigterm;
+	int signals_open;
+	uv_timer_t retry_timer;
+	int retry_open;
+	int stop_requested;
+	int signals;
+	int connect_attempt;
+	phg_pg_t *connecting;
+	ek_t after_connect;
+
+	int have_schema;
+	long long run_id;
+	int run_state;
+	char run_action[16];
+	char run_checksum[80];
+	phase_rt_t *ph;
+	size_t nph;
+	int to_idx;   /* apply: last phase to apply; rollback: keep phases <= to_idx */
+	int pi, si;   /* cursor */
+	int rb_lo;    /* reverting: stop when pi <= rb_lo */
+	ek_t after_revert;
+	int failed_status;   /* the step failure being handled */
+	phg_err_t step_err;  /* its error */
+	int failed_phase;
+	int exit_code;
+	int shutting_down;
+
+	/* gates */
+	phg_http_t *http;
+	int http_open;
+	phg_gate_t watch;
+	int watch_on;
+	int watch_phase;
+	int watch_failed;
+	phg_err_t gate_err;
+	phg_gate_t verify;
+	int verify_on;
+	ek_t after_gate_stop;
+	phg_backup_job_t *backup;
+
+	/* the transition being written by set_state() */
+	struct {
+		ek_t k;
+		level_t lvl;
+		int pi, si, new_state, old_state;
+	} tr;
+	int verify_status;
+	char lock_holder[512]; /* the session holding the plan lock (exit 5) */
+
+	PGresult *res;
+	ek_t k;
+	ek_t after_exec;
+	phg_ops_t ops;
+	uint64_t started_ms;
+};
+
+/* ---- engine.c ---- */
+uint64_t phg_eng_now_ms(void);
+void phg_eng_ctx(engine_t *e, int pi, int si);
+void phg_eng_event(engine_t *e, const char *kind, const char *msg, const char *data);
+void phg_eng_report(engine_t *e, phg_log_level_t lvl, const phg_err_t *err);
+void phg_eng_set_state(engine_t *e, level_t lvl, int pi, int si, int new_state,
+                      const char *note, ek_t k);
+void phg_eng_ops_clear(engine_t *e);
+void phg_eng_exit(engine_t *e, int code);
+void phg_eng_interrupt(engine_t *e);
+int phg_eng_step_is_final(engine_t *e, int pi, int si);
+int phg_eng_step_needs_revert(const step_rt_t *s);
+void phg_eng_drive_revert(engine_t *e);
+void phg_eng_phase_failed(engine_t *e);
+void phg_eng_drive_apply(engine_t *e);
+void phg_eng_run_created(engine_t *e);
+void phg_eng_drift(engine_t *e, const char *what);
+void phg_eng_ready(engine_t *e);
+int phg_eng_to_phase(phg_plan_t *plan, const char *name, int *out);
+
+/* ---- session.c ---- */
+void phg_eng_fatal(engine_t *e, int code, const phg_err_t *err);
+void phg_eng_query(engine_t *e, const char *sql, int np, const char *const *params, ek_t k);
+void phg_eng_queryb(engine_t *e, phg_buf_t *b, ek_t k);
+char *phg_eng_lit(engine_t *e, const char *s);
+void phg_eng_shutdown(engine_t *e, int code);
+int phg_eng_should_stop(void *arg);
+void phg_eng_connect(engine_t *e, phg_pg_t *pg, ek_t k);
+void phg_eng_ctl_connected(engine_t *e);
+int phg_eng_init(engine_t *e, uv_loop_t *loop, engine_mode_t mode, phg_plan_t *plan,
+                 const phg_run_opts_t *o);
+/* After the loop ran out (every handle of @e closed): free what @e holds,
+ * return its exit code. */
+int phg_eng_release(engine_t *e);
+
+/* ---- engine_gates.c ---- */
+void phg_eng_watch_stop(engine_t *e, ek_t k);
+int phg_eng_watch_start(engine_t *e, int pi);
+void phg_eng_verify_start(engine_t *e, int pi);
+void phg_eng_backup_start(engine_t *e, int pi);
+void phg_eng_gate_failed(engine_t *e);
+
+/* ---- engine_state.c ---- */
+/* A counter or index the state tables hold; *bad = 1 when it is not one. */
+int phg_eng_state_int(const char *s, int *bad);
+void phg_eng_rt_free(engine_t *e);
+void phg_eng_rt_alloc(engine_t *e);
+int phg_eng_load_rows(engine_t *e, PGresult *res);
+void phg_eng_load_state_sql(engine_t *e, phg_buf_t *b);
+void phg_eng_create_run(engine_t *e);
+int phg_eng_last_run_read(engine_t *e);
+void phg_eng_last_run_sql(engine_t *e, phg_buf_t *b);
+
+#endif /* PHG_ENGINE_INT_H */

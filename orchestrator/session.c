@@ -1,0 +1,558 @@
+/*
+ * session.c - an engine's session with its database and its process: the
+ * two connections (`work` holds the plan's session advisory lock and runs
+ * state transitions and the steps' ops, so a step's DDL and its progress
+ * record share a transaction; `ctl` writes the event log and looks up
+ * blocking sessions), connecting with retries, taking the plan lock,
+ * creating the state schema, SIGINT/SIGTERM, and shutdown (every handle
+ * closed, queued events written first).
+ */
+#include "engine_int.h"
+
+#include <inttypes.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* At exit the control connection first writes the events still queued, so
+ * the event log holds the whole run; at most PHG_EVENT_DRAIN_MS. */
+#define PHG_EVENT_DRAIN_MS 3000
+
+static void eq_cb(phg_pg_t *pg, int status, PGresult *res, const phg_err_t *err, void *arg);
+static void on_pg_closed(phg_pg_t *pg);
+static void on_exec_closed(phg_exec_t *x);
+static void on_handle_closed(uv_handle_t *h);
+static void ctl_close_now(engine_t *e);
+static void ctl_drained(phg_pg_t *pg, int status, PGresult *res, const phg_err_t *err, void *arg);
+static void ctl_drain_timeout(uv_timer_t *t);
+static void on_signal(uv_signal_t *h, int signum);
+static void retry_fire(uv_timer_t *t);
+static void connect_failed_closed(phg_pg_t *pg);
+static void on_connected(phg_pg_t *pg, int status, const phg_err_t *err);
+static void connect_start(engine_t *e);
+static void lock_holder_run(phg_pg_t *pg, int status, PGresult *res, const phg_err_t *err,
+                            void *arg);
+static void lock_holder(phg_pg_t *pg, int status, PGresult *res, const phg_err_t *err, void *arg);
+static void lock_taken(phg_pg_t *pg, int status, PGresult *res, const phg_err_t *err, void *arg);
+static void take_lock(engine_t *e);
+static void work_connected(engine_t *e);
+
+void phg_eng_fatal(engine_t *e, int code, const phg_err_t *err)
+{
+	if (err != NULL && err->code != 0)
+		phg_eng_report(e, PHG_LOG_ERROR, err);
+	if (code == PHG_EXIT_RUNTIME && e->run_id > 0)
+		phg_log(PHG_LOG_ERROR, &e->log,
+		        "state is saved up to the last committed step; run apply again to resume "
+		        "(or rollback)");
+	phg_eng_shutdown(e, code);
+}
+
+static void eq_cb(phg_pg_t *pg, int status, PGresult *res, const phg_err_t *err, void *arg)
+{
+	engine_t *e = arg;
+	ek_t k = e->k;
+
+	(void)pg;
+	e->k = NULL;
+	if (status != 0) {
+		phg_err_t tmp;
+
+		phg_err_clear(&tmp);
+		phg_err_copy(&tmp, err);
+		if (tmp.code == 0)
+			phg_err_set(&tmp, status, "%s", phg_strerror(status));
+		phg_eng_fatal(e, PHG_EXIT_RUNTIME, &tmp);
+		return;
+	}
+	e->res = res;
+	k(e);
+	e->res = NULL;
+}
+
+void phg_eng_query(engine_t *e, const char *sql, int np, const char *const *params, ek_t k)
+{
+	e->k = k;
+	if (phg_pg_query(&e->work, sql, np, params, eq_cb, e) != 0) {
+		phg_err_t tmp;
+
+		phg_err_clear(&tmp);
+		phg_err_set(&tmp, PHG_ECONNECT, "the database connection is not usable");
+		phg_eng_fatal(e, PHG_EXIT_RUNTIME, &tmp);
+	}
+}
+
+void phg_eng_queryb(engine_t *e, phg_buf_t *b, ek_t k)
+{
+	if (phg_buf_error(b) != 0) {
+		phg_err_t tmp;
+
+		/* never send a statement with a piece missing */
+		phg_err_clear(&tmp);
+		phg_err_set(&tmp, phg_buf_error(b), "internal error: a state query does not fit in "
+		                                     "%zu bytes",
+		            b->max);
+		phg_buf_free(b);
+		phg_eng_fatal(e, PHG_EXIT_RUNTIME, &tmp);
+		return;
+	}
+	phg_eng_query(e, b->data, 0, NULL, k);
+	phg_buf_free(b);
+}
+
+char *phg_eng_lit(engine_t *e, const char *s)
+{
+	char *l, *r;
+
+	if (s == NULL)
+		return phg_strdup("NULL");
+	l = PQescapeLiteral(e->work.conn, s, strlen(s));
+	if (l == NULL)
+		return phg_strdup("NULL");
+	r = phg_strdup(l);
+	PQfreemem(l);
+	return r;
+}
+
+static void on_pg_closed(phg_pg_t *pg)
+{
+	engine_t *e = pg->data;
+
+	if (pg == &e->work)
+		e->work_open = 0;
+	else
+		e->ctl_open = 0;
+}
+
+static void on_exec_closed(phg_exec_t *x)
+{
+	engine_t *e = x->data;
+
+	e->x_open = 0;
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+	(void)h;
+}
+
+static void ctl_close_now(engine_t *e)
+{
+	if (e->retry_open) {
+		uv_close((uv_handle_t *)&e->retry_timer, on_handle_closed);
+		e->retry_open = 0;
+	}
+	if (e->ctl_open && e->ctl.state != PHG_PG_CLOSING && e->ctl.state != PHG_PG_CLOSED) {
+		phg_pg_close(&e->ctl, on_pg_closed);
+		phg_pgq_discard(&e->ctlq);
+	}
+}
+
+static void ctl_drained(phg_pg_t *pg, int status, PGresult *res, const phg_err_t *err, void *arg)
+{
+	(void)pg;
+	(void)status;
+	(void)res;
+	(void)err;
+	ctl_close_now(arg);
+}
+
+static void ctl_drain_timeout(uv_timer_t *t)
+{
+	engine_t *e = t->data;
+
+	phg_log(PHG_LOG_WARN, NULL, "giving up writing %zu event(s) to the event log",
+	        phg_pgq_pending(&e->ctlq));
+	ctl_close_now(e);
+}
+
+void phg_eng_shutdown(engine_t *e, int code)
+{
+	if (e->shutting_down)
+		return;
+	e->shutting_down = 1;
+	e->exit_code = code;
+	if (e->signals_open) {
+		uv_close((uv_handle_t *)&e->sigint, on_handle_closed);
+		uv_close((uv_handle_t *)&e->sigterm, on_handle_closed);
+		e->signals_open = 0;
+	}
+	if (e->watch_on) {
+		phg_gate_stop(&e->watch, NULL);
+		e->watch_on = 0;
+	}
+	if (e->verify_on) {
+		phg_gate_stop(&e->verify, NULL);
+		e->verify_on = 0;
+	}
+	if (e->backup != NULL) {
+		phg_backup_cancel(e->backup);
+		e->backup = NULL;
+	}
+	if (e->http_open) {
+		phg_http_close(e->http, NULL, NULL);
+		e->http_open = 0;
+	}
+	if (e->x_open)
+		phg_exec_close(&e->x, on_exec_closed);
+	if (e->work_open)
+		phg_pg_close(&e->work, on_pg_closed);
+	if (e->ctl_open && e->ctl.state != PHG_PG_BROKEN && e->ctl.state != PHG_PG_CONNECTING &&
+	    phg_pgq_pending(&e->ctlq) > 0 && e->retry_open) {
+		/* let the queued events reach the log first */
+		uv_timer_stop(&e->retry_timer);
+		uv_timer_start(&e->retry_timer, ctl_drain_timeout, PHG_EVENT_DRAIN_MS, 0);
+		phg_pgq_query(&e->ctlq, "SELECT 1", 0, NULL, ctl_drained, e);
+	} else {
+		ctl_close_now(e);
+	}
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+	engine_t *e = h->data;
+
+	e->signals++;
+	e->stop_requested = 1;
+	if (e->signals == 1) {
+		phg_log(PHG_LOG_WARN, &e->log,
+		        "%s received: finishing the current statement or batch, then saving state "
+		        "(again to cancel the running statement)",
+		        signum == SIGINT ? "SIGINT" : "SIGTERM");
+		/* a wait for the next attempt ends at once, not at its end */
+		if (e->x_open)
+			phg_exec_interrupt(&e->x);
+		if (e->retry_open && !e->shutting_down && uv_is_active((uv_handle_t *)&e->retry_timer)) {
+			uv_timer_stop(&e->retry_timer);
+			phg_eng_shutdown(e, PHG_EXIT_INTERRUPTED);
+		}
+	} else if (e->backup != NULL) {
+		phg_log(PHG_LOG_WARN, &e->log, "stopping pg_dump; the backup is taken again on resume");
+		phg_backup_cancel(e->backup);
+		e->backup = NULL;
+		phg_eng_interrupt(e);
+	} else if (e->work_open && e->work.state == PHG_PG_BUSY) {
+		phg_log(PHG_LOG_WARN, &e->log, "cancelling the running statement");
+		phg_pg_cancel(&e->work);
+	}
+}
+
+int phg_eng_should_stop(void *arg)
+{
+	engine_t *e = arg;
+
+	return e->stop_requested || e->watch_failed;
+}
+
+static void retry_fire(uv_timer_t *t)
+{
+	engine_t *e = t->data;
+
+	if (e->stop_requested) {
+		phg_eng_shutdown(e, PHG_EXIT_INTERRUPTED);
+		return;
+	}
+	connect_start(e);
+}
+
+static void connect_failed_closed(phg_pg_t *pg)
+{
+	engine_t *e = pg->data;
+	uint64_t rng = uv_hrtime();
+	uint64_t d = phg_backoff_ms(e->st->retry_backoff_ms * 2, e->st->retry_backoff_max_ms,
+	                            (uint64_t)e->connect_attempt, &rng);
+
+	if (pg == &e->work)
+		e->work_open = 0;
+	else
+		e->ctl_open = 0;
+	if (e->shutting_down)
+		return;
+	phg_log(PHG_LOG_INFO, &e->log, "retrying the connection in %" PRIu64 " ms", d);
+	uv_timer_start(&e->retry_timer, retry_fire, d, 0);
+}
+
+static void on_connected(phg_pg_t *pg, int status, const phg_err_t *err)
+{
+	engine_t *e = pg->data;
+
+	if (status == 0) {
+		e->connect_attempt = 0;
+		e->connecting = NULL;
+		e->after_connect(e);
+		return;
+	}
+	{
+		phg_err_t tmp;
+
+		phg_err_clear(&tmp);
+		phg_err_copy(&tmp, err);
+		if (tmp.code == 0)
+			phg_err_set(&tmp, status, "cannot connect to the database: %s",
+			            phg_strerror(status));
+		if (e->stop_requested) {
+			phg_eng_shutdown(e, PHG_EXIT_INTERRUPTED);
+			return;
+		}
+		if ((uint64_t)e->connect_attempt >= e->st->connect_retries) {
+			phg_err_hint(&tmp,
+			             "The database comes from $%s (a libpq URI or conninfo), and the PG* "
+			             "variables as in psql.",
+			             e->url_env);
+			phg_log(PHG_LOG_ERROR, &e->log, "database unreachable after %d attempt(s)",
+			        e->connect_attempt);
+			phg_eng_fatal(e, PHG_EXIT_RUNTIME, &tmp);
+			return;
+		}
+		phg_log(PHG_LOG_WARN, &e->log, "%s (attempt %d/%" PRIu64 ")", tmp.msg,
+		        e->connect_attempt, e->st->connect_retries);
+		phg_pg_close(pg, connect_failed_closed);
+	}
+}
+
+static void connect_start(engine_t *e)
+{
+	phg_pg_t *pg = e->connecting;
+	phg_err_t err;
+
+	phg_err_clear(&err);
+	e->connect_attempt++;
+	phg_pg_init(e->loop, pg, pg == &e->work ? "work" : "ctl");
+	pg->data = e;
+	if (pg == &e->work)
+		e->work_open = 1;
+	else
+		e->ctl_open = 1;
+	if (phg_pg_connect(pg, e->conninfo, e->st->connect_timeout_ms, on_connected, &err) != 0)
+		on_connected(pg, err.code ? err.code : PHG_ECONNECT, &err);
+}
+
+void phg_eng_connect(engine_t *e, phg_pg_t *pg, ek_t k)
+{
+	e->connecting = pg;
+	e->after_connect = k;
+	e->connect_attempt = 0;
+	connect_start(e);
+}
+
+static void lock_holder_run(phg_pg_t *pg, int status, PGresult *res, const phg_err_t *err,
+                            void *arg)
+{
+	engine_t *e = arg;
+	phg_err_t out;
+
+	(void)pg;
+	(void)err;
+	phg_err_clear(&out);
+	phg_err_set(&out, PHG_ELOCKED, "plan \"%s\" is being run by another phasegate on this database",
+	            e->plan->name);
+	if (status == 0 && res != NULL && PQntuples(res) > 0)
+		phg_err_detail(&out, "The plan's lock is held by run %s (%s, started %s by %s on %s, pid %s)%s",
+		               PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2),
+		               PQgetvalue(res, 0, 3), PQgetvalue(res, 0, 4), PQgetvalue(res, 0, 5),
+		               e->lock_holder);
+	else if (e->lock_holder[0] != '\0')
+		phg_err_detail(&out, "The plan's lock is held%s", e->lock_holder);
+	phg_err_hint(&out, "Wait for it to finish, or use `phasegate status` to see where it is.");
+	phg_eng_ctx(e, -1, -1);
+	phg_eng_report(e, PHG_LOG_ERROR, &out);
+	phg_eng_shutdown(e, PHG_EXIT_LOCKED);
+}
+
+static void lock_holder(phg_pg_t *pg, int status, PGresult *res, const phg_err_t *err, void *arg)
+{
+	engine_t *e = arg;
+	const char *p[1] = {e->plan->name};
+	phg_buf_t b;
+
+	(void)pg;
+	(void)err;
+	e->lock_holder[0] = '\0';
+	if (status == 0 && PQntuples(res) > 0)
+		snprintf(e->lock_holder, sizeof(e->lock_holder),
+		         " through backend pid %s (%s, connected since %s).", PQgetvalue(res, 0, 0),
+		         PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2));
+	else
+		snprintf(e->lock_holder, sizeof(e->lock_holder), ".");
+	/* which run: the newest unfinished one of this plan (the state schema
+	 * may not exist yet: then the query fails and only the session is named) */
+	phg_buf_init(&b, 4096);
+	phg_buf_printf(&b,
+	               "SELECT id, state, date_trunc('second', started_at)::text, coalesce(who, '?'), "
+	               "coalesce(host, '?'), coalesce(pid::text, '?') FROM %s.runs WHERE plan = $1 "
+	               "ORDER BY id DESC LIMIT 1",
+	               e->schema_q);
+	phg_pgq_query(&e->ctlq, b.data, 1, p, lock_holder_run, e);
+	phg_buf_free(&b);
+}
+
+static void lock_taken(phg_pg_t *pg, int status, PGresult *res, const phg_err_t *err, void *arg)
+{
+	engine_t *e = arg;
+	phg_buf_t b;
+
+	(void)pg;
+	if (status != 0) {
+		phg_err_t tmp;
+
+		phg_err_clear(&tmp);
+		phg_err_copy(&tmp, err);
+		phg_eng_fatal(e, PHG_EXIT_RUNTIME, &tmp);
+		return;
+	}
+	if (strcmp(PQgetvalue(res, 0, 0), "t") != 0) {
+		const char *p[1] = {e->plan->name};
+		char cls[32];
+		const char *p2[2] = {cls, e->plan->name};
+
+		(void)p;
+		snprintf(cls, sizeof(cls), "%d", PHG_LOCK_CLASS);
+		phg_pgq_query(&e->ctlq,
+		              "SELECT a.pid, coalesce(nullif(a.application_name, ''), '?') || "
+		              "coalesce(' from ' || a.client_addr::text, ''), "
+		              "date_trunc('second', a.backend_start)::text "
+		              "FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+		              "WHERE " PHG_PLAN_LOCK_HELD("$1", "$2"),
+		              2, p2, lock_holder, e);
+		return;
+	}
+	phg_log(PHG_LOG_DEBUG, &e->log, "plan lock taken");
+	phg_buf_init(&b, 64 * 1024);
+	phg_store_schema_sql(&b, e->schema_q);
+	phg_eng_queryb(e, &b, phg_eng_ready);
+}
+
+static void take_lock(engine_t *e)
+{
+	char cls[32];
+	const char *p[2] = {cls, e->plan->name};
+
+	phg_pgq_init(&e->ctlq, &e->ctl);
+	snprintf(cls, sizeof(cls), "%d", PHG_LOCK_CLASS);
+	/* on `work`: the session that writes the state holds the lock, so
+	 * losing it (fatal for the run anyway) is the only way to lose the lock */
+	if (phg_pg_query(&e->work, "SELECT pg_try_advisory_lock($1::int, hashtext($2))", 2, p,
+	                 lock_taken, e) != 0) {
+		phg_err_t tmp;
+
+		phg_err_clear(&tmp);
+		phg_err_set(&tmp, PHG_ECONNECT, "the database connection is not usable");
+		phg_eng_fatal(e, PHG_EXIT_RUNTIME, &tmp);
+	}
+}
+
+static void work_connected(engine_t *e)
+{
+	phg_log(PHG_LOG_DEBUG, &e->log, "connected (work pid %d, ctl pid %d)", e->work.backend_pid,
+	        e->ctl.backend_pid);
+	take_lock(e);
+}
+
+void phg_eng_ctl_connected(engine_t *e)
+{
+	phg_eng_connect(e, &e->work, work_connected);
+}
+
+int phg_eng_init(engine_t *e, uv_loop_t *loop, engine_mode_t mode, phg_plan_t *plan,
+                 const phg_run_opts_t *o)
+{
+	const char *url;
+	char *q;
+
+	memset(e, 0, sizeof(*e));
+	e->mode = mode;
+	e->plan = plan;
+	e->o = o;
+	e->started_ms = phg_eng_now_ms();
+	e->pi = e->si = -1;
+	e->loop = loop;
+	if (plan != NULL) {
+		e->st = &plan->settings;
+		e->url_env = plan->url_env;
+		e->log.plan = plan->name;
+	} else {
+		static phg_settings_t defaults = {
+		    .lock_timeout_ms = 2000,
+		    .lock_retries = 20,
+		    .retry_backoff_ms = 200,
+		    .retry_backoff_max_ms = 10000,
+		    .connect_timeout_ms = 10000,
+		    .connect_retries = 3,
+		};
+
+		defaults.state_schema = (char *)"phasegate";
+		e->st = &defaults;
+		e->url_env = o->db_env ? o->db_env : "DATABASE_URL";
+	}
+	url = getenv(e->url_env);
+	e->conninfo = phg_strdup(url ? url : "");
+	/* the state schema name is a validated identifier */
+	q = phg_asprintf("\"%s\"", e->st->state_schema);
+	e->schema_q = q;
+	uv_signal_init(e->loop, &e->sigint);
+	uv_signal_init(e->loop, &e->sigterm);
+	e->sigint.data = e->sigterm.data = e;
+	uv_signal_start(&e->sigint, on_signal, SIGINT);
+	uv_signal_start(&e->sigterm, on_signal, SIGTERM);
+	e->signals_open = 1;
+	uv_timer_init(e->loop, &e->retry_timer);
+	e->retry_timer.data = e;
+	e->retry_open = 1;
+	if (phg_http_init(e->loop, &e->http) == 0)
+		e->http_open = 1;
+	phg_exec_init(e->loop, &e->x);
+	e->x.data = e;
+	e->x_open = 1;
+	e->to_idx = plan ? (int)plan->nphases - 1 : -1;
+	e->exit_code = PHG_EXIT_RUNTIME;
+	return 0;
+}
+
+int phg_eng_release(engine_t *e)
+{
+	phg_eng_ops_clear(e);
+	phg_eng_rt_free(e);
+	free(e->conninfo);
+	free(e->schema_q);
+	e->conninfo = e->schema_q = NULL;
+	return e->exit_code;
+}
+
+/* ---- the engine as an object (engine.h) ---- */
+
+phg_engine_t *phg_engine_new(uv_loop_t *loop, phg_engine_mode_t mode, phg_plan_t *plan,
+                             const phg_run_opts_t *o, int *exit_code)
+{
+	engine_t *e;
+	int to = mode == PHG_ENGINE_APPLY ? (int)plan->nphases - 1 : -1;
+
+	if (o->to_phase != NULL && phg_eng_to_phase(plan, o->to_phase, &to) != 0) {
+		*exit_code = PHG_EXIT_USAGE;
+		return NULL;
+	}
+	e = phg_calloc(1, sizeof(*e));
+	if (phg_eng_init(e, loop, mode, plan, o) != 0) {
+		free(e);
+		*exit_code = PHG_EXIT_RUNTIME;
+		return NULL;
+	}
+	e->to_idx = to;
+	*exit_code = 0;
+	return e;
+}
+
+void phg_engine_start(phg_engine_t *e)
+{
+	phg_eng_connect(e, &e->ctl, phg_eng_ctl_connected);
+}
+
+int phg_engine_free(phg_engine_t *e)
+{
+	int code = phg_eng_release(e);
+
+	free(e);
+	return code;
+}
