@@ -31,6 +31,7 @@ static int *state_ref(engine_t *e, level_t lvl, int pi, int si);
 static void set_state_done(engine_t *e);
 static int build_ops(engine_t *e, int pi, int si, phg_dir_t dir, phg_err_t *err);
 static void exec_done(phg_exec_t *x, int status);
+static void step_reloaded(engine_t *e);
 static void run_ops(engine_t *e, int pi, int si, phg_dir_t dir, ek_t k);
 static void exit_ok(engine_t *e);
 static void exit_rolled_back(engine_t *e);
@@ -99,10 +100,7 @@ void phg_eng_event(engine_t *e, const char *kind, const char *msg, const char *d
 		phg_buf_t b;
 
 		phg_buf_init(&b, 4096);
-		phg_buf_printf(&b,
-		               "INSERT INTO %s.events (run_id, phase, step, kind, message, data) "
-		               "VALUES ($1, $2, $3, $4, $5, $6::jsonb)",
-		               e->schema_q);
+		phg_store_event_sql(&b, e->schema_q);
 		phg_pgq_query(&e->ctlq, b.data, 6, p, NULL, NULL);
 		phg_buf_free(&b);
 	}
@@ -151,41 +149,33 @@ static void set_state_done(engine_t *e)
 	else
 		phg_fault("step:%s:%d:%s", e->plan->phases[pi].name, si + 1,
 		          phg_step_state_name(e->tr.new_state));
-	*ref = e->tr.new_state;
-	if (lvl == PHG_LVL_STEP) {
-		step_rt_t *s = &e->ph[pi].steps[si];
+	/* memory is what committed: the row the transition RETURNed */
+	if (PQntuples(e->res) != 1) {
+		phg_err_t err;
 
-		if (e->tr.new_state == PHG_STEP_RUNNING &&
-		    (e->tr.old_state == PHG_STEP_PENDING || e->tr.old_state == PHG_STEP_REVERTED)) {
-			s->progress = 0;
-			s->revert_progress = 0;
-			s->final_progress = 0;
-			s->op_started = -1;
-			json_decref(s->memo);
-			s->memo = json_object();
-			s->bf_pass = 1;
-			s->bf_rows = s->bf_batches = 0;
-			phg_strv_clear(&s->bf_last);
-		}
-		if (e->tr.new_state == PHG_STEP_FAILED && e->tr.old_state == PHG_STEP_REVERTING) {
-			s->progress = 0;
-			json_decref(s->memo);
-			s->memo = json_object();
-		}
-		if (e->tr.new_state == PHG_STEP_REVERTING && e->tr.old_state != PHG_STEP_REVERTING) {
-			if (s->op_started + 1 > s->progress)
-				s->progress = s->op_started + 1;
-			s->op_started = -1;
-			s->revert_progress = 0;
-			s->bf_pass = 1;
-			s->bf_rows = s->bf_batches = 0;
-			phg_strv_clear(&s->bf_last);
-		}
+		phg_err_clear(&err);
+		phg_err_set(&err, PHG_ESTATE, "the %s row of run %lld is missing", phg_level_name(lvl),
+		            e->run_id);
+		phg_eng_fatal(e, PHG_EXIT_RUNTIME, &err);
+		return;
 	}
-	if (lvl == PHG_LVL_PHASE && e->tr.new_state == PHG_PHASE_RUNNING) {
-		/* a new attempt at the phase takes its own backup and verify */
-		e->ph[pi].backed_up = 0;
-		e->ph[pi].verified = 0;
+	*ref = e->tr.new_state;
+	if (lvl == PHG_LVL_STEP &&
+	    phg_store_step_read(e->res, 0, 0, &e->ph[pi].steps[si]) != 0) {
+		phg_err_t err;
+
+		phg_err_clear(&err);
+		phg_err_set(&err, PHG_ESTATE, "the recorded state of step %d of phase \"%s\" is not "
+		                              "valid",
+		            si + 1, e->plan->phases[pi].name);
+		phg_eng_fatal(e, PHG_EXIT_RUNTIME, &err);
+		return;
+	}
+	if (lvl == PHG_LVL_PHASE) {
+		e->ph[pi].backed_up = strcmp(PQgetvalue(e->res, 0, 1), "t") == 0;
+		/* a new attempt at the phase takes its own verify (in this process) */
+		if (e->tr.new_state == PHG_PHASE_RUNNING)
+			e->ph[pi].verified = 0;
 	}
 	phg_eng_ctx(e, lvl == PHG_LVL_RUN ? -1 : pi, lvl == PHG_LVL_STEP ? si : -1);
 	snprintf(msg, sizeof(msg), "%s %s -> %s",
@@ -198,10 +188,11 @@ static void set_state_done(engine_t *e)
 }
 
 /*
- * Persist the new state of a run, phase or step; then call @k.  Entering a
- * step's `running` from pending/reverted, or `reverting` from anything
- * else, resets its counters and backfill checkpoint in the same UPDATE.
- * @note (run only) may be NULL.
+ * Persist the new state of a run, phase or step; then call @k.  The
+ * transition must be in the table of transition.c.  What it resets (a
+ * step's counters and checkpoint on a fresh attempt or on entering
+ * reverting) is in the UPDATE (store.c), and memory is reloaded from the row
+ * it RETURNs.  @note (run only) may be NULL.
  */
 void phg_eng_set_state(engine_t *e, level_t lvl, int pi, int si, int new_state,
                       const char *note, ek_t k)
@@ -230,51 +221,17 @@ void phg_eng_set_state(engine_t *e, level_t lvl, int pi, int si, int new_state,
 	phg_buf_init(&b, 64 * 1024);
 	switch (lvl) {
 	case PHG_LVL_RUN: {
-		char *n = phg_eng_lit(e, note);
-		int final = new_state == PHG_RUN_COMPLETED || new_state == PHG_RUN_ROLLED_BACK ||
-		            new_state == PHG_RUN_FAILED;
+		char *n = note != NULL ? phg_eng_lit(e, note) : NULL;
 
-		phg_buf_printf(&b,
-		               "UPDATE %s.runs SET state = '%s', action = '%s', note = %s, "
-		               "error = %s, updated_at = now(), finished_at = %s WHERE id = %lld",
-		               e->schema_q, phg_run_state_name(new_state), e->run_action, n,
-		               new_state == PHG_RUN_FAILED ? n
-		               : new_state == PHG_RUN_RUNNING ? "NULL" : "error",
-		               final ? "now()" : "NULL", e->run_id);
+		phg_store_run_state_sql(&b, e->schema_q, e->run_id, new_state, e->run_action, n);
 		free(n);
 		break;
 	}
 	case PHG_LVL_PHASE:
-		phg_buf_printf(&b,
-		               "UPDATE %s.phases SET state = '%s'%s%s WHERE run_id = %lld AND idx = %d",
-		               e->schema_q, phg_phase_state_name(new_state),
-		               new_state == PHG_PHASE_RUNNING ? ", started_at = now(), finished_at = NULL"
-		                                              : "",
-		               new_state == PHG_PHASE_APPLIED || new_state == PHG_PHASE_FAILED ||
-		                       new_state == PHG_PHASE_ROLLED_BACK
-		                   ? ", finished_at = now()"
-		                   : "",
-		               e->run_id, pi);
+		phg_store_phase_state_sql(&b, e->schema_q, e->run_id, pi, new_state);
 		break;
 	case PHG_LVL_STEP:
-		phg_buf_printf(&b, "UPDATE %s.steps SET state = '%s', updated_at = now()", e->schema_q,
-		               phg_step_state_name(new_state));
-		if (new_state == PHG_STEP_RUNNING &&
-		    (old == PHG_STEP_PENDING || old == PHG_STEP_REVERTED))
-			phg_buf_adds(&b, ", progress = 0, revert_progress = 0, final_progress = 0, "
-			                 "op_started = NULL, memo = '{}', bf_pass = 1, bf_last = NULL, "
-			                 "bf_rows = 0, bf_batches = 0");
-		if (new_state == PHG_STEP_REVERTING && old != PHG_STEP_REVERTING)
-			/* an op that was started (index build, http request) may have
-			 * happened: the revert must undo it too */
-			phg_buf_adds(&b, ", progress = GREATEST(progress, COALESCE(op_started + 1, 0)), "
-			                 "revert_progress = 0, op_started = NULL, bf_pass = 1, "
-			                 "bf_last = NULL, bf_rows = 0, bf_batches = 0");
-		if (new_state == PHG_STEP_FAILED && old == PHG_STEP_REVERTING)
-			/* its own partial work was undone: it starts over next time */
-			phg_buf_adds(&b, ", progress = 0, memo = '{}'");
-		phg_buf_printf(&b, " WHERE run_id = %lld AND phase_idx = %d AND idx = %d", e->run_id,
-		               pi, si);
+		phg_store_step_state_sql(&b, e->schema_q, e->run_id, pi, si, old, new_state);
 		break;
 	}
 	phg_eng_queryb(e, &b, set_state_done);
@@ -297,31 +254,28 @@ static int build_ops(engine_t *e, int pi, int si, phg_dir_t dir, phg_err_t *err)
 	                      e->work.conn, &e->ops, err);
 }
 
+/* The step's row after its ops ran: memory is what committed. */
+static void step_reloaded(engine_t *e)
+{
+	if (PQntuples(e->res) != 1 ||
+	    phg_store_step_read(e->res, 0, 0, &e->ph[e->pi].steps[e->si]) != 0) {
+		phg_err_t err;
+
+		phg_err_clear(&err);
+		phg_err_set(&err, PHG_ESTATE, "the recorded state of step %d of phase \"%s\" is not "
+		                              "valid",
+		            e->si + 1, e->plan->phases[e->pi].name);
+		phg_eng_fatal(e, PHG_EXIT_RUNTIME, &err);
+		return;
+	}
+	e->after_exec(e);
+}
+
 static void exec_done(phg_exec_t *x, int status)
 {
 	engine_t *e = x->data;
-	step_rt_t *s = &e->ph[e->pi].steps[e->si];
+	phg_buf_t b;
 
-	/* mirror what the executor committed */
-	switch (x->dir) {
-	case PHG_DIR_APPLY:
-		s->progress = (int)x->next;
-		break;
-	case PHG_DIR_REVERT:
-		s->revert_progress = (int)x->next;
-		break;
-	case PHG_DIR_FINALIZE:
-		s->final_progress = (int)x->next;
-		break;
-	}
-	s->op_started = x->op_started;
-	s->bf_rows = x->bf_rows;
-	s->bf_batches = x->bf_batches;
-	s->bf_pass = x->bf_pass;
-	phg_strv_clear(&s->bf_last);
-	s->bf_last = x->bf_last; /* the executor's latest checkpoint moves here */
-	x->bf_last.v = NULL;
-	x->bf_last.n = 0;
 	e->failed_status = status;
 	if (status != 0) {
 		phg_err_clear(&e->step_err);
@@ -331,7 +285,13 @@ static void exec_done(phg_exec_t *x, int status)
 			e->failed_status = PHG_EINTERRUPTED;
 	}
 	phg_exec_reset(x);
-	e->after_exec(e);
+	if (status == PHG_ECONNECT) {
+		e->after_exec(e); /* nothing to read back from: the caller ends the run */
+		return;
+	}
+	phg_buf_init(&b, 4096);
+	phg_store_step_select_sql(&b, e->schema_q, e->run_id, e->pi, e->si);
+	phg_eng_queryb(e, &b, step_reloaded);
 }
 
 static void run_ops(engine_t *e, int pi, int si, phg_dir_t dir, ek_t k)
@@ -536,22 +496,14 @@ static void revert_memo_loaded(engine_t *e)
 {
 	step_rt_t *s = &e->ph[e->pi].steps[e->si];
 	phg_err_t err;
-	json_error_t jerr;
 
-	int bad = 0;
-
-	if (PQntuples(e->res) == 1) {
-		json_decref(s->memo);
-		s->memo = json_loads(PQgetvalue(e->res, 0, 0), 0, &jerr);
-		s->progress = phg_eng_state_int(PQgetvalue(e->res, 0, 1), &bad);
-		s->op_started = PQgetisnull(e->res, 0, 2) ? -1 : phg_eng_state_int(PQgetvalue(e->res, 0, 2), &bad);
-	}
-	phg_err_clear(&err);
-	if (bad) {
-		phg_err_set(&err, PHG_ESTATE, "the recorded progress of the step is not a number");
+	if (PQntuples(e->res) != 1 || phg_store_step_read(e->res, 0, 0, s) != 0) {
+		phg_err_clear(&err);
+		phg_err_set(&err, PHG_ESTATE, "the recorded state of the step is not valid");
 		revert_failed(e, &err);
 		return;
 	}
+	phg_err_clear(&err);
 	if (build_ops(e, e->pi, e->si, PHG_DIR_REVERT, &err) != 0) {
 		revert_failed(e, &err);
 		return;
@@ -597,10 +549,7 @@ void phg_eng_drive_revert(engine_t *e)
 		return;
 	}
 	phg_buf_init(&b, 4096);
-	phg_buf_printf(&b,
-	               "SELECT memo::text, progress, op_started FROM %s.steps WHERE run_id = %lld "
-	               "AND phase_idx = %d AND idx = %d",
-	               e->schema_q, e->run_id, e->pi, e->si);
+	phg_store_step_select_sql(&b, e->schema_q, e->run_id, e->pi, e->si);
 	phg_eng_queryb(e, &b, revert_memo_loaded);
 }
 

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
+static void gate_failed_stopped(engine_t *e);
 static const phg_check_t **checks_of(engine_t *e, const phg_strv_t *names);
 static void gate_probe(phg_gate_t *g, const phg_probe_t *p);
 static void watch_closed(phg_gate_t *g);
@@ -23,7 +24,6 @@ static void verify_done(phg_gate_t *g, int status, const phg_err_t *err);
 static void backup_recorded(engine_t *e);
 static void backup_cb(phg_backup_job_t *job, int status, const phg_backup_result_t *res,
                       const phg_err_t *err, void *arg);
-static void gate_failed_stopped(engine_t *e);
 
 static const phg_check_t **checks_of(engine_t *e, const phg_strv_t *names)
 {
@@ -244,12 +244,9 @@ static void backup_cb(phg_backup_job_t *job, int status, const phg_backup_result
 	l_phase = phg_eng_lit(e, ph->name);
 	l_sum = phg_eng_lit(e, res->sha256);
 	phg_buf_init(&b, 64 * 1024);
-	phg_buf_printf(&b,
-	               "INSERT INTO %s.backups (run_id, phase, path, scope, size, sha256, duration_ms) "
-	               "VALUES (%lld, %s, %s, '%s', %" PRIu64 ", %s, %" PRIu64 ")",
-	               e->schema_q, e->run_id, l_phase, l_path,
-	               e->plan->backup.scope == PHG_BACKUP_SCOPE_DATABASE ? "database" : "tables",
-	               res->size, l_sum, res->duration_ms);
+	phg_store_backup_sql(&b, e->schema_q, e->run_id, l_phase, l_path,
+	                     e->plan->backup.scope == PHG_BACKUP_SCOPE_DATABASE, res->size, l_sum,
+	                     res->duration_ms);
 	free(l_path);
 	free(l_phase);
 	free(l_sum);

@@ -35,18 +35,9 @@
 typedef struct engine_s engine_t;
 typedef void (*ek_t)(engine_t *e);
 
-typedef struct step_rt_s {
-	int state;
-	int progress;
-	int revert_progress;
-	int final_progress;
-	int op_started;
-	json_t *memo;
-	int bf_pass;
-	phg_strv_t bf_last;
-	long long bf_rows;
-	long long bf_batches;
-} step_rt_t;
+/* A step's row as it committed (store.h): reloaded after every transition
+ * and after every run of its ops, never updated by hand. */
+typedef phg_step_row_t step_rt_t;
 
 typedef struct phase_rt_s {
 	int state;
@@ -61,12 +52,14 @@ typedef phg_engine_mode_t engine_mode_t; /* status/history: report.c */
 
 typedef phg_level_t level_t;
 
+
 struct engine_s {
 	uv_loop_t *loop; /* the caller's: several engines may share one */
 	engine_mode_t mode;
 	phg_plan_t *plan;
 	const phg_run_opts_t *o;
 	const phg_settings_t *st;
+	phg_settings_t own_settings; /* no plan: the defaults (st points here) */
 	phg_logctx_t log;
 	char *conninfo;
 	const char *url_env;
@@ -176,8 +169,6 @@ void phg_eng_backup_start(engine_t *e, int pi);
 void phg_eng_gate_failed(engine_t *e);
 
 /* ---- engine_state.c ---- */
-/* A counter or index the state tables hold; *bad = 1 when it is not one. */
-int phg_eng_state_int(const char *s, int *bad);
 void phg_eng_rt_free(engine_t *e);
 void phg_eng_rt_alloc(engine_t *e);
 int phg_eng_load_rows(engine_t *e, PGresult *res);

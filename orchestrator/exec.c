@@ -14,6 +14,7 @@
 
 #include "buf.h"
 #include "fault.h"
+#include "store.h"
 
 #define SQL_MAX (16u * 1024 * 1024)
 
@@ -54,23 +55,12 @@ static void op_fault(const phg_exec_t *x, const char *what)
 		          x->step_idx + 1, x->next, what);
 }
 
-static const char *counter_column(const phg_exec_t *x)
+/* The op committed: its counter (store.h), in the op's own transaction or
+ * right after a non-transactional one. */
+static void progress_sql(phg_exec_t *x, phg_buf_t *b)
 {
-	switch (x->dir) {
-	case PHG_DIR_REVERT:
-		return "revert_progress";
-	case PHG_DIR_FINALIZE:
-		return "final_progress";
-	case PHG_DIR_APPLY:
-	default:
-		return "progress";
-	}
-}
-
-static void step_where(phg_exec_t *x, phg_buf_t *b)
-{
-	phg_buf_printf(b, " WHERE run_id = %lld AND phase_idx = %d AND idx = %d", x->run_id,
-	               x->phase_idx, x->step_idx);
+	phg_store_progress_sql(b, x->schema_q, x->run_id, x->phase_idx, x->step_idx, (int)x->dir,
+	                       x->next + 1);
 }
 
 uint64_t phg_backoff_ms(uint64_t base, uint64_t max, uint64_t n, uint64_t *rng)
@@ -303,16 +293,13 @@ static void tx_send(phg_exec_t *x)
 		phg_buf_printf(&b, "SET LOCAL statement_timeout = '%" PRIu64 "ms';\n",
 		               s->statement_timeout_ms);
 	if (op->memo_sql != NULL) {
-		phg_buf_printf(&b, "UPDATE %s.steps SET memo = memo || coalesce((%s), '{}'::jsonb)",
-		               x->schema_q, op->memo_sql);
-		step_where(x, &b);
+		phg_store_memo_sql(&b, x->schema_q, x->run_id, x->phase_idx, x->step_idx,
+		                   op->memo_sql);
 		phg_buf_adds(&b, ";\n");
 	}
 	for (size_t i = 0; i < op->nsql; i++)
 		phg_buf_printf(&b, "%s;\n", op->sql[i]);
-	phg_buf_printf(&b, "UPDATE %s.steps SET %s = %zu, op_started = NULL, updated_at = now()",
-	               x->schema_q, counter_column(x), x->next + 1);
-	step_where(x, &b);
+	progress_sql(x, &b);
 	phg_buf_adds(&b, ";\nCOMMIT;");
 	x->attempt++;
 	if (op->flags & PHG_OPF_DDL)
@@ -341,9 +328,8 @@ static void st_mark(phg_exec_t *x)
 	phg_buf_t b;
 
 	phg_buf_init(&b, 4096);
-	phg_buf_printf(&b, "UPDATE %s.steps SET op_started = %zu, updated_at = now()", x->schema_q,
-	               x->next);
-	step_where(x, &b);
+	phg_store_op_started_sql(&b, x->schema_q, x->run_id, x->phase_idx, x->step_idx,
+	                         (long)x->next);
 	exec_sendf(x, PHG_X_ST_MARK, &b);
 }
 
@@ -364,9 +350,7 @@ static void record(phg_exec_t *x)
 	phg_buf_t b;
 
 	phg_buf_init(&b, 4096);
-	phg_buf_printf(&b, "UPDATE %s.steps SET %s = %zu, op_started = NULL, updated_at = now()",
-	               x->schema_q, counter_column(x), x->next + 1);
-	step_where(x, &b);
+	progress_sql(x, &b);
 	exec_sendf(x, PHG_X_RECORD, &b);
 }
 
@@ -501,24 +485,14 @@ static void bf_keys_done(phg_exec_t *x, PGresult *res)
 		        x->bf_pass);
 }
 
-static void key_list(phg_exec_t *x, phg_build_t *qb, phg_buf_t *b, const char *prefix,
-                     const char *alias_pfx)
-{
-	for (size_t i = 0; i < x->key_names.n; i++) {
-		phg_buf_printf(b, "%s%s%s", i ? ", " : "", prefix, phg_q(qb, x->key_names.v[i]));
-		if (alias_pfx != NULL)
-			phg_buf_printf(b, " AS %s%zu", alias_pfx, i);
-	}
-}
-
 static void bf_batch(phg_exec_t *x)
 {
 	const phg_backfill_spec_t *bf = cur_op(x)->backfill;
 	phg_build_t qb;
 	phg_buf_t b;
-	const char *t;
-	const char **params = NULL;
-	int np = 0;
+	size_t k = x->key_names.n;
+	const char **params;
+	char first[2], run[32], pi[16], si[16];
 
 	if (x->should_stop != NULL && x->should_stop(x->stop_arg)) {
 		x->op_err.code = PHG_EINTERRUPTED;
@@ -526,55 +500,27 @@ static void bf_batch(phg_exec_t *x)
 		reset_session(x, PHG_X_FAIL_RESET);
 		return;
 	}
+	/* the statement the step kind builds, as `plan` prints it */
 	quoter(x, &qb);
-	t = phg_qtable(&qb, bf->table);
 	phg_buf_init(&b, SQL_MAX);
-	phg_buf_adds(&b, "WITH batch AS MATERIALIZED (SELECT ");
-	key_list(x, &qb, &b, "", "_phg_k");
-	phg_buf_printf(&b, " FROM %s WHERE true", t);
-	if (x->bf_last.n > 0) {
-		phg_buf_adds(&b, " AND (");
-		key_list(x, &qb, &b, "", NULL);
-		phg_buf_adds(&b, ") > (");
-		for (size_t i = 0; i < x->key_names.n; i++)
-			phg_buf_printf(&b, "%s$%zu::%s", i ? ", " : "", i + 1, x->key_types.v[i]);
-		phg_buf_adds(&b, ")");
-		params = (const char **)x->bf_last.v;
-		np = (int)x->bf_last.n;
-	}
-	if (bf->where != NULL)
-		phg_buf_printf(&b, " AND (%s)", bf->where);
-	phg_buf_adds(&b, " ORDER BY ");
-	key_list(x, &qb, &b, "", NULL);
-	phg_buf_printf(&b, " LIMIT %" PRIu64 "), upd AS (UPDATE %s SET %s FROM batch WHERE (",
-	               bf->batch_size, t, bf->set);
-	key_list(x, &qb, &b, phg_bprintf(&qb, "%s.", t), NULL);
-	phg_buf_adds(&b, ") = (");
-	for (size_t i = 0; i < x->key_names.n; i++)
-		phg_buf_printf(&b, "%sbatch._phg_k%zu", i ? ", " : "", i);
-	phg_buf_adds(&b, ")");
-	if (bf->where != NULL)
-		phg_buf_printf(&b, " AND (%s)", bf->where);
-	phg_buf_adds(&b, " RETURNING 1), last AS (SELECT ARRAY[");
-	for (size_t i = 0; i < x->key_names.n; i++)
-		phg_buf_printf(&b, "%s_phg_k%zu::text", i ? ", " : "", i);
-	phg_buf_adds(&b, "] AS k FROM batch ORDER BY ");
-	for (size_t i = 0; i < x->key_names.n; i++)
-		phg_buf_printf(&b, "%s_phg_k%zu DESC", i ? ", " : "", i);
-	phg_buf_printf(&b,
-	               " LIMIT 1), ck AS (UPDATE %s.steps SET bf_last = (SELECT k FROM last), "
-	               "bf_rows = bf_rows + (SELECT count(*) FROM upd), bf_batches = bf_batches + 1, "
-	               "updated_at = now()",
-	               x->schema_q);
-	step_where(x, &b);
-	phg_buf_adds(&b, " AND EXISTS (SELECT 1 FROM batch) RETURNING bf_rows) "
-	                 "SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM upd), "
-	                 "(SELECT array_to_json(k)::text FROM last)");
+	phg_backfill_batch_sql(&qb, bf, &x->key_names, x->schema_q, &b);
+	params = phg_calloc(k + 4, sizeof(*params));
+	for (size_t i = 0; i < k; i++)
+		params[i] = x->bf_last.n == k ? x->bf_last.v[i] : NULL;
+	snprintf(first, sizeof(first), "%s", x->bf_last.n == k && k > 0 ? "f" : "t");
+	snprintf(run, sizeof(run), "%lld", x->run_id);
+	snprintf(pi, sizeof(pi), "%d", x->phase_idx);
+	snprintf(si, sizeof(si), "%d", x->step_idx);
+	params[k] = first;
+	params[k + 1] = run;
+	params[k + 2] = pi;
+	params[k + 3] = si;
 	x->attempt++;
 	if (!too_big(x, &b)) {
 		probe_start(x);
-		exec_send(x, PHG_X_BF_BATCH, b.data, np, params);
+		exec_send(x, PHG_X_BF_BATCH, b.data, (int)k + 4, params);
 	}
+	free(params);
 	phg_buf_free(&b);
 	phg_build_reset(&qb);
 }
@@ -653,8 +599,7 @@ static void unmark_and_fail(phg_exec_t *x, int status)
 	x->unmark_status = status;
 	x->op_started = -1;
 	phg_buf_init(&b, 4096);
-	phg_buf_printf(&b, "UPDATE %s.steps SET op_started = NULL", x->schema_q);
-	step_where(x, &b);
+	phg_store_op_started_sql(&b, x->schema_q, x->run_id, x->phase_idx, x->step_idx, -1);
 	exec_sendf(x, PHG_X_UNMARK, &b);
 }
 
@@ -994,9 +939,7 @@ static void exec_on_result(phg_pg_t *pg, int status, PGresult *res, const phg_er
 			x->bf_pass = 2;
 			phg_strv_clear(&x->bf_last);
 			phg_buf_init(&b, 4096);
-			phg_buf_printf(&b, "UPDATE %s.steps SET bf_pass = 2, bf_last = NULL",
-			               x->schema_q);
-			step_where(x, &b);
+			phg_store_sweep_sql(&b, x->schema_q, x->run_id, x->phase_idx, x->step_idx);
 			exec_sendf(x, PHG_X_BF_PASS2, &b);
 			return;
 		}

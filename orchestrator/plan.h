@@ -232,6 +232,12 @@ int phg_plan_load_buffer(const char *name, const char *data, size_t len,
 
 void phg_plan_free(phg_plan_t *plan);
 
+/* The settings of a plan that sets none: the loader's own defaults (its
+ * field table is the one place they are written).  Free with
+ * phg_settings_clear(). */
+void phg_settings_defaults(phg_settings_t *out);
+void phg_settings_clear(phg_settings_t *s);
+
 /* Select environment @name (NULL = none): plan->settings, plan->checks and
  * plan->url_env become the environment's resolved values.  Unknown name:
  * PHG_EUSAGE with the known names in @err. */

@@ -1752,6 +1752,23 @@ static void sync_own(phg_plan_t *plan)
 	plan->own_url_env_ = plan->url_env;
 }
 
+void phg_settings_defaults(phg_settings_t *out)
+{
+	phg_diag_t *d = phg_diag_new("(defaults)", "", 0);
+	ld_t ld = {.d = d, .plan = NULL, .src = "", .len = 0};
+
+	memset(out, 0, sizeof(*out));
+	load_map(&ld, NULL, settings_fields, out, "settings", (phg_pos_t){1, 1}, NULL, NULL,
+	         LM_DEFAULTS);
+	phg_diag_free(d);
+}
+
+void phg_settings_clear(phg_settings_t *s)
+{
+	free(s->state_schema);
+	memset(s, 0, sizeof(*s));
+}
+
 int phg_plan_load_buffer(const char *name, const char *data, size_t len, FILE *diag_out,
                          phg_plan_t **out, phg_err_t *err)
 {

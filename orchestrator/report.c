@@ -86,7 +86,6 @@ static json_t *jstr_or_null(PGresult *res, int row, int col)
 	return PQgetisnull(res, row, col) ? json_null() : json_string(PQgetvalue(res, row, col));
 }
 
-#define TS(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
 
 /* ---- status ---- */
 
@@ -212,11 +211,7 @@ static void status_phases(report_t *r, PGresult *res)
 		phg_buf_t b;
 
 		phg_buf_init(&b, 4096);
-		phg_buf_printf(&b,
-		               "SELECT DISTINCT ON (data->>'check') data->>'check', data::text, " TS("at")
-		               " FROM %s.events WHERE run_id = %lld AND kind = 'probe' "
-		               "ORDER BY data->>'check', id DESC",
-		               r->schema_q, r->run_id);
+		phg_store_status_checks_sql(&b, r->schema_q, r->run_id);
 		rq(r, b.data, 0, NULL, status_checks);
 		phg_buf_free(&b);
 	}
@@ -248,12 +243,7 @@ static void status_run(report_t *r, PGresult *res)
 	json_object_set_new(r->out, "error", jstr_or_null(res, 0, 9));
 	json_object_set_new(r->out, "locked", json_boolean(strcmp(PQgetvalue(res, 0, 8), "t") == 0));
 	phg_buf_init(&b, 4096);
-	phg_buf_printf(&b,
-	               "SELECT p.idx, p.state, " TS("p.started_at") ", " TS("p.finished_at") ", "
-	               "s.idx, s.state, s.bf_rows FROM %s.phases p LEFT JOIN %s.steps s ON "
-	               "s.run_id = p.run_id AND s.phase_idx = p.idx WHERE p.run_id = %lld "
-	               "ORDER BY p.idx, s.idx",
-	               r->schema_q, r->schema_q, r->run_id);
+	phg_store_status_phases_sql(&b, r->schema_q, r->run_id);
 	rq(r, b.data, 0, NULL, status_phases);
 	phg_buf_free(&b);
 }
@@ -270,11 +260,7 @@ static void status_schema(report_t *r, PGresult *res)
 	}
 	snprintf(cls, sizeof(cls), "%d", PHG_LOCK_CLASS);
 	phg_buf_init(&b, 4096);
-	phg_buf_printf(&b,
-	               "SELECT id, checksum, state, env, action, " TS("started_at") ", "
-	               TS("finished_at") ", note, EXISTS (SELECT 1 FROM pg_locks l WHERE "
-	               PHG_PLAN_LOCK_HELD("$2", "$1") "), error FROM %s.runs WHERE plan = $1 ORDER BY id DESC LIMIT 1",
-	               r->schema_q);
+	phg_store_status_run_sql(&b, r->schema_q);
 	rq(r, b.data, 2, p, status_run);
 	phg_buf_free(&b);
 }
@@ -309,7 +295,7 @@ static void status_start(report_t *r)
 		json_array_append_new(phases, ph);
 	}
 	json_object_set_new(r->out, "phases", phases);
-	rq(r, "SELECT to_regclass(quote_ident($1) || '.runs')", 1, p, status_schema);
+	rq(r, PHG_STORE_EXISTS_SQL, 1, p, status_schema);
 }
 
 /* ---- history ---- */
@@ -369,15 +355,7 @@ static void history_schema(report_t *r, PGresult *res)
 		return;
 	}
 	phg_buf_init(&b, 4096);
-	phg_buf_printf(&b,
-	               "SELECT r.id, r.plan, r.checksum, r.env, r.action, r.state, "
-	               TS("r.started_at") ", " TS("r.finished_at") ", r.who, r.host, "
-	               "(SELECT count(*) FROM %s.phases p WHERE p.run_id = r.id AND p.state = 'applied'), "
-	               "(SELECT count(*) FROM %s.phases p WHERE p.run_id = r.id), "
-	               "(SELECT count(*) FROM %s.backups k WHERE k.run_id = r.id), r.note, r.error "
-	               "FROM %s.runs r WHERE ($1::text IS NULL OR r.plan = $1) AND "
-	               "($2::text IS NULL OR r.env = $2) ORDER BY r.id",
-	               r->schema_q, r->schema_q, r->schema_q, r->schema_q);
+	phg_store_history_sql(&b, r->schema_q);
 	rq(r, b.data, 2, p, history_rows);
 	phg_buf_free(&b);
 }
@@ -387,7 +365,7 @@ static void history_start(report_t *r)
 	const char *p[1] = {r->schema};
 
 	r->out = json_array();
-	rq(r, "SELECT to_regclass(quote_ident($1) || '.runs')", 1, p, history_schema);
+	rq(r, PHG_STORE_EXISTS_SQL, 1, p, history_schema);
 }
 
 /* ---- common ---- */
@@ -422,13 +400,20 @@ static int report_run(const phg_plan_t *plan, const phg_run_opts_t *o, int histo
 	const char *env = plan ? plan->url_env : (o->db_env ? o->db_env : "DATABASE_URL");
 	const char *url = getenv(env);
 	phg_err_t err;
-	uint64_t timeout = plan ? plan->settings.connect_timeout_ms : 10000;
+	phg_settings_t defaults;
+	const phg_settings_t *st = &defaults;
+	uint64_t timeout;
 	int rc;
 
+	/* no plan (history of every plan): the plan loader's defaults */
+	phg_settings_defaults(&defaults);
+	if (plan != NULL)
+		st = &plan->settings;
+	timeout = st->connect_timeout_ms;
 	memset(&r, 0, sizeof(r));
 	r.plan = plan;
 	r.o = o;
-	r.schema = plan ? plan->settings.state_schema : "phasegate";
+	r.schema = phg_strdup(st->state_schema);
 	r.schema_q = phg_asprintf("\"%s\"", r.schema);
 	r.exit_code = -1;
 	r.history = history;
@@ -449,6 +434,8 @@ static int report_run(const phg_plan_t *plan, const phg_run_opts_t *o, int histo
 	rc = uv_loop_close(&r.loop);
 	json_decref(r.out);
 	free(r.schema_q);
+	free((char *)r.schema);
+	phg_settings_clear(&defaults);
 	if (rc != 0)
 		return PHG_EXIT_RUNTIME;
 	return r.exit_code < 0 ? PHG_EXIT_RUNTIME : r.exit_code;

@@ -380,11 +380,7 @@ static void lock_holder(phg_pg_t *pg, int status, PGresult *res, const phg_err_t
 	/* which run: the newest unfinished one of this plan (the state schema
 	 * may not exist yet: then the query fails and only the session is named) */
 	phg_buf_init(&b, 4096);
-	phg_buf_printf(&b,
-	               "SELECT id, state, date_trunc('second', started_at)::text, coalesce(who, '?'), "
-	               "coalesce(host, '?'), coalesce(pid::text, '?') FROM %s.runs WHERE plan = $1 "
-	               "ORDER BY id DESC LIMIT 1",
-	               e->schema_q);
+	phg_store_lock_holder_run_sql(&b, e->schema_q);
 	phg_pgq_query(&e->ctlq, b.data, 1, p, lock_holder_run, e);
 	phg_buf_free(&b);
 }
@@ -474,17 +470,9 @@ int phg_eng_init(engine_t *e, uv_loop_t *loop, engine_mode_t mode, phg_plan_t *p
 		e->url_env = plan->url_env;
 		e->log.plan = plan->name;
 	} else {
-		static phg_settings_t defaults = {
-		    .lock_timeout_ms = 2000,
-		    .lock_retries = 20,
-		    .retry_backoff_ms = 200,
-		    .retry_backoff_max_ms = 10000,
-		    .connect_timeout_ms = 10000,
-		    .connect_retries = 3,
-		};
-
-		defaults.state_schema = (char *)"phasegate";
-		e->st = &defaults;
+		/* no plan (history of every plan): the plan loader's defaults */
+		phg_settings_defaults(&e->own_settings);
+		e->st = &e->own_settings;
 		e->url_env = o->db_env ? o->db_env : "DATABASE_URL";
 	}
 	url = getenv(e->url_env);
@@ -518,6 +506,7 @@ int phg_eng_release(engine_t *e)
 	free(e->conninfo);
 	free(e->schema_q);
 	e->conninfo = e->schema_q = NULL;
+	phg_settings_clear(&e->own_settings);
 	return e->exit_code;
 }
 

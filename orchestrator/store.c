@@ -1,9 +1,16 @@
 /*
- * store.c - state names and the state schema DDL.
+ * store.c - the state schema: its DDL, the names of the states, and every
+ * statement that reads or writes it (see store.h).
  */
 #include "store.h"
 
+#include <inttypes.h>
+#include <limits.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include "error.h"
+#include "step.h"
 
 static const char *const run_states[PHG_RUN__N] = {
 	"not_started", "running", "interrupted", "completed", "failed", "rolled_back",
@@ -56,6 +63,326 @@ int phg_phase_state_parse(const char *s)
 int phg_step_state_parse(const char *s)
 {
 	return parse_of(step_states, PHG_STEP__N, s);
+}
+
+/* ---- a step's row ---- */
+
+void phg_step_row_init(phg_step_row_t *r)
+{
+	memset(r, 0, sizeof(*r));
+	r->state = PHG_STEP_PENDING;
+	r->op_started = -1;
+	r->bf_pass = 1;
+}
+
+void phg_step_row_clear(phg_step_row_t *r)
+{
+	json_decref(r->memo);
+	phg_strv_clear(&r->bf_last);
+	phg_step_row_init(r);
+}
+
+void phg_store_step_cols(phg_buf_t *out, const char *a)
+{
+	phg_buf_printf(out,
+	               "%sstate, %sprogress, %srevert_progress, %sfinal_progress, %sop_started, "
+	               "%sbf_pass, array_to_json(%sbf_last)::text, %sbf_rows, %sbf_batches, "
+	               "%smemo::text",
+	               a, a, a, a, a, a, a, a, a, a);
+}
+
+static int col_int(const PGresult *res, int row, int col, int *bad)
+{
+	return (int)phg_db_num(PQgetvalue(res, row, col), INT_MIN, INT_MAX, 0, bad);
+}
+
+int phg_store_step_read(const PGresult *res, int row, int c, phg_step_row_t *r)
+{
+	int bad = 0;
+	json_error_t jerr;
+	json_t *a, *v;
+	size_t i;
+
+	r->state = phg_step_state_parse(PQgetvalue(res, row, c));
+	r->progress = col_int(res, row, c + 1, &bad);
+	r->revert_progress = col_int(res, row, c + 2, &bad);
+	r->final_progress = col_int(res, row, c + 3, &bad);
+	r->op_started = PQgetisnull(res, row, c + 4) ? -1 : col_int(res, row, c + 4, &bad);
+	r->bf_pass = col_int(res, row, c + 5, &bad);
+	phg_strv_clear(&r->bf_last);
+	if (!PQgetisnull(res, row, c + 6)) {
+		a = json_loads(PQgetvalue(res, row, c + 6), 0, &jerr);
+		if (!json_is_array(a))
+			bad = 1;
+		json_array_foreach(a, i, v) {
+			phg_strv_push(&r->bf_last, json_is_string(v) ? json_string_value(v) : "");
+		}
+		json_decref(a);
+	}
+	r->bf_rows = phg_db_num(PQgetvalue(res, row, c + 7), 0, LLONG_MAX, 0, &bad);
+	r->bf_batches = phg_db_num(PQgetvalue(res, row, c + 8), 0, LLONG_MAX, 0, &bad);
+	json_decref(r->memo);
+	r->memo = json_loads(PQgetvalue(res, row, c + 9), 0, &jerr);
+	if (!json_is_object(r->memo)) {
+		json_decref(r->memo);
+		r->memo = json_object();
+		bad = 1;
+	}
+	return bad || r->state < 0 ? PHG_ESTATE : 0;
+}
+
+static void step_where(phg_buf_t *out, long long run, int pi, int si)
+{
+	phg_buf_printf(out, " WHERE run_id = %lld AND phase_idx = %d AND idx = %d", run, pi, si);
+}
+
+void phg_store_step_select_sql(phg_buf_t *out, const char *schema_q, long long run, int pi,
+                               int si)
+{
+	phg_buf_adds(out, "SELECT ");
+	phg_store_step_cols(out, "");
+	phg_buf_printf(out, " FROM %s.steps", schema_q);
+	step_where(out, run, pi, si);
+}
+
+/* ---- transitions ---- */
+
+void phg_store_run_state_sql(phg_buf_t *out, const char *schema_q, long long run, int state,
+                             const char *action, const char *note_lit)
+{
+	const char *n = note_lit ? note_lit : "NULL";
+	int final = state == PHG_RUN_COMPLETED || state == PHG_RUN_ROLLED_BACK ||
+	            state == PHG_RUN_FAILED;
+
+	phg_buf_printf(out,
+	               "UPDATE %s.runs SET state = '%s', action = '%s', note = %s, "
+	               "error = %s, updated_at = now(), finished_at = %s WHERE id = %lld "
+	               "RETURNING state",
+	               schema_q, phg_run_state_name(state), action, n,
+	               state == PHG_RUN_FAILED ? n : state == PHG_RUN_RUNNING ? "NULL" : "error",
+	               final ? "now()" : "NULL", run);
+}
+
+void phg_store_phase_state_sql(phg_buf_t *out, const char *schema_q, long long run, int pi,
+                               int state)
+{
+	phg_buf_printf(out,
+	               "UPDATE %s.phases p SET state = '%s'%s%s WHERE run_id = %lld AND idx = %d "
+	               "RETURNING state, EXISTS (SELECT 1 FROM %s.backups b WHERE b.run_id = "
+	               "p.run_id AND b.phase = p.name AND b.taken_at >= p.started_at)",
+	               schema_q, phg_phase_state_name(state),
+	               state == PHG_PHASE_RUNNING ? ", started_at = now(), finished_at = NULL" : "",
+	               state == PHG_PHASE_APPLIED || state == PHG_PHASE_FAILED ||
+	                       state == PHG_PHASE_ROLLED_BACK
+	                   ? ", finished_at = now()"
+	                   : "",
+	               run, pi, schema_q);
+}
+
+void phg_store_step_state_sql(phg_buf_t *out, const char *schema_q, long long run, int pi,
+                              int si, int old, int state)
+{
+	phg_buf_printf(out, "UPDATE %s.steps SET state = '%s', updated_at = now()", schema_q,
+	               phg_step_state_name(state));
+	if (state == PHG_STEP_RUNNING && (old == PHG_STEP_PENDING || old == PHG_STEP_REVERTED))
+		/* a fresh attempt: the defaults of phg_step_row_init() */
+		phg_buf_adds(out, ", progress = 0, revert_progress = 0, final_progress = 0, "
+		                  "op_started = NULL, memo = '{}', bf_pass = 1, bf_last = NULL, "
+		                  "bf_rows = 0, bf_batches = 0");
+	if (state == PHG_STEP_REVERTING && old != PHG_STEP_REVERTING)
+		/* an op that was started (index build, http request) may have
+		 * happened: the revert must undo it too */
+		phg_buf_adds(out, ", progress = GREATEST(progress, COALESCE(op_started + 1, 0)), "
+		                  "revert_progress = 0, op_started = NULL, bf_pass = 1, "
+		                  "bf_last = NULL, bf_rows = 0, bf_batches = 0");
+	if (state == PHG_STEP_FAILED && old == PHG_STEP_REVERTING)
+		/* its own partial work was undone: it starts over next time */
+		phg_buf_adds(out, ", progress = 0, memo = '{}'");
+	step_where(out, run, pi, si);
+	phg_buf_adds(out, " RETURNING ");
+	phg_store_step_cols(out, "");
+}
+
+/* ---- the executor's records ---- */
+
+const char *phg_store_counter_column(int dir)
+{
+	return dir == 1 ? "revert_progress" : dir == 2 ? "final_progress" : "progress";
+}
+
+void phg_store_progress_sql(phg_buf_t *out, const char *schema_q, long long run, int pi, int si,
+                            int dir, size_t value)
+{
+	phg_buf_printf(out, "UPDATE %s.steps SET %s = %zu, op_started = NULL, updated_at = now()",
+	               schema_q, phg_store_counter_column(dir), value);
+	step_where(out, run, pi, si);
+}
+
+void phg_store_memo_sql(phg_buf_t *out, const char *schema_q, long long run, int pi, int si,
+                        const char *memo_sql)
+{
+	phg_buf_printf(out, "UPDATE %s.steps SET memo = memo || coalesce((%s), '{}'::jsonb)",
+	               schema_q, memo_sql);
+	step_where(out, run, pi, si);
+}
+
+void phg_store_op_started_sql(phg_buf_t *out, const char *schema_q, long long run, int pi,
+                              int si, long op)
+{
+	if (op >= 0)
+		phg_buf_printf(out, "UPDATE %s.steps SET op_started = %ld, updated_at = now()",
+		               schema_q, op);
+	else
+		phg_buf_printf(out, "UPDATE %s.steps SET op_started = NULL, updated_at = now()",
+		               schema_q);
+	step_where(out, run, pi, si);
+}
+
+void phg_store_sweep_sql(phg_buf_t *out, const char *schema_q, long long run, int pi, int si)
+{
+	phg_buf_printf(out, "UPDATE %s.steps SET bf_pass = 2, bf_last = NULL, updated_at = now()",
+	               schema_q);
+	step_where(out, run, pi, si);
+}
+
+/* ---- runs ---- */
+
+void phg_store_last_run_sql(phg_buf_t *out, const char *schema_q)
+{
+	phg_buf_printf(out,
+	               "SELECT id, checksum, state, action FROM %s.runs WHERE plan = $1 "
+	               "ORDER BY id DESC LIMIT 1",
+	               schema_q);
+}
+
+void phg_store_load_run_sql(phg_buf_t *out, const char *schema_q, long long run)
+{
+	phg_buf_adds(out, "SELECT p.idx, p.state, s.idx, ");
+	phg_store_step_cols(out, "s.");
+	phg_buf_printf(out,
+	               ", EXISTS (SELECT 1 FROM %s.backups b WHERE b.run_id = p.run_id AND "
+	               "b.phase = p.name AND b.taken_at >= p.started_at) "
+	               "FROM %s.phases p LEFT JOIN %s.steps s ON s.run_id = p.run_id AND "
+	               "s.phase_idx = p.idx WHERE p.run_id = %lld ORDER BY p.idx, s.idx",
+	               schema_q, schema_q, schema_q, run);
+}
+
+void phg_store_create_run_sql(phg_buf_t *b, const char *schema_q, const phg_plan_t *plan,
+                              const char *plan_lit, const char *sum_lit, const char *env_lit,
+                              const char *user_lit, const char *host_lit, int pid,
+                              const char *const *names, const char *const *sums)
+{
+	int first = 1;
+
+	phg_buf_printf(b,
+	               "BEGIN; WITH r AS (INSERT INTO %s.runs (plan, checksum, env, action, state, who, "
+	               "host, pid, version) VALUES (%s, %s, %s, 'apply', 'running', %s, %s, %d, '%s') "
+	               "RETURNING id), p AS (INSERT INTO %s.phases (run_id, idx, name, checksum, state) "
+	               "SELECT r.id, v.idx, v.name, v.sum, 'pending' FROM r, (VALUES ",
+	               schema_q, plan_lit, sum_lit, env_lit, user_lit, host_lit, pid, PHG_VERSION,
+	               schema_q);
+	for (size_t p = 0; p < plan->nphases; p++)
+		phg_buf_printf(b, "%s(%zu, %s, %s)", p ? ", " : "", p, names[p], sums[p]);
+	phg_buf_printf(b, ") AS v(idx, name, sum) RETURNING run_id) INSERT INTO %s.steps (run_id, "
+	                  "phase_idx, idx, kind, state) SELECT r.id, v.p, v.s, v.kind, 'pending' FROM "
+	                  "r, (VALUES ",
+	               schema_q);
+	for (size_t p = 0; p < plan->nphases; p++)
+		for (size_t s = 0; s < plan->phases[p].nsteps; s++) {
+			phg_buf_printf(b, "%s(%zu, %zu, '%s')", first ? "" : ", ", p, s,
+			               plan->phases[p].steps[s].kind->name);
+			first = 0;
+		}
+	phg_buf_printf(b, ") AS v(p, s, kind) WHERE (SELECT count(*) FROM p) >= 0; "
+	                  "COMMIT; SELECT max(id) FROM %s.runs WHERE plan = %s",
+	               schema_q, plan_lit);
+}
+
+void phg_store_lock_holder_run_sql(phg_buf_t *out, const char *schema_q)
+{
+	phg_buf_printf(out,
+	               "SELECT id, state, date_trunc('second', started_at)::text, coalesce(who, '?'), "
+	               "coalesce(host, '?'), coalesce(pid::text, '?') FROM %s.runs WHERE plan = $1 "
+	               "ORDER BY id DESC LIMIT 1",
+	               schema_q);
+}
+
+/* ---- events and backups ---- */
+
+void phg_store_event_sql(phg_buf_t *out, const char *schema_q)
+{
+	phg_buf_printf(out,
+	               "INSERT INTO %s.events (run_id, phase, step, kind, message, data) "
+	               "VALUES ($1, $2, $3, $4, $5, $6::jsonb)",
+	               schema_q);
+}
+
+void phg_store_backup_sql(phg_buf_t *out, const char *schema_q, long long run,
+                          const char *phase_lit, const char *path_lit, int whole_database,
+                          uint64_t size, const char *sum_lit, uint64_t duration_ms)
+{
+	phg_buf_printf(out,
+	               "INSERT INTO %s.backups (run_id, phase, path, scope, size, sha256, duration_ms) "
+	               "VALUES (%lld, %s, %s, '%s', %" PRIu64 ", %s, %" PRIu64 ")",
+	               schema_q, run, phase_lit, path_lit, whole_database ? "database" : "tables",
+	               size, sum_lit, duration_ms);
+}
+
+/* ---- status and history ---- */
+
+/* a timestamp as UTC ISO 8601 text */
+#define TS(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+
+void phg_store_status_run_sql(phg_buf_t *out, const char *schema_q)
+{
+	phg_buf_printf(out,
+	               "SELECT id, checksum, state, env, action, " TS("started_at") ", "
+	               TS("finished_at") ", note, EXISTS (SELECT 1 FROM pg_locks l WHERE "
+	               PHG_PLAN_LOCK_HELD("$2", "$1") "), error FROM %s.runs WHERE plan = $1 "
+	               "ORDER BY id DESC LIMIT 1",
+	               schema_q);
+}
+
+void phg_store_status_phases_sql(phg_buf_t *out, const char *schema_q, long long run)
+{
+	phg_buf_printf(out,
+	               "SELECT p.idx, p.state, " TS("p.started_at") ", " TS("p.finished_at") ", "
+	               "s.idx, s.state, s.bf_rows FROM %s.phases p LEFT JOIN %s.steps s ON "
+	               "s.run_id = p.run_id AND s.phase_idx = p.idx WHERE p.run_id = %lld "
+	               "ORDER BY p.idx, s.idx",
+	               schema_q, schema_q, run);
+}
+
+void phg_store_status_checks_sql(phg_buf_t *out, const char *schema_q, long long run)
+{
+	phg_buf_printf(out,
+	               "SELECT DISTINCT ON (data->>'check') data->>'check', data::text, " TS("at")
+	               " FROM %s.events WHERE run_id = %lld AND kind = 'probe' "
+	               "ORDER BY data->>'check', id DESC",
+	               schema_q, run);
+}
+
+void phg_store_history_sql(phg_buf_t *out, const char *schema_q)
+{
+	phg_buf_printf(out,
+	               "SELECT r.id, r.plan, r.checksum, r.env, r.action, r.state, "
+	               TS("r.started_at") ", " TS("r.finished_at") ", r.who, r.host, "
+	               "(SELECT count(*) FROM %s.phases p WHERE p.run_id = r.id AND p.state = 'applied'), "
+	               "(SELECT count(*) FROM %s.phases p WHERE p.run_id = r.id), "
+	               "(SELECT count(*) FROM %s.backups k WHERE k.run_id = r.id), r.note, r.error "
+	               "FROM %s.runs r WHERE ($1::text IS NULL OR r.plan = $1) AND "
+	               "($2::text IS NULL OR r.env = $2) ORDER BY r.id",
+	               schema_q, schema_q, schema_q, schema_q);
+}
+
+void phg_store_checkpoint_cte(phg_buf_t *out, const char *schema_q, int p)
+{
+	phg_buf_printf(out,
+	               "ck AS (UPDATE %s.steps SET bf_last = (SELECT k FROM last), "
+	               "bf_rows = bf_rows + (SELECT count(*) FROM upd), bf_batches = bf_batches + 1, "
+	               "updated_at = now() WHERE run_id = $%d::bigint AND phase_idx = $%d::int "
+	               "AND idx = $%d::int AND EXISTS (SELECT 1 FROM batch) RETURNING bf_rows)",
+	               schema_q, p, p + 1, p + 2);
 }
 
 void phg_store_schema_sql(phg_buf_t *o, const char *s)

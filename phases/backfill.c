@@ -1,10 +1,12 @@
 /*
  * backfill.c - UPDATE every row in key order, one committed batch at a time.
  *
- * The engine (orchestrator/backfill_run.c) runs the batches: each batch and
- * its checkpoint (the last key done, rows and batches counted) are one
- * statement, so one transaction, so a resumed run never applies a batch
- * twice and never skips one.  Rows inserted during the backfill with a key
+ * phg_backfill_batch_sql() below builds the one statement of a batch: the
+ * batch and its checkpoint (the last key done, rows and batches counted)
+ * are one statement, so one transaction, so a resumed run never applies a
+ * batch twice and never skips one.  The executor (orchestrator/exec.c)
+ * sends it as built, and `plan` prints the same text; any step kind that
+ * emits a PHG_OP_BACKFILL op (drop_column's revert does) gets the same.  Rows inserted during the backfill with a key
  * after the cursor are covered by the pass itself; with a `where` filter a
  * final sweep from the start covers rows inserted behind the cursor.
  * Revert runs `down` (a SET fragment) over every row the same way.
@@ -13,6 +15,59 @@
 
 #include <inttypes.h>
 #include <string.h>
+
+#include "../orchestrator/store.h"
+
+static void key_list(phg_build_t *qb, const phg_strv_t *keys, phg_buf_t *b, const char *prefix,
+                     const char *alias_pfx)
+{
+	for (size_t i = 0; i < keys->n; i++) {
+		phg_buf_printf(b, "%s%s%s", i ? ", " : "", prefix, phg_q(qb, keys->v[i]));
+		if (alias_pfx != NULL)
+			phg_buf_printf(b, " AS %s%zu", alias_pfx, i);
+	}
+}
+
+void phg_backfill_batch_sql(phg_build_t *qb, const phg_backfill_spec_t *bf,
+                            const phg_strv_t *keys, const char *schema_q, phg_buf_t *b)
+{
+	const char *t = phg_qtable(qb, bf->table);
+	size_t k = keys->n;
+
+	phg_buf_adds(b, "WITH batch AS MATERIALIZED (SELECT ");
+	key_list(qb, keys, b, "", "_phg_k");
+	/* the key values are untyped parameters: their types come from the
+	 * comparison, so the statement reads the same offline and online */
+	phg_buf_printf(b, " FROM %s WHERE ($%zu::boolean OR (", t, k + 1);
+	key_list(qb, keys, b, "", NULL);
+	phg_buf_adds(b, ") > (");
+	for (size_t i = 0; i < k; i++)
+		phg_buf_printf(b, "%s$%zu", i ? ", " : "", i + 1);
+	phg_buf_adds(b, "))");
+	if (bf->where != NULL)
+		phg_buf_printf(b, " AND (%s)", bf->where);
+	phg_buf_adds(b, " ORDER BY ");
+	key_list(qb, keys, b, "", NULL);
+	phg_buf_printf(b, " LIMIT %" PRIu64 "),\n  upd AS (UPDATE %s SET %s FROM batch WHERE (",
+	               bf->batch_size, t, bf->set);
+	key_list(qb, keys, b, phg_bprintf(qb, "%s.", t), NULL);
+	phg_buf_adds(b, ") = (");
+	for (size_t i = 0; i < k; i++)
+		phg_buf_printf(b, "%sbatch._phg_k%zu", i ? ", " : "", i);
+	phg_buf_adds(b, ")");
+	if (bf->where != NULL)
+		phg_buf_printf(b, " AND (%s)", bf->where);
+	phg_buf_adds(b, " RETURNING 1),\n  last AS (SELECT ARRAY[");
+	for (size_t i = 0; i < k; i++)
+		phg_buf_printf(b, "%s_phg_k%zu::text", i ? ", " : "", i);
+	phg_buf_adds(b, "] AS k FROM batch ORDER BY ");
+	for (size_t i = 0; i < k; i++)
+		phg_buf_printf(b, "%s_phg_k%zu DESC", i ? ", " : "", i);
+	phg_buf_adds(b, " LIMIT 1),\n  ");
+	phg_store_checkpoint_cte(b, schema_q, (int)k + 2);
+	phg_buf_adds(b, "\nSELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM upd), "
+	                "(SELECT array_to_json(k)::text FROM last)");
+}
 
 typedef struct {
 	char *table;
@@ -43,8 +98,6 @@ static phg_op_t *backfill_op(phg_build_t *b, const backfill_args_t *a, const cha
 {
 	phg_op_t *op = phg_op_new(b, PHG_OP_BACKFILL, PHG_OPF_SCAN, "%s", label);
 	phg_backfill_spec_t *bf = phg_calloc(1, sizeof(*bf));
-	const char *t = phg_qtable(b, a->table);
-	phg_buf_t keys;
 
 	bf->table = phg_strdup(a->table);
 	bf->set = phg_strdup(set);
@@ -53,20 +106,6 @@ static phg_op_t *backfill_op(phg_build_t *b, const backfill_args_t *a, const cha
 	for (size_t i = 0; i < a->key.n; i++)
 		phg_strv_push(&bf->key, a->key.v[i]);
 	op->backfill = bf;
-
-	phg_buf_init(&keys, 4096);
-	if (a->key.n == 0)
-		phg_buf_adds(&keys, "<primary key>");
-	for (size_t i = 0; i < a->key.n; i++)
-		phg_buf_printf(&keys, "%s%s", i ? ", " : "", phg_q(b, a->key.v[i]));
-	phg_op_sql(op,
-	           "WITH batch AS (SELECT %s FROM %s WHERE (%s) > (<last key done>)%s%s%s "
-	           "ORDER BY %s LIMIT %" PRIu64 ") "
-	           "UPDATE %s SET %s FROM batch WHERE (%s) = (batch.*)%s%s%s",
-	           keys.data, t, keys.data, where ? " AND (" : "", where ? where : "",
-	           where ? ")" : "", keys.data, a->batch_size, t, set, keys.data,
-	           where ? " AND (" : "", where ? where : "", where ? ")" : "");
-	phg_buf_free(&keys);
 	return op;
 }
 

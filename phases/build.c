@@ -261,16 +261,42 @@ void phg_ops_render(const phg_ops_t *ops, const phg_settings_t *st, phg_buf_t *o
 			break;
 		case PHG_OP_BACKFILL: {
 			const phg_backfill_spec_t *bf = op->backfill;
+			phg_build_t qb;
+			phg_strv_t keys = {0};
+			phg_buf_t sql;
+			char *schema_q;
 
+			memset(&qb, 0, sizeof(qb));
+			if (bf->key.n > 0) {
+				for (size_t k = 0; k < bf->key.n; k++)
+					phg_strv_push(&keys, bf->key.v[k]);
+			} else {
+				phg_strv_push(&keys, "<primary key>");
+				phg_buf_printf(out, "-- key: the primary key of %s, looked up when the "
+				                    "backfill starts\n",
+				               bf->table);
+			}
 			phg_buf_printf(out,
-			               "-- in batches of %" PRIu64 " rows, in key order, one "
-			               "transaction per batch with its checkpoint:\n",
-			               bf->batch_size);
-			if (st->statement_timeout_ms > 0)
-				phg_buf_printf(out, "SET statement_timeout = '%" PRIu64 "ms';\n",
-				               st->statement_timeout_ms);
-			for (size_t j = 0; j < op->nsql; j++)
-				render_stmt(out, op->sql[j]);
+			               "-- in batches of %" PRIu64 " rows, in key order; each batch and "
+			               "its checkpoint are this one statement (one transaction):\n"
+			               "--   $1%s%.0zu the last key done (NULL at first), $%zu true for "
+			               "the first batch, $%zu..$%zu run, phase and step%s\n",
+			               bf->batch_size, keys.n > 1 ? "..$" : "", keys.n > 1 ? keys.n : 0,
+			               keys.n + 1, keys.n + 2, keys.n + 4,
+			               bf->where != NULL ? "; then once more from the start for rows "
+			                                   "inserted behind the cursor"
+			                                 : "");
+			phg_buf_printf(out, "SET lock_timeout = '%" PRIu64 "ms'; SET statement_timeout = '%" PRIu64
+			                    "ms';\n",
+			               st->lock_timeout_ms, st->statement_timeout_ms);
+			schema_q = phg_asprintf("\"%s\"", st->state_schema ? st->state_schema : "phasegate");
+			phg_buf_init(&sql, (size_t)-1 / 2);
+			phg_backfill_batch_sql(&qb, bf, &keys, schema_q, &sql);
+			render_stmt(out, sql.data);
+			phg_buf_free(&sql);
+			free(schema_q);
+			phg_strv_clear(&keys);
+			phg_build_reset(&qb);
 			break;
 		}
 		case PHG_OP_HTTP:

@@ -167,6 +167,23 @@ void phg_build_reset(phg_build_t *b);
 const char *phg_memo_str(const json_t *memo, const char *key);
 int phg_memo_bool(const json_t *memo, const char *key);
 
+/*
+ * The one statement of a backfill batch of @bf (phases/backfill.c): the
+ * next batch_size rows in key order after the last key done, updated with
+ * the `set` fragment, and the step's checkpoint (store.h) written in the
+ * same statement, so a batch and its record commit together.  The executor
+ * sends it as built, and `plan` prints it; the text is the same for every
+ * batch, only the parameters change:
+ *   $1..$K   the last key done (text; NULL for the first batch)
+ *   $K+1     true for the first batch (no key done yet)
+ *   $K+2..4  run id, phase index, step index of the checkpoint
+ * @keys are the key columns (the primary key or the plan's `key`, resolved
+ * at run time).  It returns one row: rows in the batch, rows updated, and
+ * the new last key as a JSON array of text.  @qb quotes (phg_q).
+ */
+void phg_backfill_batch_sql(phg_build_t *qb, const phg_backfill_spec_t *bf,
+                            const phg_strv_t *keys, const char *schema_q, phg_buf_t *out);
+
 /* Print @ops as SQL a person can read and run (the `plan` command). */
 void phg_ops_render(const phg_ops_t *ops, const phg_settings_t *settings,
                     phg_buf_t *out);

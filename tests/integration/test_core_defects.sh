@@ -10,7 +10,9 @@
 #  3. rollback of a run that applied nothing marks the run rolled back;
 #  4. SIGINT while a DDL waits for its next attempt (lock retry backoff of
 #     20 s) ends the wait at once: exit 130 in well under the wait, state
-#     saved, and apply afterwards completes.
+#     saved, and apply afterwards completes;
+#  5. `plan` prints the very statement a backfill batch runs (it used to
+#     print a different one than the executor built).
 # shellcheck source=/dev/null
 source "$PHG_TEST_LIB"
 
@@ -132,4 +134,35 @@ psql_q "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = c
 	AND query LIKE '%pg_sleep(60)%' AND pid <> pg_backend_pid()" >/dev/null
 assert_exit 0 phg apply "$T/backoff.yaml"
 assert_eq "1" "$(psql_q "SELECT count(*) FROM pg_attribute WHERE attrelid = 'locked'::regclass AND attname = 'c'")" "applied after"
+
+# ---------------------------------------------------------------- 5
+# a statement trigger records the text of each statement that updates the
+# table (current_query(): what the client sent)
+psql_q "CREATE TABLE bf (id int PRIMARY KEY, v int, w int);
+	INSERT INTO bf SELECT g, g FROM generate_series(1, 250) g;
+	CREATE TABLE seen (q text);
+	CREATE FUNCTION seen_rec() RETURNS trigger LANGUAGE plpgsql AS
+	  \$\$ BEGIN INSERT INTO seen VALUES (current_query()); RETURN NULL; END \$\$;
+	CREATE TRIGGER seen_rec AFTER UPDATE ON bf FOR EACH STATEMENT EXECUTE FUNCTION seen_rec()" >/dev/null
+cat >"$T/bf.yaml" <<'YAML'
+version: 1
+name: defect-plan-is-what-runs
+phases:
+  - name: fill
+    steps:
+      - backfill: { table: bf, set: "w = v + 1", where: "w IS NULL", batch_size: 100, key: [id] }
+YAML
+assert_exit 0 phg plan "$T/bf.yaml"
+# the statement as printed: from WITH to the closing ';', without it
+awk '/^WITH batch/ { on = 1 } on { print } on && /;$/ { exit }' "$T/out" | sed '$ s/;$//' >"$T/printed.sql"
+[[ -s $T/printed.sql ]] || fail "plan printed no batch statement"
+assert_exit 0 phg apply "$T/bf.yaml"
+assert_eq "0" "$(psql_q "SELECT count(*) FROM bf WHERE w IS DISTINCT FROM v + 1")" "backfilled"
+assert_eq "1" "$(psql_q "SELECT count(DISTINCT q) FROM seen")" "every batch ran the same statement text"
+n=$(psql_q "SELECT count(*) FROM seen")
+((n >= 3)) || fail "only $n batch statements were seen"
+psql -X -A -t -q -d "$TEST_DB" -c "SELECT DISTINCT q FROM seen" >"$T/ran.sql"
+if ! diff -u "$T/printed.sql" "$T/ran.sql" >"$T/diff"; then
+	fail "the batch statement that ran is not the one plan printed: $(cat "$T/diff")"
+fi
 pass
