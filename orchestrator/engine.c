@@ -2,19 +2,24 @@
  * engine.c - the engine core: what a run does next, from its recorded
  * state.
  *
- * It owns the run -> phase -> step state machine: phg_eng_set_state() is
- * the one function that changes a state; it checks the transition against
- * the table in transition.c, persists it, reaches the fault point named
- * after it (fault.h), and only then acts on it.  Apply (drive_apply),
- * revert (drive_revert: the rollback command and on_failure), finalize when
- * the plan completes, resume after a crash, and the step executor's glue
- * (build a step's ops, run them, mirror what committed) live here.
+ * phg_eng_reconcile() (reconcile.c, "the reconciler") is the one function
+ * that decides the next action: from the goal (apply, finalize, record a
+ * failure, revert), the recorded run/phase/step states, and the in-memory
+ * result of what just finished, it starts exactly one action, whose
+ * completion calls it again.  phg_eng_set_state() is the one function that
+ * changes a state: it checks the transition against the table in
+ * transition.c, persists it, reloads the row it RETURNs, reaches the fault
+ * point named after it (fault.h), and only then hands over.  What the
+ * engine is doing at any moment is e->act (phg_eng_act(): one action at a
+ * time, checked).  The executor's glue (build a step's ops, run them, read
+ * the step's row back) lives here too.
  *
- * The engine is a chain of continuations (ek_t): every query on `work`
- * names the function to call with its result.  Its other parts:
- * session.c (connections, the plan lock, signals, shutdown), engine_gates.c
- * (backup, watch, verify), engine_state.c (loading and creating runs),
- * commands.c (the CLI front-ends).  Shared declarations: engine_int.h.
+ * Its other parts: reconcile.c (the reconciler and the continuations that
+ * end its actions), session.c (connections, the plan lock, signals,
+ * shutdown), engine_gates.c (backup, watch, verify), engine_state.c
+ * (loading and creating runs), commands.c (the CLI front-ends); shared
+ * declarations in engine_int.h; every statement on the state schema in
+ * store.c.
  */
 #include "engine_int.h"
 
@@ -29,41 +34,44 @@
 static void exec_event(phg_exec_t *x, const char *kind, const char *message, const char *data);
 static int *state_ref(engine_t *e, level_t lvl, int pi, int si);
 static void set_state_done(engine_t *e);
-static int build_ops(engine_t *e, int pi, int si, phg_dir_t dir, phg_err_t *err);
+int phg_eng_build_ops(engine_t *e, int pi, int si, phg_dir_t dir, phg_err_t *err);
 static void exec_done(phg_exec_t *x, int status);
 static void step_reloaded(engine_t *e);
-static void run_ops(engine_t *e, int pi, int si, phg_dir_t dir, ek_t k);
-static void exit_ok(engine_t *e);
-static void exit_rolled_back(engine_t *e);
-static void exit_rollback_failed(engine_t *e);
+void phg_eng_run_ops(engine_t *e, int pi, int si, phg_dir_t dir, ek_t k);
+void phg_eng_exit_ok(engine_t *e);
 static void exit_interrupted(engine_t *e);
-static const char *step_label(engine_t *e, int pi, int si, char *buf, size_t n);
-static int precheck_revert(engine_t *e, int hi, int lo, phg_err_t *err);
-static void revert_failed(engine_t *e, const phg_err_t *cause);
-static void step_reverted(engine_t *e);
-static void revert_memo_loaded(engine_t *e);
-static void phase_rolled_back(engine_t *e);
-static void on_failure_done(engine_t *e);
-static void on_failure(engine_t *e);
-static void run_marked_failed(engine_t *e);
-static void step_marked_failed(engine_t *e);
-static void step_cleaned(engine_t *e);
-static void step_clean_start(engine_t *e);
-static void step_failed_stopped(engine_t *e);
-static void step_failed(engine_t *e);
-static void step_ran(engine_t *e);
-static void run_completed(engine_t *e);
-static void finalize_advance(engine_t *e);
-static void finalize_ran(engine_t *e);
-static void finalize_next(engine_t *e);
-static void paused(engine_t *e);
 static int any_step_in(engine_t *e, int state);
 static void apply_state_loaded(engine_t *e);
 static void apply_have_run(engine_t *e);
-static void rollback_done(engine_t *e);
-static void rollback_go(engine_t *e);
 static void rollback_state_loaded(engine_t *e);
 static void rollback_have_run(engine_t *e);
+
+static const char *const act_names[ACT__N] = {
+	"starting", "idle", "transition", "step", "reload", "backup", "verify", "watch-stop", "done",
+};
+
+void phg_eng_act(engine_t *e, act_t a)
+{
+	act_t old = e->act;
+
+	if (old == a)
+		return;
+	if (a != ACT_DONE && old != ACT_IDLE && a != ACT_IDLE && old != ACT_STARTING) {
+		phg_err_t err;
+
+		/* two actions at once: a bug; stop with the state as recorded */
+		phg_err_clear(&err);
+		phg_err_set(&err, PHG_ESTATE, "internal error: the engine started \"%s\" while "
+		                              "\"%s\" was under way",
+		            act_names[a], act_names[old]);
+		e->act = ACT_DONE;
+		phg_eng_fatal(e, PHG_EXIT_RUNTIME, &err);
+		return;
+	}
+	if (phg_log_get_level() <= PHG_LOG_DEBUG)
+		phg_log(PHG_LOG_DEBUG, &e->log, "engine %s -> %s", act_names[old], act_names[a]);
+	e->act = a;
+}
 
 uint64_t phg_eng_now_ms(void)
 {
@@ -184,6 +192,7 @@ static void set_state_done(engine_t *e)
 	phg_log(ll, &e->log, "%s", msg);
 	phg_eng_event(e, lvl == PHG_LVL_RUN ? "run_state" : lvl == PHG_LVL_PHASE ? "phase_state" : "step_state", msg,
 	      NULL);
+	phg_eng_act(e, ACT_IDLE);
 	k(e);
 }
 
@@ -212,6 +221,9 @@ void phg_eng_set_state(engine_t *e, level_t lvl, int pi, int si, int new_state,
 		phg_eng_fatal(e, PHG_EXIT_RUNTIME, &err);
 		return;
 	}
+	phg_eng_act(e, ACT_TRANSITION);
+	if (e->act != ACT_TRANSITION)
+		return; /* refused: the engine is stopping */
 	e->tr.k = k;
 	e->tr.lvl = lvl;
 	e->tr.pi = pi;
@@ -242,7 +254,7 @@ void phg_eng_ops_clear(engine_t *e)
 	phg_ops_free(&e->ops);
 }
 
-static int build_ops(engine_t *e, int pi, int si, phg_dir_t dir, phg_err_t *err)
+int phg_eng_build_ops(engine_t *e, int pi, int si, phg_dir_t dir, phg_err_t *err)
 {
 	step_rt_t *s = &e->ph[pi].steps[si];
 	/* a started op (index build, http request) may have happened: a revert
@@ -268,6 +280,7 @@ static void step_reloaded(engine_t *e)
 		phg_eng_fatal(e, PHG_EXIT_RUNTIME, &err);
 		return;
 	}
+	phg_eng_act(e, ACT_IDLE);
 	e->after_exec(e);
 }
 
@@ -286,6 +299,7 @@ static void exec_done(phg_exec_t *x, int status)
 	}
 	phg_exec_reset(x);
 	if (status == PHG_ECONNECT) {
+		phg_eng_act(e, ACT_IDLE);
 		e->after_exec(e); /* nothing to read back from: the caller ends the run */
 		return;
 	}
@@ -294,11 +308,14 @@ static void exec_done(phg_exec_t *x, int status)
 	phg_eng_queryb(e, &b, step_reloaded);
 }
 
-static void run_ops(engine_t *e, int pi, int si, phg_dir_t dir, ek_t k)
+void phg_eng_run_ops(engine_t *e, int pi, int si, phg_dir_t dir, ek_t k)
 {
 	step_rt_t *s = &e->ph[pi].steps[si];
 	phg_exec_t *x = &e->x;
 
+	phg_eng_act(e, ACT_STEP);
+	if (e->act != ACT_STEP)
+		return;
 	e->pi = pi;
 	e->si = si;
 	e->after_exec = k;
@@ -341,19 +358,9 @@ void phg_eng_exit(engine_t *e, int code)
 	phg_eng_shutdown(e, code);
 }
 
-static void exit_ok(engine_t *e)
+void phg_eng_exit_ok(engine_t *e)
 {
 	phg_eng_exit(e, PHG_EXIT_OK);
-}
-
-static void exit_rolled_back(engine_t *e)
-{
-	phg_eng_exit(e, PHG_EXIT_ROLLED_BACK);
-}
-
-static void exit_rollback_failed(engine_t *e)
-{
-	phg_eng_exit(e, PHG_EXIT_ROLLBACK_FAILED);
 }
 
 static void exit_interrupted(engine_t *e)
@@ -367,520 +374,6 @@ void phg_eng_interrupt(engine_t *e)
 {
 	phg_eng_ctx(e, -1, -1);
 	phg_eng_set_state(e, PHG_LVL_RUN, 0, 0, PHG_RUN_INTERRUPTED, "interrupted by a signal", exit_interrupted);
-}
-
-static const char *step_label(engine_t *e, int pi, int si, char *buf, size_t n)
-{
-	snprintf(buf, n, "step %d (%s) of phase \"%s\"", si + 1,
-	         e->plan->phases[pi].steps[si].kind->name, e->plan->phases[pi].name);
-	return buf;
-}
-
-/* Its irreversible finalize op committed: made permanent, whether or not the
- * `finalized` transition was written before a crash. */
-int phg_eng_step_is_final(engine_t *e, int pi, int si)
-{
-	const step_rt_t *s = &e->ph[pi].steps[si];
-
-	return s->state == PHG_STEP_FINALIZED ||
-	       (s->final_progress > 0 && e->plan->phases[pi].steps[si].kind->final_irreversible);
-}
-
-int phg_eng_step_needs_revert(const step_rt_t *s)
-{
-	switch (s->state) {
-	case PHG_STEP_RUNNING:
-	case PHG_STEP_APPLIED:
-	case PHG_STEP_REVERTING:
-	case PHG_STEP_FINALIZED:
-		return 1;
-	case PHG_STEP_FAILED:
-		return s->progress > 0 || s->op_started >= 0 || s->bf_batches > 0;
-	default:
-		return 0;
-	}
-}
-
-/* Before touching anything: can every step of phases (lo, hi] be reverted? */
-static int precheck_revert(engine_t *e, int hi, int lo, phg_err_t *err)
-{
-	char lbl[256];
-
-	for (int pi = hi; pi > lo; pi--) {
-		for (int si = (int)e->plan->phases[pi].nsteps - 1; si >= 0; si--) {
-			step_rt_t *s = &e->ph[pi].steps[si];
-			phg_err_t berr;
-			int rc;
-
-			if (!phg_eng_step_needs_revert(s))
-				continue;
-			step_label(e, pi, si, lbl, sizeof(lbl));
-			if (phg_eng_step_is_final(e, pi, si)) {
-				phg_err_set(err, PHG_EIRREVERSIBLE, "cannot revert %s", lbl);
-				phg_err_detail(err, "Its change was made permanent when the plan completed "
-				                    "(a hidden column is dropped for good at that point).");
-				phg_err_hint(err, "Nothing was changed. Restore the data from a backup if it "
-				                  "is needed, or write a new plan that undoes the change.");
-				return PHG_EIRREVERSIBLE;
-			}
-			phg_err_clear(&berr);
-			rc = build_ops(e, pi, si, PHG_DIR_REVERT, &berr);
-			phg_eng_ops_clear(e);
-			if (rc == PHG_EIRREVERSIBLE) {
-				phg_err_set(err, PHG_EIRREVERSIBLE, "cannot revert %s: %s", lbl, berr.msg);
-				phg_err_detail(err, "Nothing was changed.");
-				phg_err_hint(err, "Give the step a way back (`down` for sql, `revert` for "
-				                  "http), or undo it by hand and mark the run with a new plan.");
-				return rc;
-			}
-			if (rc != 0) {
-				phg_err_copy(err, &berr);
-				return rc;
-			}
-		}
-	}
-	return 0;
-}
-
-static void revert_failed(engine_t *e, const phg_err_t *cause)
-{
-	char lbl[256];
-	phg_buf_t left;
-	phg_err_t err;
-
-	step_label(e, e->pi, e->si, lbl, sizeof(lbl));
-	phg_eng_ctx(e, e->pi, e->si);
-	phg_eng_report(e, PHG_LOG_ERROR, cause);
-	phg_buf_init(&left, 64 * 1024);
-	for (int pi = e->pi; pi > e->rb_lo; pi--) {
-		for (int si = (int)e->plan->phases[pi].nsteps - 1; si >= 0; si--) {
-			if (phg_eng_step_needs_revert(&e->ph[pi].steps[si]))
-				phg_buf_printf(&left, "%s\"%s\" step %d (%s)", left.len ? ", " : "",
-				               e->plan->phases[pi].name, si + 1,
-				               e->plan->phases[pi].steps[si].kind->name);
-		}
-	}
-	phg_err_clear(&err);
-	phg_err_set(&err, PHG_EROLLBACK, "rollback failed at %s", lbl);
-	phg_err_detail(&err, "Not reverted yet: %s. Everything after it in the plan was reverted.",
-	               left.len ? left.data : "nothing");
-	phg_err_hint(&err, "Fix the cause above, then run `phasegate rollback %s` to finish; "
-	                   "`phasegate status` shows each step.",
-	               e->plan->file);
-	phg_buf_free(&left);
-	phg_eng_ctx(e, -1, -1);
-	phg_eng_report(e, PHG_LOG_ERROR, &err);
-	phg_eng_set_state(e, PHG_LVL_RUN, 0, 0, PHG_RUN_FAILED, err.msg, exit_rollback_failed);
-}
-
-static void step_reverted(engine_t *e)
-{
-	if (e->failed_status == PHG_EINTERRUPTED) {
-		phg_eng_interrupt(e);
-		return;
-	}
-	if (e->failed_status == PHG_ECONNECT) {
-		phg_eng_fatal(e, PHG_EXIT_ROLLBACK_FAILED, &e->step_err);
-		return;
-	}
-	if (e->failed_status != 0) {
-		revert_failed(e, &e->step_err);
-		return;
-	}
-	phg_eng_ctx(e, e->pi, e->si);
-	phg_log(PHG_LOG_INFO, &e->log, "reverted");
-	phg_eng_set_state(e, PHG_LVL_STEP, e->pi, e->si, PHG_STEP_REVERTED, NULL, phg_eng_drive_revert);
-}
-
-static void revert_memo_loaded(engine_t *e)
-{
-	step_rt_t *s = &e->ph[e->pi].steps[e->si];
-	phg_err_t err;
-
-	if (PQntuples(e->res) != 1 || phg_store_step_read(e->res, 0, 0, s) != 0) {
-		phg_err_clear(&err);
-		phg_err_set(&err, PHG_ESTATE, "the recorded state of the step is not valid");
-		revert_failed(e, &err);
-		return;
-	}
-	phg_err_clear(&err);
-	if (build_ops(e, e->pi, e->si, PHG_DIR_REVERT, &err) != 0) {
-		revert_failed(e, &err);
-		return;
-	}
-	phg_eng_ctx(e, e->pi, e->si);
-	if (e->ops.n > 0)
-		phg_log(PHG_LOG_INFO, &e->log, "reverting: %s", e->ops.v[0].label);
-	run_ops(e, e->pi, e->si, PHG_DIR_REVERT, step_reverted);
-}
-
-static void phase_rolled_back(engine_t *e)
-{
-	phg_eng_ctx(e, e->pi, -1);
-	phg_log(PHG_LOG_INFO, &e->log, "phase rolled back");
-	e->pi--;
-	phg_eng_drive_revert(e);
-}
-
-void phg_eng_drive_revert(engine_t *e)
-{
-	phg_buf_t b;
-
-	if (e->stop_requested) {
-		phg_eng_interrupt(e);
-		return;
-	}
-	while (e->pi > e->rb_lo &&
-	       (e->ph[e->pi].state == PHG_PHASE_PENDING || e->ph[e->pi].state == PHG_PHASE_ROLLED_BACK))
-		e->pi--;
-	if (e->pi <= e->rb_lo) {
-		e->after_revert(e);
-		return;
-	}
-	for (e->si = (int)e->plan->phases[e->pi].nsteps - 1; e->si >= 0; e->si--)
-		if (phg_eng_step_needs_revert(&e->ph[e->pi].steps[e->si]))
-			break;
-	if (e->si < 0) {
-		phg_eng_set_state(e, PHG_LVL_PHASE, e->pi, 0, PHG_PHASE_ROLLED_BACK, NULL, phase_rolled_back);
-		return;
-	}
-	if (e->ph[e->pi].steps[e->si].state != PHG_STEP_REVERTING) {
-		phg_eng_set_state(e, PHG_LVL_STEP, e->pi, e->si, PHG_STEP_REVERTING, NULL, phg_eng_drive_revert);
-		return;
-	}
-	phg_buf_init(&b, 4096);
-	phg_store_step_select_sql(&b, e->schema_q, e->run_id, e->pi, e->si);
-	phg_eng_queryb(e, &b, revert_memo_loaded);
-}
-
-static void on_failure_done(engine_t *e)
-{
-	phg_eng_ctx(e, -1, -1);
-	if (e->st->on_failure == PHG_ON_FAILURE_ROLLBACK_PLAN) {
-		phg_log(PHG_LOG_WARN, &e->log,
-		        "automatic rollback complete: every phase of this run was reverted");
-		phg_eng_set_state(e, PHG_LVL_RUN, 0, 0, PHG_RUN_ROLLED_BACK, e->step_err.msg, exit_rolled_back);
-		return;
-	}
-	phg_log(PHG_LOG_WARN, &e->log,
-	        "automatic rollback complete: phase \"%s\" was reverted; the database is as it "
-	        "was before it",
-	        e->plan->phases[e->failed_phase].name);
-	snprintf(e->run_action, sizeof(e->run_action), "apply");
-	phg_eng_set_state(e, PHG_LVL_RUN, 0, 0, PHG_RUN_FAILED, e->step_err.msg, exit_rolled_back);
-}
-
-static void on_failure(engine_t *e)
-{
-	phg_err_t err;
-	int lo;
-
-	phg_eng_ctx(e, -1, -1);
-	if (e->st->on_failure == PHG_ON_FAILURE_STOP) {
-		/* nothing was rolled back: exit 4, "an operator must look" (3
-		 * promises the rollback completed) */
-		phg_log(PHG_LOG_ERROR, &e->log,
-		        "on_failure is \"stop\": phase \"%s\" is left as it is (state failed), "
-		        "nothing was rolled back; an operator must look: fix the cause and run "
-		        "apply to retry the phase, or rollback to undo it",
-		        e->plan->phases[e->failed_phase].name);
-		phg_eng_exit(e, PHG_EXIT_ROLLBACK_FAILED);
-		return;
-	}
-	lo = e->st->on_failure == PHG_ON_FAILURE_ROLLBACK_PLAN ? -1 : e->failed_phase - 1;
-	phg_err_clear(&err);
-	if (precheck_revert(e, e->failed_phase, lo, &err) != 0) {
-		phg_eng_report(e, PHG_LOG_ERROR, &err);
-		phg_log(PHG_LOG_ERROR, &e->log, "the automatic rollback is impossible; the run is "
-		                                "left failed for an operator to look at");
-		phg_eng_exit(e, PHG_EXIT_ROLLBACK_FAILED);
-		return;
-	}
-	phg_log(PHG_LOG_WARN, &e->log, "on_failure %s: rolling back automatically",
-	        e->st->on_failure == PHG_ON_FAILURE_ROLLBACK_PLAN ? "rollback-plan" : "rollback-phase");
-	snprintf(e->run_action, sizeof(e->run_action), "rollback");
-	e->rb_lo = lo;
-	e->pi = e->failed_phase;
-	e->after_revert = on_failure_done;
-	phg_eng_drive_revert(e);
-}
-
-static void run_marked_failed(engine_t *e)
-{
-	on_failure(e);
-}
-
-void phg_eng_phase_failed(engine_t *e)
-{
-	phg_eng_ctx(e, -1, -1);
-	phg_eng_set_state(e, PHG_LVL_RUN, 0, 0, PHG_RUN_FAILED, e->step_err.msg, run_marked_failed);
-}
-
-static void step_marked_failed(engine_t *e)
-{
-	phg_eng_set_state(e, PHG_LVL_PHASE, e->failed_phase, 0, PHG_PHASE_FAILED, NULL, phg_eng_phase_failed);
-}
-
-static void step_cleaned(engine_t *e)
-{
-	if (e->failed_status != 0) {
-		phg_err_t cause = e->step_err;
-
-		e->rb_lo = e->pi - 1;
-		revert_failed(e, &cause);
-		return;
-	}
-	/* keep the original failure as the reason */
-	e->failed_status = PHG_ESTEP;
-	phg_eng_set_state(e, PHG_LVL_STEP, e->pi, e->si, PHG_STEP_FAILED, NULL, step_marked_failed);
-}
-
-static void step_clean_start(engine_t *e)
-{
-	phg_err_t err;
-
-	phg_err_clear(&err);
-	if (build_ops(e, e->pi, e->si, PHG_DIR_REVERT, &err) != 0) {
-		e->rb_lo = e->pi - 1;
-		revert_failed(e, &err);
-		return;
-	}
-	phg_log(PHG_LOG_INFO, &e->log, "undoing the failed step's own partial work");
-	run_ops(e, e->pi, e->si, PHG_DIR_REVERT, step_cleaned);
-}
-
-static void step_failed_stopped(engine_t *e)
-{
-	const phg_step_t *step = &e->plan->phases[e->pi].steps[e->si];
-	step_rt_t *s = &e->ph[e->pi].steps[e->si];
-
-	if (step->kind->clean_on_fail && (s->progress > 0 || s->op_started >= 0)) {
-		phg_eng_set_state(e, PHG_LVL_STEP, e->pi, e->si, PHG_STEP_REVERTING, NULL, step_clean_start);
-		return;
-	}
-	phg_eng_set_state(e, PHG_LVL_STEP, e->pi, e->si, PHG_STEP_FAILED, NULL, step_marked_failed);
-}
-
-static void step_failed(engine_t *e)
-{
-	char lbl[256];
-
-	phg_eng_ctx(e, e->pi, e->si);
-	e->failed_phase = e->pi;
-	phg_eng_report(e, PHG_LOG_ERROR, &e->step_err);
-	phg_log(PHG_LOG_ERROR, &e->log, "%s failed", step_label(e, e->pi, e->si, lbl, sizeof(lbl)));
-	phg_eng_event(e, "step_failed", e->step_err.msg, NULL);
-	e->watch_failed = 0; /* the rollback that follows must not be stopped by it */
-	phg_eng_watch_stop(e, step_failed_stopped);
-}
-
-static void step_ran(engine_t *e)
-{
-	if (e->watch_failed && !e->stop_requested &&
-	    (e->failed_status == PHG_EINTERRUPTED ||
-	     (e->failed_status == PHG_ESTEP && strcmp(e->step_err.sqlstate, "57014") == 0))) {
-		phg_eng_gate_failed(e); /* the watch stopped the step at a safe point */
-		return;
-	}
-	switch (e->failed_status) {
-	case 0:
-		phg_log(PHG_LOG_INFO, &e->log, "applied");
-		phg_eng_set_state(e, PHG_LVL_STEP, e->pi, e->si, PHG_STEP_APPLIED, NULL, phg_eng_drive_apply);
-		return;
-	case PHG_EINTERRUPTED:
-		phg_eng_interrupt(e);
-		return;
-	case PHG_ECONNECT:
-		phg_eng_fatal(e, PHG_EXIT_RUNTIME, &e->step_err);
-		return;
-	default:
-		step_failed(e);
-		return;
-	}
-}
-
-static void run_completed(engine_t *e)
-{
-	double secs = (double)(phg_eng_now_ms() - e->started_ms) / 1000.0;
-
-	phg_eng_ctx(e, -1, -1);
-	phg_log(PHG_LOG_INFO, &e->log, "plan completed: %zu phase(s) applied in %.1f s",
-	        e->plan->nphases, secs);
-	exit_ok(e);
-}
-
-static void finalize_advance(engine_t *e)
-{
-	e->si++;
-	finalize_next(e);
-}
-
-static void finalize_ran(engine_t *e)
-{
-	if (e->failed_status == PHG_EINTERRUPTED) {
-		phg_eng_interrupt(e);
-		return;
-	}
-	if (e->failed_status != 0) {
-		phg_eng_ctx(e, e->pi, e->si);
-		phg_eng_report(e, PHG_LOG_ERROR, &e->step_err);
-		phg_log(PHG_LOG_ERROR, &e->log,
-		        "completing the plan failed; every phase is applied; run apply again to "
-		        "finish");
-		phg_eng_exit(e, PHG_EXIT_RUNTIME);
-		return;
-	}
-	if (!e->plan->phases[e->pi].steps[e->si].kind->final_irreversible) {
-		finalize_advance(e); /* e.g. a sync trigger's unused function: still revertible */
-		return;
-	}
-	phg_eng_set_state(e, PHG_LVL_STEP, e->pi, e->si, PHG_STEP_FINALIZED, NULL, finalize_advance);
-}
-
-static void finalize_next(engine_t *e)
-{
-	phg_err_t err;
-
-	for (;;) {
-		if (e->stop_requested) {
-			phg_eng_interrupt(e);
-			return;
-		}
-		if ((size_t)e->pi >= e->plan->nphases) {
-			phg_eng_set_state(e, PHG_LVL_RUN, 0, 0, PHG_RUN_COMPLETED, NULL, run_completed);
-			return;
-		}
-		if ((size_t)e->si >= e->plan->phases[e->pi].nsteps) {
-			e->pi++;
-			e->si = 0;
-			continue;
-		}
-		if (e->ph[e->pi].steps[e->si].state == PHG_STEP_APPLIED) {
-			phg_err_clear(&err);
-			if (build_ops(e, e->pi, e->si, PHG_DIR_FINALIZE, &err) != 0) {
-				phg_eng_report(e, PHG_LOG_ERROR, &err);
-				phg_eng_exit(e, PHG_EXIT_RUNTIME);
-				return;
-			}
-			if (e->ops.n > 0) {
-				phg_eng_ctx(e, e->pi, e->si);
-				phg_log(PHG_LOG_INFO, &e->log, "plan complete: %s", e->ops.v[0].label);
-				run_ops(e, e->pi, e->si, PHG_DIR_FINALIZE, finalize_ran);
-				return;
-			}
-		}
-		e->si++;
-	}
-}
-
-static void paused(engine_t *e)
-{
-	phg_eng_ctx(e, -1, -1);
-	phg_log(PHG_LOG_INFO, &e->log,
-	        "stopped after phase \"%s\" as asked (--to); run apply again to continue",
-	        e->plan->phases[e->to_idx].name);
-	exit_ok(e);
-}
-
-void phg_eng_drive_apply(engine_t *e)
-{
-	int pi, si;
-	phg_err_t err;
-
-	if (e->watch_failed) {
-		phg_eng_gate_failed(e);
-		return;
-	}
-	if (e->stop_requested) {
-		phg_eng_interrupt(e);
-		return;
-	}
-	for (pi = 0; pi <= e->to_idx; pi++)
-		if (e->ph[pi].state != PHG_PHASE_APPLIED)
-			break;
-	if (pi > e->to_idx) {
-		if ((size_t)e->to_idx + 1 == e->plan->nphases) {
-			e->pi = 0;
-			e->si = 0;
-			finalize_next(e);
-		} else {
-			char note[256];
-
-			snprintf(note, sizeof(note), "stopped after phase \"%s\" (--to)",
-			         e->plan->phases[e->to_idx].name);
-			phg_eng_set_state(e, PHG_LVL_RUN, 0, 0, PHG_RUN_INTERRUPTED, note, paused);
-		}
-		return;
-	}
-	e->pi = pi;
-	phg_eng_ctx(e, pi, -1);
-	if (e->ph[pi].state != PHG_PHASE_RUNNING) {
-		phg_log(PHG_LOG_INFO, &e->log, "phase %d/%zu \"%s\": starting (%zu step(s))", pi + 1,
-		        e->plan->nphases, e->plan->phases[pi].name, e->plan->phases[pi].nsteps);
-		phg_eng_set_state(e, PHG_LVL_PHASE, pi, 0, PHG_PHASE_RUNNING, NULL, phg_eng_drive_apply);
-		return;
-	}
-	for (si = 0; (size_t)si < e->plan->phases[pi].nsteps; si++) {
-		int s = e->ph[pi].steps[si].state;
-
-		if (s != PHG_STEP_APPLIED && s != PHG_STEP_FINALIZED)
-			break;
-	}
-	if ((size_t)si < e->plan->phases[pi].nsteps) {
-		/* steps remain: the watch runs while they do; the backup gate
-		 * comes before the first of them */
-		if (phg_eng_watch_start(e, pi) != 0) {
-			phg_eng_gate_failed(e);
-			return;
-		}
-		if (e->plan->phases[pi].backup && !e->ph[pi].backed_up) {
-			int started = 0;
-
-			/* a step that left something behind: the backup would not show
-			 * the database as it was before the phase any more */
-			for (int k = 0; (size_t)k < e->plan->phases[pi].nsteps; k++)
-				if (phg_eng_step_needs_revert(&e->ph[pi].steps[k]))
-					started = 1;
-			if (!started) {
-				phg_eng_backup_start(e, pi);
-				return;
-			}
-		}
-	}
-	if ((size_t)si == e->plan->phases[pi].nsteps) {
-		if (e->plan->phases[pi].verify.n > 0 && !e->ph[pi].verified) {
-			phg_eng_verify_start(e, pi);
-			return;
-		}
-		if (e->watch_on) {
-			phg_eng_watch_stop(e, phg_eng_drive_apply);
-			return;
-		}
-		phg_log(PHG_LOG_INFO, &e->log, "phase \"%s\" applied", e->plan->phases[pi].name);
-		phg_eng_set_state(e, PHG_LVL_PHASE, pi, 0, PHG_PHASE_APPLIED, NULL, phg_eng_drive_apply);
-		return;
-	}
-	e->si = si;
-	if (e->ph[pi].steps[si].state != PHG_STEP_RUNNING) {
-		phg_eng_set_state(e, PHG_LVL_STEP, pi, si, PHG_STEP_RUNNING, NULL, phg_eng_drive_apply);
-		return;
-	}
-	phg_err_clear(&err);
-	phg_eng_ctx(e, pi, si);
-	if (build_ops(e, pi, si, PHG_DIR_APPLY, &err) != 0) {
-		e->step_err = err;
-		e->failed_status = PHG_ESTEP;
-		step_failed(e);
-		return;
-	}
-	{
-		size_t done = (size_t)e->ph[pi].steps[si].progress;
-
-		if (done < e->ops.n)
-			phg_log(PHG_LOG_INFO, &e->log, "%s%s", e->ops.v[done].label,
-			        done > 0 ? " (resuming)" : "");
-	}
-	run_ops(e, pi, si, PHG_DIR_APPLY, step_ran);
 }
 
 /* After a crash the run row may still say "running". */
@@ -922,7 +415,8 @@ static void apply_state_loaded(engine_t *e)
 	phg_log(PHG_LOG_INFO, &e->log, "resuming run %lld (was %s)", e->run_id,
 	        phg_run_state_name(e->run_state));
 	snprintf(e->run_action, sizeof(e->run_action), "apply");
-	phg_eng_set_state(e, PHG_LVL_RUN, 0, 0, PHG_RUN_RUNNING, NULL, phg_eng_drive_apply);
+	e->goal = GOAL_APPLY;
+	phg_eng_set_state(e, PHG_LVL_RUN, 0, 0, PHG_RUN_RUNNING, NULL, phg_eng_reconcile);
 }
 
 void phg_eng_run_created(engine_t *e)
@@ -946,7 +440,8 @@ void phg_eng_run_created(engine_t *e)
 	        e->plan->nphases, e->plan->checksum, e->o->env ? ", env " : "",
 	        e->o->env ? e->o->env : "");
 	phg_eng_event(e, "run_started", "run started", NULL);
-	phg_eng_drive_apply(e);
+	e->goal = GOAL_APPLY;
+	phg_eng_reconcile(e);
 }
 
 void phg_eng_drift(engine_t *e, const char *what)
@@ -980,7 +475,7 @@ static void apply_have_run(engine_t *e)
 		phg_log(PHG_LOG_INFO, &e->log, "plan already completed on this database (run %lld); "
 		                               "nothing to do",
 		        e->run_id);
-		exit_ok(e);
+		phg_eng_exit_ok(e);
 		return;
 	}
 	phg_buf_init(&b, 4096);
@@ -998,29 +493,6 @@ void phg_eng_ready(engine_t *e)
 	phg_eng_last_run_sql(e, &b);
 	phg_eng_query(e, b.data, 1, p, e->mode == MODE_APPLY ? apply_have_run : rollback_have_run);
 	phg_buf_free(&b);
-}
-
-static void rollback_done(engine_t *e)
-{
-	phg_eng_ctx(e, -1, -1);
-	if (e->rb_lo < 0) {
-		phg_log(PHG_LOG_INFO, &e->log, "rollback complete: every phase reverted");
-		phg_eng_set_state(e, PHG_LVL_RUN, 0, 0, PHG_RUN_ROLLED_BACK, "rolled back", exit_ok);
-	} else {
-		char note[256];
-
-		snprintf(note, sizeof(note), "rolled back to phase \"%s\"",
-		         e->plan->phases[e->rb_lo].name);
-		phg_log(PHG_LOG_INFO, &e->log, "rollback complete: %s", note);
-		phg_eng_set_state(e, PHG_LVL_RUN, 0, 0, PHG_RUN_INTERRUPTED, note, exit_ok);
-	}
-}
-
-static void rollback_go(engine_t *e)
-{
-	e->pi = (int)e->plan->nphases - 1;
-	e->after_revert = rollback_done;
-	phg_eng_drive_revert(e);
 }
 
 static void rollback_state_loaded(engine_t *e)
@@ -1047,14 +519,14 @@ static void rollback_state_loaded(engine_t *e)
 			/* a run that never got past its start: it is over */
 			snprintf(e->run_action, sizeof(e->run_action), "rollback");
 			phg_eng_set_state(e, PHG_LVL_RUN, 0, 0, PHG_RUN_ROLLED_BACK, "rolled back (nothing applied)",
-			          exit_ok);
+			          phg_eng_exit_ok);
 			return;
 		}
-		exit_ok(e);
+		phg_eng_exit_ok(e);
 		return;
 	}
 	phg_err_clear(&err);
-	if (precheck_revert(e, hi, e->rb_lo, &err) != 0) {
+	if (phg_eng_precheck_revert(e, hi, e->rb_lo, &err) != 0) {
 		phg_eng_report(e, PHG_LOG_ERROR, &err);
 		phg_eng_exit(e, PHG_EXIT_ROLLBACK_FAILED);
 		return;
@@ -1063,7 +535,9 @@ static void rollback_state_loaded(engine_t *e)
 	        e->plan->phases[hi].name, e->rb_lo >= 0 ? "after \"" : "the first",
 	        e->rb_lo >= 0 ? e->plan->phases[e->rb_lo].name : "", e->rb_lo >= 0 ? "\"" : "");
 	snprintf(e->run_action, sizeof(e->run_action), "rollback");
-	phg_eng_set_state(e, PHG_LVL_RUN, 0, 0, PHG_RUN_RUNNING, NULL, rollback_go);
+	e->goal = GOAL_REVERT;
+	e->rb_end = END_ROLLBACK;
+	phg_eng_set_state(e, PHG_LVL_RUN, 0, 0, PHG_RUN_RUNNING, NULL, phg_eng_reconcile);
 }
 
 static void rollback_have_run(engine_t *e)
@@ -1075,7 +549,7 @@ static void rollback_have_run(engine_t *e)
 		phg_log(PHG_LOG_INFO, &e->log, "nothing to roll back: plan \"%s\" has no run on this "
 		                               "database",
 		        e->plan->name);
-		exit_ok(e);
+		phg_eng_exit_ok(e);
 		return;
 	}
 	if (strcmp(e->run_checksum, e->plan->checksum) != 0) {
@@ -1084,7 +558,7 @@ static void rollback_have_run(engine_t *e)
 	}
 	if (e->run_state == PHG_RUN_ROLLED_BACK) {
 		phg_log(PHG_LOG_INFO, &e->log, "run %lld is already rolled back", e->run_id);
-		exit_ok(e);
+		phg_eng_exit_ok(e);
 		return;
 	}
 	phg_buf_init(&b, 4096);

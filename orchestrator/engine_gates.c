@@ -14,7 +14,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static void gate_failed_stopped(engine_t *e);
 static const phg_check_t **checks_of(engine_t *e, const phg_strv_t *names);
 static void gate_probe(phg_gate_t *g, const phg_probe_t *p);
 static void watch_closed(phg_gate_t *g);
@@ -65,8 +64,10 @@ static void watch_closed(phg_gate_t *g)
 
 	e->watch_on = 0;
 	e->after_gate_stop = NULL;
-	if (k != NULL && !e->shutting_down)
+	if (k != NULL && !e->shutting_down) {
+		phg_eng_act(e, ACT_IDLE);
 		k(e);
+	}
 }
 
 /* Stop the phase's watch (if any), then @k. */
@@ -76,6 +77,7 @@ void phg_eng_watch_stop(engine_t *e, ek_t k)
 		k(e);
 		return;
 	}
+	phg_eng_act(e, ACT_WATCH_STOP);
 	e->after_gate_stop = k;
 	phg_gate_stop(&e->watch, watch_closed);
 }
@@ -97,11 +99,13 @@ static void watch_done(phg_gate_t *g, int status, const phg_err_t *err)
 	if (e->backup != NULL) {
 		phg_backup_cancel(e->backup);
 		e->backup = NULL;
+		phg_eng_act(e, ACT_IDLE); /* the backup is abandoned */
 		phg_eng_gate_failed(e);
 	} else if (e->verify_on) {
 		/* verify_done/closed will not run: handle it here */
 		e->verify_on = 0;
 		phg_gate_stop(&e->verify, NULL);
+		phg_eng_act(e, ACT_IDLE); /* the verify is abandoned */
 		phg_eng_gate_failed(e);
 	} else if (e->x.st != PHG_X_IDLE && e->x.st != PHG_X_DONE && e->work.state == PHG_PG_BUSY &&
 	           e->x.next < e->ops.n && e->ops.v[e->x.next].kind != PHG_OP_BACKFILL) {
@@ -150,10 +154,11 @@ static void verify_closed(phg_gate_t *g)
 	e->verify_on = 0;
 	if (e->shutting_down)
 		return;
+	phg_eng_act(e, ACT_IDLE);
 	if (e->verify_status == 0) {
 		phg_fault("gate:%s:verify-passed", e->plan->phases[e->pi].name);
 		e->ph[e->pi].verified = 1;
-		phg_eng_drive_apply(e);
+		phg_eng_reconcile(e);
 	} else {
 		phg_eng_gate_failed(e);
 	}
@@ -200,13 +205,15 @@ void phg_eng_verify_start(engine_t *e, int pi)
 		return;
 	}
 	e->verify_on = 1;
+	phg_eng_act(e, ACT_VERIFY);
 }
 
 static void backup_recorded(engine_t *e)
 {
 	phg_fault("gate:%s:backup-recorded", e->plan->phases[e->pi].name);
 	e->ph[e->pi].backed_up = 1;
-	phg_eng_drive_apply(e);
+	phg_eng_act(e, ACT_IDLE);
+	phg_eng_reconcile(e);
 }
 
 static void backup_cb(phg_backup_job_t *job, int status, const phg_backup_result_t *res,
@@ -304,12 +311,9 @@ void phg_eng_backup_start(engine_t *e, int pi)
 		e->backup = NULL;
 		e->gate_err = err;
 		phg_eng_gate_failed(e);
+		return;
 	}
-}
-
-static void gate_failed_stopped(engine_t *e)
-{
-	phg_eng_set_state(e, PHG_LVL_PHASE, e->failed_phase, 0, PHG_PHASE_FAILED, NULL, phg_eng_phase_failed);
+	phg_eng_act(e, ACT_BACKUP);
 }
 
 void phg_eng_gate_failed(engine_t *e)
@@ -322,6 +326,5 @@ void phg_eng_gate_failed(engine_t *e)
 	e->failed_status = PHG_EGATE;
 	phg_eng_report(e, PHG_LOG_ERROR, &e->step_err);
 	phg_eng_event(e, "gate_failed", e->step_err.msg, NULL);
-	e->watch_failed = 0; /* from here on the rollback must not be stopped by it */
-	phg_eng_watch_stop(e, gate_failed_stopped);
+	phg_eng_fail(e, e->pi, -1);
 }

@@ -1,11 +1,12 @@
 /*
- * engine_int.h - what the parts of an engine share (engine.c, session.c,
- * engine_gates.c, engine_state.c, commands.c); not for other modules, which
- * use engine.h.
+ * engine_int.h - what the parts of an engine share (engine.c, reconcile.c,
+ * session.c, engine_gates.c, engine_state.c, commands.c); other modules use
+ * engine.h.
  *
  * An engine_t is one run of one plan against one database, with its own
- * connections, executor, gates and signal handlers.  Memory and handles are
- * the engine's; phg_eng_run() returns once every handle is closed.
+ * connections, executor, gates and signal handlers, on a loop it is given.
+ * Its handles are closed by phg_eng_shutdown(); once the loop has run out,
+ * phg_eng_release() frees what it holds.
  */
 #ifndef PHG_ENGINE_INT_H
 #define PHG_ENGINE_INT_H
@@ -52,6 +53,34 @@ typedef phg_engine_mode_t engine_mode_t; /* status/history: report.c */
 
 typedef phg_level_t level_t;
 
+/* What the reconciler works toward (engine.c). */
+typedef enum {
+	GOAL_APPLY,    /* every phase up to --to applied; then finalize (or stop, --to) */
+	GOAL_FINALIZE, /* the plan's finalize ops; then the run completed */
+	GOAL_FAIL,     /* a step or gate failure recorded (step, phase, run); then on_failure */
+	GOAL_REVERT,   /* the phases after rb_lo reverted; then rb_end */
+	GOAL_END,      /* the run's last transition is written; nothing more to decide */
+} goal_t;
+
+typedef enum {
+	END_ROLLBACK, /* the `rollback` command: run rolled_back, or interrupted with --to */
+	END_AUTO,     /* on_failure: run failed (rollback-phase) or rolled_back (-plan); exit 3 */
+} revert_end_t;
+
+/* What the engine is doing right now; changed only by phg_eng_act(), which
+ * allows idle -> any, any -> idle and any -> done: one action at a time. */
+typedef enum {
+	ACT_STARTING,   /* connecting, locking, loading the run */
+	ACT_IDLE,       /* deciding (the reconciler) */
+	ACT_TRANSITION, /* a state transition being written */
+	ACT_STEP,       /* a step's ops running, then its row read back */
+	ACT_RELOAD,     /* a step's row being read back before its revert */
+	ACT_BACKUP,     /* the backup gate */
+	ACT_VERIFY,     /* the verify gate */
+	ACT_WATCH_STOP, /* the watch being stopped */
+	ACT_DONE,       /* shutting down */
+	ACT__N
+} act_t;
 
 struct engine_s {
 	uv_loop_t *loop; /* the caller's: several engines may share one */
@@ -90,7 +119,11 @@ struct engine_s {
 	int to_idx;   /* apply: last phase to apply; rollback: keep phases <= to_idx */
 	int pi, si;   /* cursor */
 	int rb_lo;    /* reverting: stop when pi <= rb_lo */
-	ek_t after_revert;
+	goal_t goal;
+	revert_end_t rb_end;
+	act_t act;
+	int fail_si;       /* GOAL_FAIL: the failed step, -1 for a gate */
+	int fail_cleaned;  /* GOAL_FAIL: its own partial work was undone (this process) */
 	int failed_status;   /* the step failure being handled */
 	phg_err_t step_err;  /* its error */
 	int failed_phase;
@@ -127,24 +160,47 @@ struct engine_s {
 };
 
 /* ---- engine.c ---- */
+/* Change what the engine is doing; an illegal change is an internal error
+ * (logged; the run stops with exit 1, its state as recorded). */
+void phg_eng_act(engine_t *e, act_t a);
 uint64_t phg_eng_now_ms(void);
+/* The log context (and the events' phase and step) of phase @pi, step @si
+ * (-1: none). */
 void phg_eng_ctx(engine_t *e, int pi, int si);
+/* Queue an event on the control connection (never waits for it). */
 void phg_eng_event(engine_t *e, const char *kind, const char *msg, const char *data);
 void phg_eng_report(engine_t *e, phg_log_level_t lvl, const phg_err_t *err);
+/* The one transition function: check, persist, reload, fault point, @k. */
 void phg_eng_set_state(engine_t *e, level_t lvl, int pi, int si, int new_state,
-                      const char *note, ek_t k);
+                       const char *note, ek_t k);
 void phg_eng_ops_clear(engine_t *e);
+/* The step executor's glue: build the ops of step @si of phase @pi for
+ * @dir from its recorded row into e->ops; run them, read the step's row
+ * back, then call @k (e->failed_status, e->step_err say how it went). */
+int phg_eng_build_ops(engine_t *e, int pi, int si, phg_dir_t dir, phg_err_t *err);
+void phg_eng_run_ops(engine_t *e, int pi, int si, phg_dir_t dir, ek_t k);
 void phg_eng_exit(engine_t *e, int code);
+void phg_eng_exit_ok(engine_t *e);
+/* Record the run interrupted, exit 130. */
 void phg_eng_interrupt(engine_t *e);
-int phg_eng_step_is_final(engine_t *e, int pi, int si);
-int phg_eng_step_needs_revert(const step_rt_t *s);
-void phg_eng_drive_revert(engine_t *e);
-void phg_eng_phase_failed(engine_t *e);
-void phg_eng_drive_apply(engine_t *e);
 void phg_eng_run_created(engine_t *e);
 void phg_eng_drift(engine_t *e, const char *what);
+/* The state schema is there and the plan is locked: load the run. */
 void phg_eng_ready(engine_t *e);
 int phg_eng_to_phase(phg_plan_t *plan, const char *name, int *out);
+
+/* ---- reconcile.c ---- */
+/* Decide and start the next action. */
+void phg_eng_reconcile(engine_t *e);
+/* A step (@si >= 0) or a gate (@si < 0) of phase @pi failed with e->step_err:
+ * record it and let on_failure decide. */
+void phg_eng_fail(engine_t *e, int pi, int si);
+/* Can every step of phases (@lo, @hi] be reverted?  0, or the reason. */
+int phg_eng_precheck_revert(engine_t *e, int hi, int lo, phg_err_t *err);
+/* Made permanent (its irreversible finalize op committed). */
+int phg_eng_step_is_final(engine_t *e, int pi, int si);
+/* Left something a revert must undo. */
+int phg_eng_step_needs_revert(const step_rt_t *s);
 
 /* ---- session.c ---- */
 void phg_eng_fatal(engine_t *e, int code, const phg_err_t *err);

@@ -175,6 +175,7 @@ void phg_eng_shutdown(engine_t *e, int code)
 		return;
 	e->shutting_down = 1;
 	e->exit_code = code;
+	e->act = ACT_DONE;
 	if (e->signals_open) {
 		uv_close((uv_handle_t *)&e->sigint, on_handle_closed);
 		uv_close((uv_handle_t *)&e->sigterm, on_handle_closed);
@@ -233,6 +234,7 @@ static void on_signal(uv_signal_t *h, int signum)
 		phg_log(PHG_LOG_WARN, &e->log, "stopping pg_dump; the backup is taken again on resume");
 		phg_backup_cancel(e->backup);
 		e->backup = NULL;
+		phg_eng_act(e, ACT_IDLE); /* the backup is abandoned */
 		phg_eng_interrupt(e);
 	} else if (e->work_open && e->work.state == PHG_PG_BUSY) {
 		phg_log(PHG_LOG_WARN, &e->log, "cancelling the running statement");

@@ -29,6 +29,7 @@
 #   check_completed / check_as_before   the schema at the end
 
 FAULT_ROWS=2000
+DEMO_ARGS=()   # more arguments for the demo app (e.g. --buggy)
 DEMO=${PHG_DEMO:-${PHG_BUILD_DIR:?}/examples/phasegate-demo}
 [[ -x $DEMO ]] || fail "no demo binary at $DEMO"
 
@@ -132,7 +133,7 @@ demo_healthy() {
 demo_start() {
 	rm -f "$T/demo.port"
 	"$DEMO" --port 0 --port-file "$T/demo.port" --db "$DATABASE_URL" \
-		--write-rate 40 --write-log "$1" >"$T/demo.out" 2>"$T/demo.err" &
+		--write-rate 40 --write-log "$1" "${DEMO_ARGS[@]}" >"$T/demo.out" 2>"$T/demo.err" &
 	DEMO_PID=$!
 	on_exit "kill -KILL $DEMO_PID 2>/dev/null || true"
 	wait_for -t 10 test -s "$T/demo.port"

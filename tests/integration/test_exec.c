@@ -120,6 +120,23 @@ static void teardown_exec(texec_t *t)
 	assert_int_equal(uv_loop_close(&t->loop), 0);
 }
 
+/* One PHG_OP_TX op labelled @label with the statements @sql (taken). */
+static phg_op_t *one_tx_op(texec_t *t, const char *label, char **sql, size_t nsql)
+{
+	phg_op_t *op;
+
+	t->ops.v = phg_calloc(1, sizeof(*t->ops.v));
+	t->ops.n = 1;
+	op = &t->ops.v[0];
+	op->kind = PHG_OP_TX;
+	op->label = phg_strdup(label);
+	op->sql = phg_calloc(nsql, sizeof(char *));
+	for (size_t i = 0; i < nsql; i++)
+		op->sql[i] = sql[i];
+	op->nsql = nsql;
+	return op;
+}
+
 static void test_no_op_calls_back_later(void **state)
 {
 	texec_t t;
@@ -139,25 +156,19 @@ static void test_oversized_statement_fails_the_op(void **state)
 {
 	texec_t t;
 	phg_op_t *op;
-	char *big, *v;
+	char *big, *v, *sql[2];
 	size_t n = 17u * 1024 * 1024; /* over the 16 MiB cap of one op's SQL */
 
 	(void)state;
 	setup_exec(&t);
-	t.ops.v = phg_calloc(1, sizeof(*t.ops.v));
-	t.ops.n = 1;
-	op = &t.ops.v[0];
-	op->kind = PHG_OP_TX;
-	op->flags = PHG_OPF_DDL;
-	op->label = phg_strdup("a huge statement");
 	big = phg_calloc(1, n + 64);
 	memcpy(big, "INSERT INTO marks VALUES ('", 27);
 	memset(big + 27, 'x', n);
 	memcpy(big + 27 + n, "')", 3);
-	op->sql = phg_calloc(2, sizeof(char *));
-	op->sql[0] = phg_strdup("INSERT INTO marks VALUES ('first')");
-	op->sql[1] = big;
-	op->nsql = 2;
+	sql[0] = phg_strdup("INSERT INTO marks VALUES ('first')");
+	sql[1] = big;
+	op = one_tx_op(&t, "a huge statement", sql, 2);
+	op->flags = PHG_OPF_DDL;
 	assert_int_equal(phg_exec_run(&t.x, on_done), 0);
 	assert_int_equal(t.calls, 0);
 	run_until(&t, &t.calls, 1);
@@ -181,19 +192,12 @@ static void test_oversized_statement_fails_the_op(void **state)
 static void test_tx_op_commits_with_its_record(void **state)
 {
 	texec_t t;
-	phg_op_t *op;
-	char *v;
+	char *v, *sql[1];
 
 	(void)state;
 	setup_exec(&t);
-	t.ops.v = phg_calloc(1, sizeof(*t.ops.v));
-	t.ops.n = 1;
-	op = &t.ops.v[0];
-	op->kind = PHG_OP_TX;
-	op->label = phg_strdup("a mark");
-	op->sql = phg_calloc(1, sizeof(char *));
-	op->sql[0] = phg_strdup("INSERT INTO marks VALUES ('ok')");
-	op->nsql = 1;
+	sql[0] = phg_strdup("INSERT INTO marks VALUES ('ok')");
+	one_tx_op(&t, "a mark", sql, 1);
 	assert_int_equal(phg_exec_run(&t.x, on_done), 0);
 	run_until(&t, &t.calls, 1);
 	assert_int_equal(t.status, 0);
