@@ -41,6 +41,7 @@ void phg_eng_run_ops(engine_t *e, int pi, int si, phg_dir_t dir, ek_t k);
 void phg_eng_exit_ok(engine_t *e);
 static void exit_interrupted(engine_t *e);
 static int any_step_in(engine_t *e, int state);
+static int applied_phase_with_undone_step(engine_t *e);
 static void apply_state_loaded(engine_t *e);
 static void apply_have_run(engine_t *e);
 static void rollback_state_loaded(engine_t *e);
@@ -386,6 +387,23 @@ static int any_step_in(engine_t *e, int state)
 	return 0;
 }
 
+/* A rollback stopped between two steps of a phase leaves the phase
+ * recorded applied with a step reverted: applying on top would skip it. */
+static int applied_phase_with_undone_step(engine_t *e)
+{
+	for (size_t p = 0; p < e->nph; p++) {
+		if (e->ph[p].state != PHG_PHASE_APPLIED)
+			continue;
+		for (size_t s = 0; s < e->plan->phases[p].nsteps; s++) {
+			int st = e->ph[p].steps[s].state;
+
+			if (st != PHG_STEP_APPLIED && st != PHG_STEP_FINALIZED)
+				return 1;
+		}
+	}
+	return 0;
+}
+
 static void apply_state_loaded(engine_t *e)
 {
 	int rc = phg_eng_load_rows(e, e->res);
@@ -399,12 +417,13 @@ static void apply_state_loaded(engine_t *e)
 		phg_eng_fatal(e, PHG_EXIT_RUNTIME, &err);
 		return;
 	}
-	if (any_step_in(e, PHG_STEP_REVERTING)) {
+	if (any_step_in(e, PHG_STEP_REVERTING) || applied_phase_with_undone_step(e)) {
 		phg_err_t err;
 
 		phg_err_clear(&err);
 		phg_err_set(&err, PHG_ESTATE, "a rollback of plan \"%s\" was interrupted", e->plan->name);
-		phg_err_detail(&err, "Some steps are half reverted; applying on top of them is not safe.");
+		phg_err_detail(&err, "Some steps are reverted or half reverted while their phase is still applied; "
+		                     "applying on top of them is not safe.");
 		phg_err_hint(&err, "Run `phasegate rollback %s` to finish the rollback (with --to to "
 		                   "keep earlier phases), then apply.",
 		             e->plan->file);

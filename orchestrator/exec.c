@@ -721,6 +721,9 @@ static void op_committed(phg_exec_t *x)
 	op_fault(x, "committed");
 	x->next++;
 	x->op_started = -1;
+	/* as the record did: the next backfill op starts its own cursor */
+	x->bf_pass = 1;
+	phg_strv_clear(&x->bf_last);
 	exec_next(x);
 }
 
@@ -936,6 +939,12 @@ static void exec_on_result(phg_pg_t *pg, int status, PGresult *res, const phg_er
 			phg_buf_t b;
 
 			/* sweep from the start for rows inserted behind the cursor */
+			phg_log(PHG_LOG_INFO, &x->log,
+			        "backfill of %s: final sweep from the start, for rows written behind the "
+			        "cursor",
+			        op->backfill->table);
+			if (x->on_event != NULL)
+				x->on_event(x, "backfill_sweep", "final sweep from the start", NULL);
 			x->bf_pass = 2;
 			phg_strv_clear(&x->bf_last);
 			phg_buf_init(&b, 4096);

@@ -213,7 +213,11 @@ const char *phg_store_counter_column(int dir)
 void phg_store_progress_sql(phg_buf_t *out, const char *schema_q, long long run, int pi, int si,
                             int dir, size_t value)
 {
-	phg_buf_printf(out, "UPDATE %s.steps SET %s = %zu, op_started = NULL, updated_at = now()",
+	/* a committed op leaves no backfill cursor behind: the step's next
+	 * backfill op (drop_column's revert has two) starts from the start */
+	phg_buf_printf(out,
+	               "UPDATE %s.steps SET %s = %zu, op_started = NULL, bf_pass = 1, bf_last = NULL, "
+	               "updated_at = now()",
 	               schema_q, phg_store_counter_column(dir), value);
 	step_where(out, run, pi, si);
 }

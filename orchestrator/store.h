@@ -123,7 +123,9 @@ void phg_store_step_state_sql(phg_buf_t *out, const char *schema_q, long long ru
 
 /* The counter of @dir: 0 apply, 1 revert, 2 finalize (phg_dir_t order). */
 const char *phg_store_counter_column(int dir);
-/* "<counter> = @value, op_started = NULL": an op of @dir committed. */
+/* "<counter> = @value, op_started = NULL": an op of @dir committed; its
+ * backfill cursor (pass, last key) is reset for the step's next op (rows
+ * and batches keep counting). */
 void phg_store_progress_sql(phg_buf_t *out, const char *schema_q, long long run, int pi, int si,
                             int dir, size_t value);
 /* Merge the jsonb value of @memo_sql into the step's memo. */

@@ -21,8 +21,9 @@ static const unsigned run_next[PHG_RUN__N] = {
 	/* a rollback of a completed plan (nothing final in it) */
 	[PHG_RUN_COMPLETED] = B(PHG_RUN_RUNNING),
 	/* retried by apply or rollback; the automatic rollback records its
-	 * outcome on the failed run */
-	[PHG_RUN_FAILED] = B(PHG_RUN_RUNNING) | B(PHG_RUN_FAILED) | B(PHG_RUN_ROLLED_BACK),
+	 * outcome on the failed run, or is interrupted by a signal */
+	[PHG_RUN_FAILED] = B(PHG_RUN_RUNNING) | B(PHG_RUN_FAILED) | B(PHG_RUN_ROLLED_BACK) |
+	                   B(PHG_RUN_INTERRUPTED),
 	/* over: the next apply creates a new run */
 	[PHG_RUN_ROLLED_BACK] = 0,
 };

@@ -84,7 +84,13 @@ static int drop_column_build(phg_build_t *b)
 		fill = NULL;
 		late_triggers = 0;
 		for (size_t i = 0; i < ntrg; i++) {
-			const char *f = phg_sync_fill_expr(b, trg[i], a->column);
+			const char *f;
+
+			/* only a trigger that was there when the column was hidden links
+			 * it (another may name a column that is itself hidden by now) */
+			if (!phg_sync_trigger_recorded(b, trg[i]))
+				continue;
+			f = phg_sync_fill_expr(b, trg[i], a->column);
 
 			if (f != NULL && fill == NULL)
 				fill = f;

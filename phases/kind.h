@@ -59,6 +59,9 @@ const char *phg_sync_triggers_memo(phg_build_t *b, const char *table,
 /* Append DROP TRIGGER IF EXISTS for each of @trg. */
 void phg_sync_triggers_drop(phg_build_t *b, const char *table,
                             const phg_step_t *const *trg, size_t n, phg_op_t *op);
+/* 1 if sync_trigger step @st's trigger is named in the memo's "triggers"
+ * (it existed when the step that removed it ran). */
+int phg_sync_trigger_recorded(phg_build_t *b, const phg_step_t *st);
 /* Append CREATE TRIGGER for the triggers of @trg named in memo["triggers"]. */
 void phg_sync_triggers_restore(phg_build_t *b, const phg_step_t *const *trg,
                                size_t n, phg_op_t *op);

@@ -181,6 +181,20 @@ void phg_sync_triggers_drop(phg_build_t *b, const char *table,
 		           phg_q(b, phg_sync_trigger_name(b, trg[i])), phg_qtable(b, table));
 }
 
+int phg_sync_trigger_recorded(phg_build_t *b, const phg_step_t *st)
+{
+	json_t *had = b->memo ? json_object_get(b->memo, "triggers") : NULL;
+	const char *name = phg_sync_trigger_name(b, st);
+	size_t j;
+	json_t *v;
+
+	json_array_foreach(had, j, v) {
+		if (json_is_string(v) && strcmp(json_string_value(v), name) == 0)
+			return 1;
+	}
+	return 0;
+}
+
 void phg_sync_triggers_restore(phg_build_t *b, const phg_step_t *const *trg, size_t n,
                                phg_op_t *op)
 {

@@ -59,8 +59,12 @@ wait "$APPLY_PID" || rc=$?
 assert_eq 0 "$rc" "the backfill completed"
 assert_eq "0|40" "$(psql_q "SELECT count(*) FILTER (WHERE v2 IS DISTINCT FROM v * 2),
 	count(*) FILTER (WHERE id % 2 = 1) FROM t")" "every row, the app's included, is backfilled"
-assert_eq "2|completed" "$(psql_q "SELECT s.bf_pass, r.state FROM phasegate.steps s JOIN phasegate.runs r ON r.id = s.run_id")" \
-	"the final sweep ran"
+# (the step's cursor is reset when its op commits, so the sweep shows in the
+# log and the event log, not in the checkpoint left behind)
+assert_eq "completed" "$(psql_q "SELECT r.state FROM phasegate.runs r")" "the run completed"
+assert_file_contains "$T/apply.err" "final sweep from the start" "the final sweep ran"
+assert_eq "1" "$(psql_q "SELECT count(*) FROM phasegate.events WHERE kind = 'backfill_sweep'")" \
+	"the final sweep is in the event log"
 
 # the app's inserts were not held up
 n=$(grep -c '^Time:' "$T/app.out")

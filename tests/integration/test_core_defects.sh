@@ -12,7 +12,15 @@
 #     20 s) ends the wait at once: exit 130 in well under the wait, state
 #     saved, and apply afterwards completes;
 #  5. `plan` prints the very statement a backfill batch runs (it used to
-#     print a different one than the executor built).
+#     print a different one than the executor built);
+#  6. SIGTERM while the automatic rollback waits for a lock ends it with
+#     exit 130 (the failed run is recorded interrupted), and rollback
+#     finishes it;
+#  7. apply after a rollback that stopped between two steps of a phase
+#     refuses (it would have skipped the reverted step and completed);
+#  8. a drop_column revert fills only from a column its recorded sync
+#     trigger linked (two dropped columns of one trigger: the other one is
+#     hidden too).
 # shellcheck source=/dev/null
 source "$PHG_TEST_LIB"
 
@@ -165,4 +173,79 @@ psql -X -A -t -q -d "$TEST_DB" -c "SELECT DISTINCT q FROM seen" >"$T/ran.sql"
 if ! diff -u "$T/printed.sql" "$T/ran.sql" >"$T/diff"; then
 	fail "the batch statement that ran is not the one plan printed: $(cat "$T/diff")"
 fi
+
+# ---------------------------------------------------------------- 6
+psql_q "CREATE TABLE ar (id int PRIMARY KEY)" >/dev/null
+cat >"$T/ar.yaml" <<'YAML'
+version: 1
+name: defect-sigterm-auto-rollback
+settings: { lock_timeout: 100ms, lock_retries: 10, retry_backoff: 20s, retry_backoff_max: 20s }
+phases:
+  - name: p
+    steps:
+      - add_column: { table: ar, column: c, type: int }
+      # time for the test to take a lock, then the step fails: the phase is
+      # rolled back, and DROP COLUMN waits behind that lock
+      - sql: { up: "SELECT pg_sleep(1.5); SELECT 1 / 0", down: "SELECT 1" }
+YAML
+bg_run ar "$PHASEGATE" apply "$T/ar.yaml"
+pid=$BG_PID
+col_there() { [[ $(psql_q "SELECT count(*) FROM pg_attribute WHERE attrelid = '$1'::regclass AND attname = '$2' AND NOT attisdropped") == 1 ]]; }
+wait_for -t 20 col_there ar c
+bg_run arlock psql -X -q -d "$TEST_DB" -c "BEGIN; LOCK TABLE ar IN ACCESS SHARE MODE; SELECT pg_sleep(60)"
+wait_for -t 20 grep -q "retrying in" "$T/ar.err"
+assert_file_contains "$T/ar.err" "rolling back automatically"
+kill -TERM "$pid"
+rc=0
+wait "$pid" || rc=$?
+assert_eq 130 "$rc" "SIGTERM during the automatic rollback"
+assert_file_not_contains "$T/ar.err" "illegal transition"
+assert_eq "interrupted" "$(psql_q "SELECT state FROM phasegate.runs WHERE plan = 'defect-sigterm-auto-rollback'")" "recorded"
+psql_q "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()
+	AND query LIKE '%pg_sleep(60)%' AND pid <> pg_backend_pid()" >/dev/null
+assert_exit 0 phg rollback "$T/ar.yaml"
+assert_eq "0" "$(psql_q "SELECT count(*) FROM pg_attribute WHERE attrelid = 'ar'::regclass AND attname = 'c' AND NOT attisdropped")" "reverted"
+
+# ---------------------------------------------------------------- 7
+psql_q "CREATE TABLE two (id int PRIMARY KEY)" >/dev/null
+cat >"$T/two.yaml" <<'YAML'
+version: 1
+name: defect-half-rolled-back
+phases:
+  - name: p
+    steps:
+      - add_column: { table: two, column: a, type: int }
+      - add_column: { table: two, column: b, type: int }
+YAML
+assert_exit 0 phg apply "$T/two.yaml"
+rc=0
+PHG_FAULT=step:p:2:reverted phg rollback "$T/two.yaml" >"$T/out" 2>"$T/err" || rc=$?
+assert_eq 137 "$rc" "killed after the first step was reverted"
+wait_for -t 20 no_phasegate_session
+assert_exit 1 phg apply "$T/two.yaml"
+assert_file_contains "$T/err" "was interrupted"
+assert_eq "a" "$(psql_q "SELECT string_agg(attname, ',') FROM pg_attribute WHERE attrelid = 'two'::regclass AND attnum > 1 AND NOT attisdropped")" \
+	"apply did not build on the half-rolled-back phase"
+assert_exit 0 phg rollback "$T/two.yaml"
+assert_eq "" "$(psql_q "SELECT string_agg(attname, ',') FROM pg_attribute WHERE attrelid = 'two'::regclass AND attnum > 1 AND NOT attisdropped")" "rolled back"
+
+# ---------------------------------------------------------------- 8
+psql_q "CREATE TABLE pair (id int PRIMARY KEY, a text DEFAULT 'x', b text);
+	INSERT INTO pair (id, a, b) SELECT g, 'x', 'x' FROM generate_series(1, 10) g" >/dev/null
+cat >"$T/pair.yaml" <<'YAML'
+version: 1
+name: defect-two-dropped
+phases:
+  - name: p
+    steps:
+      - sync_trigger: { table: pair, from: a, to: b }
+      - drop_column: { table: pair, column: b }
+      - drop_column: { table: pair, column: a }
+      - sql: { up: "SELECT 1 / 0", down: "SELECT 1" }
+YAML
+assert_exit 3 phg apply "$T/pair.yaml"
+assert_file_contains "$T/err" "automatic rollback complete"
+assert_eq "id,a,b" "$(psql_q "SELECT string_agg(attname, ',' ORDER BY attnum) FROM pg_attribute WHERE attrelid = 'pair'::regclass AND attnum > 0 AND NOT attisdropped")" \
+	"both columns are back"
+assert_eq "10" "$(psql_q "SELECT count(*) FROM pair WHERE a = 'x' AND b = 'x'")" "with their values"
 pass

@@ -3,7 +3,8 @@
  * database: its callback never runs from inside phg_exec_run(), and a
  * statement that overflows its capped buffer fails the op before anything
  * of it is sent (no progress is recorded for it); a query queued on an
- * unusable control connection is cancelled on a later loop turn.
+ * unusable control connection is cancelled on a later loop turn; two
+ * backfill ops of one step each run a whole cursor.
  *
  * Every test runs its own loop and ends with uv_loop_close() == 0.
  */
@@ -212,6 +213,66 @@ static void test_tx_op_commits_with_its_record(void **state)
 	teardown_exec(&t);
 }
 
+/* A PHG_OP_BACKFILL op of @t's list: SET @set WHERE @where on table bf. */
+static void backfill_op(phg_op_t *op, const char *label, const char *set, const char *where)
+{
+	op->kind = PHG_OP_BACKFILL;
+	op->flags = PHG_OPF_SCAN;
+	op->label = phg_strdup(label);
+	op->backfill = phg_calloc(1, sizeof(*op->backfill));
+	op->backfill->table = phg_strdup("bf");
+	op->backfill->set = phg_strdup(set);
+	op->backfill->where = phg_strdup(where);
+	op->backfill->batch_size = 2;
+}
+
+/* Two backfill ops in one step (drop_column's revert has two): the second
+ * starts its own cursor from the start and makes its own final sweep, even
+ * when the first ended in its sweep past some key. */
+static void test_second_backfill_starts_over(void **state)
+{
+	texec_t t;
+	char *v;
+
+	(void)state;
+	/* updating rows 1-2 (the first batch) makes row 1 eligible again, once:
+	 * the first op's final sweep finds it and ends with key 1 done */
+	assert_int_equal(pgtest_exec(g_url,
+	                             "CREATE TABLE bf (id int PRIMARY KEY, v int, w int);"
+	                             "INSERT INTO bf SELECT g, NULL, NULL FROM generate_series(1, 6) g;"
+	                             "CREATE TABLE once (x int);"
+	                             "CREATE FUNCTION bf_again() RETURNS trigger LANGUAGE plpgsql AS $$"
+	                             " BEGIN IF NOT EXISTS (SELECT 1 FROM once) THEN"
+	                             "  INSERT INTO once VALUES (1); UPDATE bf SET v = NULL WHERE id = 1;"
+	                             " END IF; RETURN NULL; END $$;"
+	                             "CREATE TRIGGER bf_again AFTER UPDATE ON bf FOR EACH STATEMENT "
+	                             "EXECUTE FUNCTION bf_again()"),
+	                 0);
+	setup_exec(&t);
+	t.ops.v = phg_calloc(2, sizeof(*t.ops.v));
+	t.ops.n = 2;
+	backfill_op(&t.ops.v[0], "fill v", "v = 1", "v IS NULL");
+	backfill_op(&t.ops.v[1], "fill w", "w = 1", "w IS NULL");
+	assert_int_equal(phg_exec_run(&t.x, on_done), 0);
+	run_until(&t, &t.calls, 1);
+	if (t.status != 0)
+		fprintf(stderr, "exec: %s\n", t.x.err.msg);
+	assert_int_equal(t.status, 0);
+	v = pgtest_scalar(g_url, "SELECT count(*) FROM bf WHERE v = 1 AND w = 1");
+	assert_string_equal(v, "6");
+	free(v);
+	/* the committed op left no cursor behind */
+	v = pgtest_scalar(g_url, "SELECT bf_pass || ',' || coalesce(bf_last::text, 'none') || ',' || "
+	                         "progress FROM phasegate.steps");
+	assert_string_equal(v, "1,none,2");
+	free(v);
+	assert_int_equal(pgtest_exec(g_url, "DROP TABLE bf, once; DROP FUNCTION bf_again(); "
+	                                    "UPDATE phasegate.steps SET progress = 0, bf_rows = 0, "
+	                                    "bf_batches = 0"),
+	                 0);
+	teardown_exec(&t);
+}
+
 static int g_pgq_calls, g_pgq_status;
 
 static void on_pgq(phg_pg_t *pg, int status, PGresult *res, const phg_err_t *err, void *arg)
@@ -287,6 +348,7 @@ int main(void)
 	    cmocka_unit_test(test_no_op_calls_back_later),
 	    cmocka_unit_test(test_tx_op_commits_with_its_record),
 	    cmocka_unit_test(test_oversized_statement_fails_the_op),
+	    cmocka_unit_test(test_second_backfill_starts_over),
 	    cmocka_unit_test(test_pgq_flush_is_deferred),
 	};
 

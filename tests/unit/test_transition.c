@@ -57,6 +57,8 @@ static void test_paths_the_engine_takes(void **state)
 	    {PHG_LVL_PHASE, PHG_PHASE_APPLIED, PHG_PHASE_ROLLED_BACK},
 	    {PHG_LVL_RUN, PHG_RUN_FAILED, PHG_RUN_FAILED},
 	    {PHG_LVL_RUN, PHG_RUN_FAILED, PHG_RUN_ROLLED_BACK},
+	    /* a signal during the automatic rollback */
+	    {PHG_LVL_RUN, PHG_RUN_FAILED, PHG_RUN_INTERRUPTED},
 	    /* retried, applied again after a rollback --to */
 	    {PHG_LVL_STEP, PHG_STEP_FAILED, PHG_STEP_RUNNING},
 	    {PHG_LVL_STEP, PHG_STEP_REVERTED, PHG_STEP_RUNNING},
