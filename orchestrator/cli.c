@@ -156,8 +156,15 @@ static void render_plan(const phg_plan_t *plan, const int *done, phg_buf_t *out)
 			               plan->backup.dir);
 		render_list(out, "watched throughout", &ph->watch);
 		for (size_t i = 0; i < ph->nsteps; i++) {
+			size_t before;
+
 			phg_buf_printf(out, "-- step %zu: %s\n", i + 1, ph->steps[i].kind->name);
+			before = out->len;
 			render_step(plan, &ph->steps[i], PHG_DIR_APPLY, out);
+			if (out->len == before)
+				/* a rename_column swapped with the drop_column before it */
+				phg_buf_adds(out, "-- (nothing of its own: it runs in the transaction of the "
+				                  "drop_column above, the swap)\n\n");
 		}
 		render_list(out, "gate after: verify", &ph->verify);
 		phg_buf_adds(out, "\n");

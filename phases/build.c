@@ -2,7 +2,7 @@
  * build.c - helpers step kinds use to build their ops, and the rendering of
  * ops as readable SQL for the `plan` command.
  */
-#include "step.h"
+#include "kind.h"
 
 #include <inttypes.h>
 #include <stdarg.h>
@@ -37,6 +37,21 @@ int phg_step_build(const phg_plan_t *plan, const phg_step_t *step, phg_dir_t dir
 		rc = phg_err_set(err, PHG_EIRREVERSIBLE, "step cannot be reverted");
 	phg_build_reset(&b);
 	return rc;
+}
+
+const phg_phase_t *phg_step_phase(const phg_plan_t *plan, const phg_step_t *step, size_t *idx)
+{
+	for (size_t p = 0; p < plan->nphases; p++) {
+		const phg_phase_t *ph = &plan->phases[p];
+
+		for (size_t s = 0; s < ph->nsteps; s++) {
+			if (&ph->steps[s] == step) {
+				*idx = s;
+				return ph;
+			}
+		}
+	}
+	return NULL;
 }
 
 const char *phg_bprintf(phg_build_t *b, const char *fmt, ...)

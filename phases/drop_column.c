@@ -5,7 +5,12 @@
  * default, so the application (which no longer names it) keeps writing; the
  * old name, nullability and default are recorded in the step's memo in the
  * same transaction, with the hiding transaction's id.  Sync triggers naming
- * the column are removed first.
+ * the column are removed first.  With a rename_column of Y to this column
+ * on the same table later in the phase, the two are one atomic swap built
+ * here, at this step's place: hide X,
+ * rename Y to X and move the sync triggers of both in one transaction, so
+ * the name the application uses never disappears; the revert is the mirror
+ * (rename X back to Y and restore X, one transaction), then the fills.
  * Revert renames it back and restores the default.  Rows written while it
  * was hidden (a row version younger than the hiding transaction) are filled
  * in batches: from the column a sync trigger links it with, when there is
@@ -35,6 +40,28 @@ static const phg_field_t drop_column_fields[] = {
 
 #define MAX_TRG 16
 
+extern const phg_step_kind_t phg_kind_drop_column;
+
+int phg_drop_of(const phg_step_t *st, const char *table, const char *column)
+{
+	const drop_column_args_t *a = st->args;
+
+	return st->kind == &phg_kind_drop_column && strcmp(a->table, table) == 0 &&
+	       strcmp(a->column, column) == 0;
+}
+
+const phg_step_t *phg_swap_rename(const phg_plan_t *plan, const phg_step_t *drop)
+{
+	const drop_column_args_t *a = drop->args;
+	size_t idx;
+	const phg_phase_t *ph = phg_step_phase(plan, drop, &idx);
+
+	for (size_t s = idx + 1; ph != NULL && s < ph->nsteps; s++)
+		if (phg_rename_into(&ph->steps[s], a->table, a->column) != NULL)
+			return &ph->steps[s];
+	return NULL;
+}
+
 static int drop_column_build(phg_build_t *b)
 {
 	const drop_column_args_t *a = b->step->args;
@@ -47,11 +74,36 @@ static int drop_column_build(phg_build_t *b)
 	const char *def, *xid, *young, *fill;
 	int notnull, late_triggers;
 	phg_op_t *op;
+	/* the atomic swap: a later step of the phase renames a column into this one */
+	const phg_step_t *next = phg_swap_rename(b->plan, b->step);
+	const char *from = next != NULL ? phg_rename_into(next, a->table, a->column) : NULL;
+	const char *fq = from != NULL ? phg_q(b, from) : NULL;
+
+	if (from != NULL) {
+		/* the sync triggers naming the renamed column go (and come back) too */
+		const phg_step_t *more[MAX_TRG];
+		size_t nmore = phg_sync_triggers_naming(b->plan, next, a->table, from, more, MAX_TRG);
+
+		for (size_t i = 0; i < nmore; i++) {
+			size_t j;
+
+			for (j = 0; j < ntrg && trg[j] != more[i]; j++)
+				;
+			if (j == ntrg && ntrg < MAX_TRG)
+				trg[ntrg++] = more[i];
+		}
+	}
 
 	switch (b->dir) {
 	case PHG_DIR_APPLY:
-		op = phg_op_new(b, PHG_OP_TX, PHG_OPF_DDL, "hide column %s of %s as %s",
-		                c, t, tomb);
+		if (from != NULL)
+			op = phg_op_new(b, PHG_OP_TX, PHG_OPF_DDL,
+			                "swap column %s of %s: hide it as %s and rename %s to %s, in one "
+			                "transaction",
+			                c, t, tomb, fq, c);
+		else
+			op = phg_op_new(b, PHG_OP_TX, PHG_OPF_DDL, "hide column %s of %s as %s", c, t,
+			                tomb);
 		op->memo_sql = phg_asprintf(
 		    "SELECT jsonb_build_object('notnull', a.attnotnull, 'default', "
 		    "pg_get_expr(d.adbin, d.adrelid), 'hidden_xid', pg_current_xact_id()::text, "
@@ -65,6 +117,8 @@ static int drop_column_build(phg_build_t *b)
 		phg_op_sql(op, "ALTER TABLE %s RENAME COLUMN %s TO %s", t, c, tomb);
 		phg_op_sql(op, "ALTER TABLE %s ALTER COLUMN %s DROP NOT NULL", t, tomb);
 		phg_op_sql(op, "ALTER TABLE %s ALTER COLUMN %s DROP DEFAULT", t, tomb);
+		if (from != NULL)
+			phg_op_sql(op, "ALTER TABLE %s RENAME COLUMN %s TO %s", t, fq, c);
 		break;
 	case PHG_DIR_REVERT:
 		if (b->progress == 0)
@@ -97,7 +151,16 @@ static int drop_column_build(phg_build_t *b)
 			if (f == NULL)
 				late_triggers = 1;
 		}
-		op = phg_op_new(b, PHG_OP_TX, PHG_OPF_DDL, "restore column %s of %s", c, t);
+		if (from != NULL) {
+			/* the mirror of the swap, also one transaction */
+			op = phg_op_new(b, PHG_OP_TX, PHG_OPF_DDL,
+			                "swap back column %s of %s: rename it to %s and restore %s from "
+			                "%s, in one transaction",
+			                c, t, fq, c, tomb);
+			phg_op_sql(op, "ALTER TABLE %s RENAME COLUMN %s TO %s", t, c, fq);
+		} else {
+			op = phg_op_new(b, PHG_OP_TX, PHG_OPF_DDL, "restore column %s of %s", c, t);
+		}
 		phg_op_sql(op, "ALTER TABLE %s RENAME COLUMN %s TO %s", t, tomb, c);
 		if (def != NULL)
 			phg_op_sql(op, "ALTER TABLE %s ALTER COLUMN %s SET DEFAULT %s", t, c, def);

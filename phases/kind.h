@@ -33,6 +33,24 @@ void phg_tables_first_arg(const phg_step_t *step, phg_strv_t *out);
 int phg_constraint_build(phg_build_t *b, const char *table, const char *name,
                          const char *definition);
 
+/* The phase holding @step, and its index there in *@idx (build.c). */
+const phg_phase_t *phg_step_phase(const phg_plan_t *plan, const phg_step_t *step, size_t *idx);
+
+/* ---- the atomic swap: drop_column of X, later in the phase rename_column Y -> X ----
+ * The two steps commit as one transaction, built by drop_column (hide X,
+ * rename Y to X, move the sync triggers); the rename step then has nothing
+ * of its own to do.  Revert is the mirror, also one transaction. */
+
+/* drop_column.c: the rename_column step that swaps into the column @drop
+ * hides (the first one after it in its phase), or NULL. */
+const phg_step_t *phg_swap_rename(const phg_plan_t *plan, const phg_step_t *drop);
+
+/* rename_column.c: @st's source column when @st renames a column of @table
+ * to @column, else NULL. */
+const char *phg_rename_into(const phg_step_t *st, const char *table, const char *column);
+/* drop_column.c: 1 when @st is a drop_column of @column of @table. */
+int phg_drop_of(const phg_step_t *st, const char *table, const char *column);
+
 /* ---- sync triggers (sync_trigger.c), used by drop/rename_column ---- */
 
 /* Sync-trigger steps before @step in the plan, on @table, whose from or to

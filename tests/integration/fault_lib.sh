@@ -27,6 +27,7 @@
 #   check_values WLOG        every row reads what was seeded, overlaid by the
 #                            app's committed writes in WLOG
 #   check_completed / check_as_before   the schema at the end
+#   check_app_ok WHAT        no write of the app failed
 
 FAULT_ROWS=2000
 DEMO_ARGS=()   # more arguments for the demo app (e.g. --buggy)
@@ -164,8 +165,9 @@ phg_sessions() {
 
 # phg_dead_gone - the killed phasegate's server sessions have ended (the
 # server notices the closed socket), so its plan lock is free again.
+no_phg_session() { [[ $(phg_sessions) == 0 ]]; }
 phg_dead_gone() {
-	wait_for -t 20 test "$(phg_sessions)" = 0
+	wait_for -t 20 no_phg_session # (re-run each time: a command, not its output)
 }
 
 # apply_killed POINT - apply, to die at POINT (exit 137 = SIGKILL).  Sets
@@ -204,6 +206,12 @@ check_values() {
 		fail "$what: rows differ from the seed overlaid by the app's writes
 $diffs"
 	fi
+}
+
+# check_app_ok WHAT - no write of the app failed (the column it names never
+# went missing, not even across the contract phase's swap)
+check_app_ok() {
+	assert_eq "0" "$(demo_stat writes_failed)" "$1: failed app writes ($DEMO_STATS)"
 }
 
 # check_completed WHAT - the plan completed once: status is the new column,

@@ -17,6 +17,7 @@ fault_points "$T/points" phg apply "$FAULT_PLAN"
 demo_stop
 check_completed "clean run"
 check_values "$T/clean.wlog" "clean run"
+check_app_ok "clean run"
 n=$(wc -l <"$T/points")
 ((n >= 40)) || fail "only $n fault points in a five-phase plan"
 
@@ -37,6 +38,7 @@ while read -r point; do
 	demo_stop
 	check_completed "killed at $point"
 	check_values "$T/a$tried.wlog" "killed at $point"
+	check_app_ok "killed at $point"
 	tried=$((tried + 1))
 done < <(fault_selected "$T/points")
 printf 'tried %d of %d fault points (%d not reached)\n' "$tried" "$n" "$skipped"

@@ -49,6 +49,7 @@ while read -r point; do
 		demo_stop
 	fi
 	check_values "$T/b$tried.wlog" "rollback after a kill at $point"
+	check_app_ok "rollback after a kill at $point"
 	tried=$((tried + 1))
 done < <(fault_selected "$T/points")
 printf 'tried %d of %d fault points (%d not reached, %d refused as irreversible)\n' \

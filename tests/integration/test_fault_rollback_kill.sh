@@ -54,6 +54,7 @@ while read -r point; do
 	check_as_before "rollback killed at $point, run again"
 	assert_eq "rolled_back" "$(psql_q "SELECT state FROM phasegate.runs")" "run state after $point"
 	check_values "$T/c$tried.wlog" "rollback killed at $point, run again"
+	check_app_ok "rollback killed at $point, run again"
 	tried=$((tried + 1))
 done < <(fault_selected "$T/points")
 printf 'tried %d of %d fault points (%d not reached)\n' "$tried" "$n" "$skipped"
