@@ -340,6 +340,9 @@ void phg_eng_run_ops(engine_t *e, int pi, int si, phg_dir_t dir, ek_t k)
 	x->bf_batches = s->bf_batches;
 	for (size_t i = 0; i < s->bf_last.n; i++)
 		phg_strv_push(&x->bf_last, s->bf_last.v[i]);
+	x->bf_high_set = s->bf_high_set;
+	for (size_t i = 0; i < s->bf_high.n; i++)
+		phg_strv_push(&x->bf_high, s->bf_high.v[i]);
 	x->log = e->log;
 	x->should_stop = phg_eng_should_stop;
 	x->stop_arg = e;

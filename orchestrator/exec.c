@@ -21,10 +21,11 @@
 static const char *const exec_state_names[] = {
 	"idle", "tx", "tx_rollback", "backoff", "st_set", "st_guard", "st_cleanup",
 	"st_mark", "st_run", "st_reset", "st_fail_guard", "st_fail_cleanup", "fail_reset",
-	"bf_set", "bf_keys", "bf_batch", "bf_pass2", "http", "unmark", "record", "done",
+	"bf_set", "bf_keys", "bf_high", "bf_batch", "bf_pass2", "http", "unmark", "record", "done",
 };
 
 static void exec_next(phg_exec_t *x);
+static void bf_window_push(phg_exec_t *x);
 static void exec_op_start(phg_exec_t *x);
 static void exec_on_result(phg_pg_t *pg, int status, PGresult *res, const phg_err_t *err,
                            void *arg);
@@ -479,10 +480,81 @@ static void bf_keys_done(phg_exec_t *x, PGresult *res)
 	}
 	x->bf_started_ms = x->bf_logged_ms = now_ms();
 	x->bf_rows_at_start = x->bf_rows;
+	x->bf_scanned = x->bf_rows; /* resumed: at least the rows done */
+	x->bf_win_n = x->bf_win_head = 0;
+	bf_window_push(x);
 	if (x->bf_rows > 0 || x->bf_last.n > 0)
 		phg_log(PHG_LOG_INFO, &x->log,
 		        "resuming backfill of %s after %lld rows (pass %d)", bf->table, x->bf_rows,
 		        x->bf_pass);
+}
+
+/* The key range is fixed now: the last key there is, recorded before the
+ * first batch (a resumed backfill keeps it). */
+static void bf_high(phg_exec_t *x)
+{
+	const phg_backfill_spec_t *bf = cur_op(x)->backfill;
+	phg_build_t qb;
+	phg_buf_t mk, b;
+
+	quoter(x, &qb);
+	phg_buf_init(&mk, SQL_MAX);
+	phg_backfill_max_key_sql(&qb, bf, &x->key_names, &mk);
+	phg_buf_init(&b, SQL_MAX);
+	/* never analysed (reltuples -1): count the rows once, for the progress */
+	phg_store_high_water_sql(&b, x->schema_q, x->run_id, x->phase_idx, x->step_idx, mk.data,
+	                         x->est_rows > 0 ? NULL
+	                                         : phg_bprintf(&qb, "SELECT count(*) FROM %s",
+	                                                       phg_qtable(&qb, bf->table)));
+	phg_buf_free(&mk);
+	phg_build_reset(&qb);
+	exec_sendf(x, PHG_X_BF_HIGH, &b);
+}
+
+/* Resumed on a table never analysed: count the rows of the fixed range
+ * once, for the progress (the range stays as recorded). */
+static void bf_count(phg_exec_t *x)
+{
+	const phg_backfill_spec_t *bf = cur_op(x)->backfill;
+	phg_build_t qb;
+	phg_buf_t b;
+
+	quoter(x, &qb);
+	phg_buf_init(&b, SQL_MAX);
+	phg_buf_printf(&b, "SELECT NULL::text, count(*) FROM %s WHERE (", phg_qtable(&qb, bf->table));
+	for (size_t i = 0; i < x->key_names.n; i++)
+		phg_buf_printf(&b, "%s%s", i ? ", " : "", phg_q(&qb, x->key_names.v[i]));
+	phg_buf_adds(&b, ") <= (");
+	for (size_t i = 0; i < x->key_names.n; i++)
+		phg_buf_printf(&b, "%s$%zu", i ? ", " : "", i + 1);
+	phg_buf_adds(&b, ")");
+	phg_build_reset(&qb);
+	if (!too_big(x, &b))
+		exec_send(x, PHG_X_BF_HIGH, b.data, (int)x->bf_high.n,
+		          (const char *const *)x->bf_high.v);
+	phg_buf_free(&b);
+}
+
+static void bf_high_done(phg_exec_t *x, PGresult *res)
+{
+	json_error_t jerr;
+	json_t *a = NULL, *v;
+	size_t i;
+
+	if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 1))
+		x->est_rows = phg_db_num(PQgetvalue(res, 0, 1), 0, LLONG_MAX, 0, NULL);
+	if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0))
+		return; /* a count only */
+	phg_strv_clear(&x->bf_high);
+	a = json_loads(PQgetvalue(res, 0, 0), 0, &jerr);
+	json_array_foreach(a, i, v) {
+		phg_strv_push(&x->bf_high, json_is_string(v) ? json_string_value(v) : "");
+	}
+	json_decref(a);
+	x->bf_high_set = 1;
+	phg_log(PHG_LOG_INFO, &x->log, "backfill of %s: key range fixed up to %s%s%s", 
+	        cur_op(x)->backfill->table, x->bf_high.n ? "(" : "the empty table",
+	        x->bf_high.n ? x->bf_high.v[0] : "", x->bf_high.n ? x->bf_high.n > 1 ? ", ...)" : ")" : "");
 }
 
 static void bf_batch(phg_exec_t *x)
@@ -504,9 +576,12 @@ static void bf_batch(phg_exec_t *x)
 	quoter(x, &qb);
 	phg_buf_init(&b, SQL_MAX);
 	phg_backfill_batch_sql(&qb, bf, &x->key_names, x->schema_q, &b);
-	params = phg_calloc(k + 4, sizeof(*params));
-	for (size_t i = 0; i < k; i++)
+	params = phg_calloc(2 * k + 4, sizeof(*params));
+	for (size_t i = 0; i < k; i++) {
 		params[i] = x->bf_last.n == k ? x->bf_last.v[i] : NULL;
+		/* an empty table at the start: NULL, and no batch finds a row */
+		params[k + 4 + i] = x->bf_high.n == k ? x->bf_high.v[i] : NULL;
+	}
 	snprintf(first, sizeof(first), "%s", x->bf_last.n == k && k > 0 ? "f" : "t");
 	snprintf(run, sizeof(run), "%lld", x->run_id);
 	snprintf(pi, sizeof(pi), "%d", x->phase_idx);
@@ -518,11 +593,35 @@ static void bf_batch(phg_exec_t *x)
 	x->attempt++;
 	if (!too_big(x, &b)) {
 		probe_start(x);
-		exec_send(x, PHG_X_BF_BATCH, b.data, (int)k + 4, params);
+		exec_send(x, PHG_X_BF_BATCH, b.data, (int)(2 * k + 4), params);
 	}
 	free(params);
 	phg_buf_free(&b);
 	phg_build_reset(&qb);
+}
+
+/* Rows per second over the window of recent batches (0: not enough yet). */
+static double bf_window_rate(const phg_exec_t *x)
+{
+	unsigned newest, oldest;
+	uint64_t dt;
+
+	if (x->bf_win_n < 2)
+		return 0;
+	newest = (x->bf_win_head + PHG_BF_WINDOW - 1) % PHG_BF_WINDOW;
+	oldest = (x->bf_win_head + PHG_BF_WINDOW - x->bf_win_n) % PHG_BF_WINDOW;
+	dt = x->bf_win[newest].at_ms - x->bf_win[oldest].at_ms;
+	return dt > 0 ? (double)(x->bf_win[newest].rows - x->bf_win[oldest].rows) * 1000.0 / (double)dt
+	              : 0;
+}
+
+static void bf_window_push(phg_exec_t *x)
+{
+	x->bf_win[x->bf_win_head].at_ms = now_ms();
+	x->bf_win[x->bf_win_head].rows = x->bf_scanned;
+	x->bf_win_head = (x->bf_win_head + 1) % PHG_BF_WINDOW;
+	if (x->bf_win_n < PHG_BF_WINDOW)
+		x->bf_win_n++;
 }
 
 static void bf_progress(phg_exec_t *x, int final)
@@ -531,33 +630,36 @@ static void bf_progress(phg_exec_t *x, int final)
 	uint64_t now = now_ms();
 	double secs = (double)(now - x->bf_started_ms) / 1000.0;
 	long long done = x->bf_rows - x->bf_rows_at_start;
-	double rate = secs > 0 ? (double)done / secs : 0;
-	char msg[512], data[256];
+	double avg = secs > 0 ? (double)done / secs : 0;
+	double rate = bf_window_rate(x);
+	char msg[512], data[320];
 
 	if (!final && now - x->bf_logged_ms < 2000)
 		return;
 	x->bf_logged_ms = now;
 	if (final) {
 		snprintf(msg, sizeof(msg), "backfill of %s done: %lld rows in %lld batches, %.1f s, %.0f rows/s",
-		         bf->table, x->bf_rows, x->bf_batches, secs, rate);
-	} else if (x->est_rows > 0 && rate > 0) {
-		long long left = x->est_rows - x->bf_rows;
+		         bf->table, x->bf_rows, x->bf_batches, secs, avg);
+	} else if (x->bf_pass == 1 && x->est_rows > 0 && rate > 0) {
+		/* of the range fixed at the start, at the pace of the recent batches */
+		long long left = x->est_rows - x->bf_scanned;
+		long long pct = x->bf_scanned * 100 / x->est_rows;
 
 		snprintf(msg, sizeof(msg),
 		         "backfill of %s: %lld rows (~%lld%%) in %lld batches, %.0f rows/s, ETA %.0f s",
-		         bf->table, x->bf_rows,
-		         x->bf_rows * 100 / (x->est_rows ? x->est_rows : 1) > 100
-		             ? 100
-		             : x->bf_rows * 100 / (x->est_rows ? x->est_rows : 1),
-		         x->bf_batches, rate, left > 0 ? (double)left / rate : 0.0);
+		         bf->table, x->bf_rows, pct > 99 ? 99 : pct, x->bf_batches, rate,
+		         left > 0 ? (double)left / rate : 0.0);
 	} else {
-		snprintf(msg, sizeof(msg), "backfill of %s: %lld rows in %lld batches, %.0f rows/s",
-		         bf->table, x->bf_rows, x->bf_batches, rate);
+		snprintf(msg, sizeof(msg), "backfill of %s: %lld rows in %lld batches, %.0f rows/s%s",
+		         bf->table, x->bf_rows, x->bf_batches, rate > 0 ? rate : avg,
+		         x->bf_pass == 2 ? " (final sweep)" : "");
 	}
 	phg_log(PHG_LOG_INFO, &x->log, "%s", msg);
 	snprintf(data, sizeof(data),
-	         "{\"rows\": %lld, \"batches\": %lld, \"rows_per_s\": %.0f, \"estimate\": %lld}",
-	         x->bf_rows, x->bf_batches, rate, x->est_rows);
+	         "{\"rows\": %lld, \"batches\": %lld, \"rows_per_s\": %.0f, \"estimate\": %lld, "
+	         "\"scanned\": %lld, \"pass\": %d}",
+	         x->bf_rows, x->bf_batches, rate > 0 ? rate : avg, x->est_rows, x->bf_scanned,
+	         x->bf_pass);
 	if (x->on_event != NULL)
 		x->on_event(x, final ? "backfill_done" : "backfill_progress", msg, data);
 }
@@ -577,6 +679,9 @@ static int bf_batch_done(phg_exec_t *x, PGresult *res)
 	op_fault(x, "batch");
 	x->bf_rows += nupd;
 	x->bf_batches++;
+	if (x->bf_pass == 1)
+		x->bf_scanned += nbatch;
+	bf_window_push(x);
 	phg_strv_clear(&x->bf_last);
 	last = json_loads(PQgetvalue(res, 0, 2), 0, &jerr);
 	json_array_foreach(last, i, v) {
@@ -724,6 +829,8 @@ static void op_committed(phg_exec_t *x)
 	/* as the record did: the next backfill op starts its own cursor */
 	x->bf_pass = 1;
 	phg_strv_clear(&x->bf_last);
+	phg_strv_clear(&x->bf_high);
+	x->bf_high_set = 0;
 	exec_next(x);
 }
 
@@ -917,6 +1024,23 @@ static void exec_on_result(phg_pg_t *pg, int status, PGresult *res, const phg_er
 		bf_keys_done(x, res);
 		if (x->st != PHG_X_BF_KEYS)
 			return; /* failed: the session is being reset */
+		if (!x->bf_high_set) {
+			bf_high(x);
+			return;
+		}
+		if (x->est_rows <= 0 && x->bf_high.n == x->key_names.n && x->bf_pass == 1) {
+			bf_count(x);
+			return;
+		}
+		bf_batch(x);
+		return;
+	case PHG_X_BF_HIGH:
+		if (status != 0) {
+			phg_err_copy(&x->op_err, err);
+			reset_session(x, PHG_X_FAIL_RESET);
+			return;
+		}
+		bf_high_done(x, res);
 		bf_batch(x);
 		return;
 	case PHG_X_BF_BATCH:
@@ -1019,6 +1143,8 @@ void phg_exec_reset(phg_exec_t *x)
 	phg_strv_clear(&x->key_names);
 	phg_strv_clear(&x->key_types);
 	phg_strv_clear(&x->bf_last);
+	phg_strv_clear(&x->bf_high);
+	x->bf_high_set = 0;
 }
 
 static void timer_closed(uv_handle_t *h)

@@ -68,6 +68,7 @@ typedef enum phg_exec_state_e {
 	PHG_X_FAIL_RESET,
 	PHG_X_BF_SET,
 	PHG_X_BF_KEYS,
+	PHG_X_BF_HIGH,
 	PHG_X_BF_BATCH,
 	PHG_X_BF_PASS2,
 	PHG_X_HTTP,
@@ -91,6 +92,8 @@ struct phg_exec_s {
 	int op_started;                 /* STMT op started but not recorded, or -1 */
 	int bf_pass;                    /* backfill checkpoint as loaded */
 	phg_strv_t bf_last;             /* last key done (text values), n = 0: none */
+	int bf_high_set;                /* the high-water mark is recorded (as loaded) */
+	phg_strv_t bf_high;             /* the last key the backfill covers */
 	long long bf_rows;
 	long long bf_batches;
 	phg_logctx_t log;
@@ -124,6 +127,15 @@ struct phg_exec_s {
 	long long est_rows;
 	uint64_t bf_started_ms, bf_logged_ms;
 	long long bf_rows_at_start;
+	/* a moving window of recent batches: rows/s and ETA follow the present
+	 * pace, not the cumulative average */
+#define PHG_BF_WINDOW 8
+	struct {
+		uint64_t at_ms;
+		long long rows;
+	} bf_win[PHG_BF_WINDOW];
+	unsigned bf_win_n, bf_win_head;
+	long long bf_scanned;           /* rows of pass 1 passed over (this process; resumed: the rows done) */
 	/* http */
 	phg_http_req_t *req;
 };

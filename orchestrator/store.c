@@ -79,6 +79,7 @@ void phg_step_row_clear(phg_step_row_t *r)
 {
 	json_decref(r->memo);
 	phg_strv_clear(&r->bf_last);
+	phg_strv_clear(&r->bf_high);
 	phg_step_row_init(r);
 }
 
@@ -87,8 +88,29 @@ void phg_store_step_cols(phg_buf_t *out, const char *a)
 	phg_buf_printf(out,
 	               "%sstate, %sprogress, %srevert_progress, %sfinal_progress, %sop_started, "
 	               "%sbf_pass, array_to_json(%sbf_last)::text, %sbf_rows, %sbf_batches, "
-	               "%smemo::text",
-	               a, a, a, a, a, a, a, a, a, a);
+	               "%smemo::text, array_to_json(%sbf_high)::text",
+	               a, a, a, a, a, a, a, a, a, a, a);
+}
+
+/* A text[] column as JSON (NULL: @set = 0). */
+static void col_strv(const PGresult *res, int row, int col, phg_strv_t *out, int *set, int *bad)
+{
+	json_error_t jerr;
+	json_t *a, *v;
+	size_t i;
+
+	phg_strv_clear(out);
+	if (set != NULL)
+		*set = !PQgetisnull(res, row, col);
+	if (PQgetisnull(res, row, col))
+		return;
+	a = json_loads(PQgetvalue(res, row, col), 0, &jerr);
+	if (!json_is_array(a))
+		*bad = 1;
+	json_array_foreach(a, i, v) {
+		phg_strv_push(out, json_is_string(v) ? json_string_value(v) : "");
+	}
+	json_decref(a);
 }
 
 static int col_int(const PGresult *res, int row, int col, int *bad)
@@ -100,8 +122,6 @@ int phg_store_step_read(const PGresult *res, int row, int c, phg_step_row_t *r)
 {
 	int bad = 0;
 	json_error_t jerr;
-	json_t *a, *v;
-	size_t i;
 
 	r->state = phg_step_state_parse(PQgetvalue(res, row, c));
 	r->progress = col_int(res, row, c + 1, &bad);
@@ -109,16 +129,8 @@ int phg_store_step_read(const PGresult *res, int row, int c, phg_step_row_t *r)
 	r->final_progress = col_int(res, row, c + 3, &bad);
 	r->op_started = PQgetisnull(res, row, c + 4) ? -1 : col_int(res, row, c + 4, &bad);
 	r->bf_pass = col_int(res, row, c + 5, &bad);
-	phg_strv_clear(&r->bf_last);
-	if (!PQgetisnull(res, row, c + 6)) {
-		a = json_loads(PQgetvalue(res, row, c + 6), 0, &jerr);
-		if (!json_is_array(a))
-			bad = 1;
-		json_array_foreach(a, i, v) {
-			phg_strv_push(&r->bf_last, json_is_string(v) ? json_string_value(v) : "");
-		}
-		json_decref(a);
-	}
+	col_strv(res, row, c + 6, &r->bf_last, NULL, &bad);
+	col_strv(res, row, c + 10, &r->bf_high, &r->bf_high_set, &bad);
 	r->bf_rows = phg_db_num(PQgetvalue(res, row, c + 7), 0, LLONG_MAX, 0, &bad);
 	r->bf_batches = phg_db_num(PQgetvalue(res, row, c + 8), 0, LLONG_MAX, 0, &bad);
 	json_decref(r->memo);
@@ -188,13 +200,13 @@ void phg_store_step_state_sql(phg_buf_t *out, const char *schema_q, long long ru
 		/* a fresh attempt: the defaults of phg_step_row_init() */
 		phg_buf_adds(out, ", progress = 0, revert_progress = 0, final_progress = 0, "
 		                  "op_started = NULL, memo = '{}', bf_pass = 1, bf_last = NULL, "
-		                  "bf_rows = 0, bf_batches = 0");
+		                  "bf_high = NULL, bf_rows = 0, bf_batches = 0");
 	if (state == PHG_STEP_REVERTING && old != PHG_STEP_REVERTING)
 		/* an op that was started (index build, http request) may have
 		 * happened: the revert must undo it too */
 		phg_buf_adds(out, ", progress = GREATEST(progress, COALESCE(op_started + 1, 0)), "
 		                  "revert_progress = 0, op_started = NULL, bf_pass = 1, "
-		                  "bf_last = NULL, bf_rows = 0, bf_batches = 0");
+		                  "bf_last = NULL, bf_high = NULL, bf_rows = 0, bf_batches = 0");
 	if (state == PHG_STEP_FAILED && old == PHG_STEP_REVERTING)
 		/* its own partial work was undone: it starts over next time */
 		phg_buf_adds(out, ", progress = 0, memo = '{}'");
@@ -217,7 +229,7 @@ void phg_store_progress_sql(phg_buf_t *out, const char *schema_q, long long run,
 	 * backfill op (drop_column's revert has two) starts from the start */
 	phg_buf_printf(out,
 	               "UPDATE %s.steps SET %s = %zu, op_started = NULL, bf_pass = 1, bf_last = NULL, "
-	               "updated_at = now()",
+	               "bf_high = NULL, updated_at = now()",
 	               schema_q, phg_store_counter_column(dir), value);
 	step_where(out, run, pi, si);
 }
@@ -240,6 +252,17 @@ void phg_store_op_started_sql(phg_buf_t *out, const char *schema_q, long long ru
 		phg_buf_printf(out, "UPDATE %s.steps SET op_started = NULL, updated_at = now()",
 		               schema_q);
 	step_where(out, run, pi, si);
+}
+
+void phg_store_high_water_sql(phg_buf_t *out, const char *schema_q, long long run, int pi,
+                              int si, const char *max_key_sql, const char *count_sql)
+{
+	phg_buf_printf(out, "UPDATE %s.steps SET bf_high = coalesce((%s), '{}'::text[]), "
+	                    "updated_at = now()",
+	               schema_q, max_key_sql);
+	step_where(out, run, pi, si);
+	phg_buf_printf(out, " RETURNING array_to_json(bf_high)::text, (%s)",
+	               count_sql != NULL ? count_sql : "NULL::bigint");
 }
 
 void phg_store_sweep_sql(phg_buf_t *out, const char *schema_q, long long run, int pi, int si)
@@ -439,11 +462,18 @@ void phg_store_schema_sql(phg_buf_t *o, const char *s)
 	               "  memo jsonb NOT NULL DEFAULT '{}',\n"
 	               "  bf_pass int NOT NULL DEFAULT 1,\n"
 	               "  bf_last text[],\n"
+	               "  bf_high text[],\n"
 	               "  bf_rows bigint NOT NULL DEFAULT 0,\n"
 	               "  bf_batches bigint NOT NULL DEFAULT 0,\n"
 	               "  updated_at timestamptz NOT NULL DEFAULT now(),\n"
 	               "  PRIMARY KEY (run_id, phase_idx, idx),\n"
 	               "  FOREIGN KEY (run_id, phase_idx) REFERENCES %s.phases ON DELETE CASCADE);\n",
+	               s, s);
+	/* a state schema from before the high-water mark */
+	phg_buf_printf(o,
+	               "DO $phg$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = "
+	               "'%s.steps'::regclass AND attname = 'bf_high') THEN "
+	               "ALTER TABLE %s.steps ADD COLUMN bf_high text[]; END IF; END $phg$;\n",
 	               s, s);
 	phg_buf_printf(o,
 	               "CREATE TABLE IF NOT EXISTS %s.events (\n"

@@ -80,6 +80,8 @@ typedef struct phg_step_row_s {
 	json_t *memo;         /* what apply recorded (owned; never NULL once read) */
 	int bf_pass;          /* backfill: 1, or 2 for the final sweep */
 	phg_strv_t bf_last;   /* backfill: the last key done (text), empty: none */
+	int bf_high_set;      /* backfill: the high-water mark is recorded */
+	phg_strv_t bf_high;   /* backfill: the last key it covers (empty: the table was) */
 	long long bf_rows;
 	long long bf_batches;
 } phg_step_row_t;
@@ -93,7 +95,7 @@ void phg_step_row_clear(phg_step_row_t *r);
 /* Append the step columns, each prefixed with @alias ("s." or ""), in the
  * order phg_store_step_read() reads them (PHG_STORE_STEP_NCOLS of them). */
 void phg_store_step_cols(phg_buf_t *out, const char *alias);
-#define PHG_STORE_STEP_NCOLS 10
+#define PHG_STORE_STEP_NCOLS 11
 /* Read the step columns from row @row, starting at column @col.  0, or
  * PHG_ESTATE when a value is not what the schema holds (@out keeps the rest). */
 int phg_store_step_read(const PGresult *res, int row, int col, phg_step_row_t *out);
@@ -135,6 +137,13 @@ void phg_store_memo_sql(phg_buf_t *out, const char *schema_q, long long run, int
  * it definitely did not happen). */
 void phg_store_op_started_sql(phg_buf_t *out, const char *schema_q, long long run, int pi,
                               int si, long op);
+/* Record the high-water mark of a backfill: the last key the value of
+ * @max_key_sql (an array of text, NULL for an empty table) names; the key
+ * range is fixed from then on.  RETURNs it as a JSON array (empty: none),
+ * and the value of @count_sql (NULL: not asked) -- the rows in the range,
+ * for the progress of a table never analysed. */
+void phg_store_high_water_sql(phg_buf_t *out, const char *schema_q, long long run, int pi,
+                              int si, const char *max_key_sql, const char *count_sql);
 /* A backfill starts its final sweep from the start: pass 2, no last key. */
 void phg_store_sweep_sql(phg_buf_t *out, const char *schema_q, long long run, int pi, int si);
 

@@ -28,6 +28,18 @@ static void key_list(phg_build_t *qb, const phg_strv_t *keys, phg_buf_t *b, cons
 	}
 }
 
+void phg_backfill_max_key_sql(phg_build_t *qb, const phg_backfill_spec_t *bf,
+                              const phg_strv_t *keys, phg_buf_t *b)
+{
+	phg_buf_adds(b, "SELECT ARRAY[");
+	for (size_t i = 0; i < keys->n; i++)
+		phg_buf_printf(b, "%s%s::text", i ? ", " : "", phg_q(qb, keys->v[i]));
+	phg_buf_printf(b, "] FROM %s ORDER BY ", phg_qtable(qb, bf->table));
+	for (size_t i = 0; i < keys->n; i++)
+		phg_buf_printf(b, "%s%s DESC", i ? ", " : "", phg_q(qb, keys->v[i]));
+	phg_buf_adds(b, " LIMIT 1");
+}
+
 void phg_backfill_batch_sql(phg_build_t *qb, const phg_backfill_spec_t *bf,
                             const phg_strv_t *keys, const char *schema_q, phg_buf_t *b)
 {
@@ -43,7 +55,13 @@ void phg_backfill_batch_sql(phg_build_t *qb, const phg_backfill_spec_t *bf,
 	phg_buf_adds(b, ") > (");
 	for (size_t i = 0; i < k; i++)
 		phg_buf_printf(b, "%s$%zu", i ? ", " : "", i + 1);
-	phg_buf_adds(b, "))");
+	/* the key range was fixed when the backfill started */
+	phg_buf_adds(b, ")) AND (");
+	key_list(qb, keys, b, "", NULL);
+	phg_buf_adds(b, ") <= (");
+	for (size_t i = 0; i < k; i++)
+		phg_buf_printf(b, "%s$%zu", i ? ", " : "", k + 5 + i);
+	phg_buf_adds(b, ")");
 	if (bf->where != NULL)
 		phg_buf_printf(b, " AND (%s)", bf->where);
 	phg_buf_adds(b, " ORDER BY ");

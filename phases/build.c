@@ -295,9 +295,11 @@ void phg_ops_render(const phg_ops_t *ops, const phg_settings_t *st, phg_buf_t *o
 			               "-- in batches of %" PRIu64 " rows, in key order; each batch and "
 			               "its checkpoint are this one statement (one transaction):\n"
 			               "--   $1%s%.0zu the last key done (NULL at first), $%zu true for "
-			               "the first batch, $%zu..$%zu run, phase and step%s\n",
+			               "the first batch, $%zu..$%zu run, phase and step, $%zu%s%.0zu the "
+			               "high-water mark (the last key when it started)%s\n",
 			               bf->batch_size, keys.n > 1 ? "..$" : "", keys.n > 1 ? keys.n : 0,
-			               keys.n + 1, keys.n + 2, keys.n + 4,
+			               keys.n + 1, keys.n + 2, keys.n + 4, keys.n + 5,
+			               keys.n > 1 ? "..$" : "", keys.n > 1 ? 2 * keys.n + 4 : 0,
 			               bf->where != NULL ? "; then once more from the start for rows "
 			                                   "inserted behind the cursor"
 			                                 : "");

@@ -177,12 +177,19 @@ int phg_memo_bool(const json_t *memo, const char *key);
  *   $1..$K   the last key done (text; NULL for the first batch)
  *   $K+1     true for the first batch (no key done yet)
  *   $K+2..4  run id, phase index, step index of the checkpoint
+ *   $K+5..   the high-water mark: the last key the backfill covers, fixed
+ *            when it started (NULL: the table was empty), so it ends however
+ *            fast rows are inserted (those are the sync trigger's)
  * @keys are the key columns (the primary key or the plan's `key`, resolved
  * at run time).  It returns one row: rows in the batch, rows updated, and
  * the new last key as a JSON array of text.  @qb quotes (phg_q).
  */
 void phg_backfill_batch_sql(phg_build_t *qb, const phg_backfill_spec_t *bf,
                             const phg_strv_t *keys, const char *schema_q, phg_buf_t *out);
+/* The last key of @bf's table now, as an array of text (NULL when empty):
+ * the high-water mark, recorded when the backfill starts. */
+void phg_backfill_max_key_sql(phg_build_t *qb, const phg_backfill_spec_t *bf,
+                              const phg_strv_t *keys, phg_buf_t *out);
 
 /* Print @ops as SQL a person can read and run (the `plan` command). */
 void phg_ops_render(const phg_ops_t *ops, const phg_settings_t *settings,
