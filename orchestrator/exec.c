@@ -26,6 +26,7 @@ static const char *const exec_state_names[] = {
 
 static void exec_next(phg_exec_t *x);
 static void bf_window_push(phg_exec_t *x);
+static void bf_adapt(phg_exec_t *x, long long nbatch);
 static void exec_op_start(phg_exec_t *x);
 static void exec_on_result(phg_pg_t *pg, int status, PGresult *res, const phg_err_t *err,
                            void *arg);
@@ -481,6 +482,7 @@ static void bf_keys_done(phg_exec_t *x, PGresult *res)
 	x->bf_started_ms = x->bf_logged_ms = now_ms();
 	x->bf_rows_at_start = x->bf_rows;
 	x->bf_scanned = x->bf_rows; /* resumed: at least the rows done */
+	x->bf_limit = bf->batch_size;
 	x->bf_win_n = x->bf_win_head = 0;
 	bf_window_push(x);
 	if (x->bf_rows > 0 || x->bf_last.n > 0)
@@ -564,7 +566,7 @@ static void bf_batch(phg_exec_t *x)
 	phg_buf_t b;
 	size_t k = x->key_names.n;
 	const char **params;
-	char first[2], run[32], pi[16], si[16];
+	char first[2], run[32], pi[16], si[16], limit[32];
 
 	if (x->should_stop != NULL && x->should_stop(x->stop_arg)) {
 		x->op_err.code = PHG_EINTERRUPTED;
@@ -576,7 +578,7 @@ static void bf_batch(phg_exec_t *x)
 	quoter(x, &qb);
 	phg_buf_init(&b, SQL_MAX);
 	phg_backfill_batch_sql(&qb, bf, &x->key_names, x->schema_q, &b);
-	params = phg_calloc(2 * k + 4, sizeof(*params));
+	params = phg_calloc(2 * k + 5, sizeof(*params));
 	for (size_t i = 0; i < k; i++) {
 		params[i] = x->bf_last.n == k ? x->bf_last.v[i] : NULL;
 		/* an empty table at the start: NULL, and no batch finds a row */
@@ -590,10 +592,13 @@ static void bf_batch(phg_exec_t *x)
 	params[k + 1] = run;
 	params[k + 2] = pi;
 	params[k + 3] = si;
+	snprintf(limit, sizeof(limit), "%" PRIu64, x->bf_limit ? x->bf_limit : bf->batch_size);
+	params[2 * k + 4] = limit;
 	x->attempt++;
 	if (!too_big(x, &b)) {
 		probe_start(x);
-		exec_send(x, PHG_X_BF_BATCH, b.data, (int)(2 * k + 4), params);
+		x->bf_sent_ms = now_ms();
+		exec_send(x, PHG_X_BF_BATCH, b.data, (int)(2 * k + 5), params);
 	}
 	free(params);
 	phg_buf_free(&b);
@@ -613,6 +618,35 @@ static double bf_window_rate(const phg_exec_t *x)
 	dt = x->bf_win[newest].at_ms - x->bf_win[oldest].at_ms;
 	return dt > 0 ? (double)(x->bf_win[newest].rows - x->bf_win[oldest].rows) * 1000.0 / (double)dt
 	              : 0;
+}
+
+/* batch_time: the next batch's size from the time this one took -- in
+ * proportion, at most halved or doubled at a time, within PHG_BATCH_MIN..MAX.
+ * A batch that found fewer rows than asked (the end of the range) says
+ * nothing about the pace. */
+static void bf_adapt(phg_exec_t *x, long long nbatch)
+{
+	const phg_backfill_spec_t *bf = cur_op(x)->backfill;
+	uint64_t took = now_ms() - x->bf_sent_ms, next;
+	double f;
+
+	if (bf->batch_time_ms == 0 || nbatch < (long long)x->bf_limit)
+		return;
+	f = took > 0 ? (double)bf->batch_time_ms / (double)took : 2.0;
+	if (f > 2.0)
+		f = 2.0;
+	if (f < 0.5)
+		f = 0.5;
+	next = (uint64_t)((double)x->bf_limit * f);
+	if (next < PHG_BATCH_MIN)
+		next = PHG_BATCH_MIN;
+	if (next > PHG_BATCH_MAX)
+		next = PHG_BATCH_MAX;
+	if (next != x->bf_limit)
+		phg_log(PHG_LOG_DEBUG, &x->log, "batch of %" PRIu64 " rows took %" PRIu64
+		                                " ms (target %" PRIu64 " ms): next %" PRIu64,
+		        x->bf_limit, took, bf->batch_time_ms, next);
+	x->bf_limit = next;
 }
 
 static void bf_window_push(phg_exec_t *x)
@@ -646,8 +680,9 @@ static void bf_progress(phg_exec_t *x, int final)
 		long long pct = x->bf_scanned * 100 / x->est_rows;
 
 		snprintf(msg, sizeof(msg),
-		         "backfill of %s: %lld rows (~%lld%%) in %lld batches, %.0f rows/s, ETA %.0f s",
-		         bf->table, x->bf_rows, pct > 99 ? 99 : pct, x->bf_batches, rate,
+		         "backfill of %s: %lld rows (~%lld%%) in %lld batches of %" PRIu64
+		         ", %.0f rows/s, ETA %.0f s",
+		         bf->table, x->bf_rows, pct > 99 ? 99 : pct, x->bf_batches, x->bf_limit, rate,
 		         left > 0 ? (double)left / rate : 0.0);
 	} else {
 		snprintf(msg, sizeof(msg), "backfill of %s: %lld rows in %lld batches, %.0f rows/s%s",
@@ -657,9 +692,9 @@ static void bf_progress(phg_exec_t *x, int final)
 	phg_log(PHG_LOG_INFO, &x->log, "%s", msg);
 	snprintf(data, sizeof(data),
 	         "{\"rows\": %lld, \"batches\": %lld, \"rows_per_s\": %.0f, \"estimate\": %lld, "
-	         "\"scanned\": %lld, \"pass\": %d}",
+	         "\"scanned\": %lld, \"pass\": %d, \"batch_size\": %" PRIu64 "}",
 	         x->bf_rows, x->bf_batches, rate > 0 ? rate : avg, x->est_rows, x->bf_scanned,
-	         x->bf_pass);
+	         x->bf_pass, x->bf_limit);
 	if (x->on_event != NULL)
 		x->on_event(x, final ? "backfill_done" : "backfill_progress", msg, data);
 }
@@ -682,6 +717,7 @@ static int bf_batch_done(phg_exec_t *x, PGresult *res)
 	if (x->bf_pass == 1)
 		x->bf_scanned += nbatch;
 	bf_window_push(x);
+	bf_adapt(x, nbatch);
 	phg_strv_clear(&x->bf_last);
 	last = json_loads(PQgetvalue(res, 0, 2), 0, &jerr);
 	json_array_foreach(last, i, v) {

@@ -136,6 +136,8 @@ struct phg_exec_s {
 	} bf_win[PHG_BF_WINDOW];
 	unsigned bf_win_n, bf_win_head;
 	long long bf_scanned;           /* rows of pass 1 passed over (this process; resumed: the rows done) */
+	uint64_t bf_limit;              /* rows of the next batch (batch_time adapts it) */
+	uint64_t bf_sent_ms;            /* when the batch in flight was sent */
 	/* http */
 	phg_http_req_t *req;
 };

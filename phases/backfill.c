@@ -66,8 +66,8 @@ void phg_backfill_batch_sql(phg_build_t *qb, const phg_backfill_spec_t *bf,
 		phg_buf_printf(b, " AND (%s)", bf->where);
 	phg_buf_adds(b, " ORDER BY ");
 	key_list(qb, keys, b, "", NULL);
-	phg_buf_printf(b, " LIMIT %" PRIu64 "),\n  upd AS (UPDATE %s SET %s FROM batch WHERE (",
-	               bf->batch_size, t, bf->set);
+	phg_buf_printf(b, " LIMIT $%zu::bigint),\n  upd AS (UPDATE %s SET %s FROM batch WHERE (",
+	               2 * k + 5, t, bf->set);
 	key_list(qb, keys, b, phg_bprintf(qb, "%s.", t), NULL);
 	phg_buf_adds(b, ") = (");
 	for (size_t i = 0; i < k; i++)
@@ -92,6 +92,7 @@ typedef struct {
 	char *set;
 	char *where;
 	uint64_t batch_size;
+	uint64_t batch_time_ms;
 	phg_strv_t key;
 	char *down;
 } backfill_args_t;
@@ -103,7 +104,11 @@ static const phg_field_t backfill_fields[] = {
 	{.key = "where", .type = PHG_FT_SQL, .offset = offsetof(backfill_args_t, where),
 	 .what = "a filter such as \"new IS NULL\""},
 	{.key = "batch_size", .type = PHG_FT_UINT, .offset = offsetof(backfill_args_t, batch_size),
-	 .min = 1, .max = 1000000, .def = "5000", .what = "rows per batch (1 to 1000000)"},
+	 .min = 1, .max = 1000000, .def = "5000",
+	 .what = "rows per batch (1 to 1000000)"},
+	{.key = "batch_time", .type = PHG_FT_DURATION,
+	 .offset = offsetof(backfill_args_t, batch_time_ms), .min = 0, .max = 60000, .def = "0",
+	 .what = "the time one batch should take, e.g. 100ms (0: a fixed batch_size)"},
 	{.key = "key", .type = PHG_FT_IDENT_LIST, .offset = offsetof(backfill_args_t, key),
 	 .what = "the key column(s) covered by a unique index (default: the primary key)"},
 	{.key = "down", .type = PHG_FT_SQL, .offset = offsetof(backfill_args_t, down),
@@ -121,6 +126,7 @@ static phg_op_t *backfill_op(phg_build_t *b, const backfill_args_t *a, const cha
 	bf->set = phg_strdup(set);
 	bf->where = phg_strdup(where);
 	bf->batch_size = a->batch_size;
+	bf->batch_time_ms = a->batch_time_ms;
 	for (size_t i = 0; i < a->key.n; i++)
 		phg_strv_push(&bf->key, a->key.v[i]);
 	op->backfill = bf;

@@ -291,15 +291,22 @@ void phg_ops_render(const phg_ops_t *ops, const phg_settings_t *st, phg_buf_t *o
 				                    "backfill starts\n",
 				               bf->table);
 			}
+			if (bf->batch_time_ms > 0)
+				phg_buf_printf(out,
+				               "-- the batch size adapts so one batch takes about %" PRIu64
+				               " ms (between %u and %u rows, starting at the size below)\n",
+				               bf->batch_time_ms, PHG_BATCH_MIN, PHG_BATCH_MAX);
 			phg_buf_printf(out,
 			               "-- in batches of %" PRIu64 " rows, in key order; each batch and "
 			               "its checkpoint are this one statement (one transaction):\n"
 			               "--   $1%s%.0zu the last key done (NULL at first), $%zu true for "
 			               "the first batch, $%zu..$%zu run, phase and step, $%zu%s%.0zu the "
-			               "high-water mark (the last key when it started)%s\n",
+			               "high-water mark (the last key when it started), $%zu the rows of "
+			               "the batch%s\n",
 			               bf->batch_size, keys.n > 1 ? "..$" : "", keys.n > 1 ? keys.n : 0,
 			               keys.n + 1, keys.n + 2, keys.n + 4, keys.n + 5,
 			               keys.n > 1 ? "..$" : "", keys.n > 1 ? 2 * keys.n + 4 : 0,
+			               2 * keys.n + 5,
 			               bf->where != NULL ? "; then once more from the start for rows "
 			                                   "inserted behind the cursor"
 			                                 : "");

@@ -41,8 +41,14 @@ typedef struct phg_backfill_spec_s {
 	char *set;        /* SET fragment */
 	char *where;      /* optional filter fragment, NULL = every row */
 	phg_strv_t key;   /* key columns; empty = the primary key */
-	uint64_t batch_size;
+	uint64_t batch_size;  /* rows per batch; with batch_time, the first batch's */
+	uint64_t batch_time_ms; /* 0: a fixed batch_size; else the batch size adapts
+	                         * so one batch takes about this long */
 } phg_backfill_spec_t;
+
+/* Bounds of an adaptive batch size (batch_time). */
+#define PHG_BATCH_MIN 10u
+#define PHG_BATCH_MAX 1000000u
 
 typedef struct phg_http_spec_s {
 	char *method;
@@ -180,6 +186,7 @@ int phg_memo_bool(const json_t *memo, const char *key);
  *   $K+5..   the high-water mark: the last key the backfill covers, fixed
  *            when it started (NULL: the table was empty), so it ends however
  *            fast rows are inserted (those are the sync trigger's)
+ *   $2K+5    the rows of this batch (batch_size, or adapted to batch_time)
  * @keys are the key columns (the primary key or the plan's `key`, resolved
  * at run time).  It returns one row: rows in the batch, rows updated, and
  * the new last key as a JSON array of text.  @qb quotes (phg_q).

@@ -5,7 +5,8 @@
 # it going; rows inserted after the start are left to the sync trigger.
 # Progress shows a percentage and an ETA of that fixed range at the pace of
 # the recent batches, also for a table never analysed.  A kill -9 mid-way
-# and a resume keep the same high-water mark.
+# and a resume keep the same high-water mark.  With batch_time the batch
+# size adapts: slow batches shrink it, fast ones grow it.
 # shellcheck source=/dev/null
 source "$PHG_TEST_LIB"
 
@@ -63,4 +64,30 @@ assert_eq "$high" "$(psql_q "SELECT bf_rows FROM phasegate.steps")" "each row of
 assert_file_contains "$T/err" "%) in"
 assert_file_contains "$T/err" "ETA"
 assert_file_contains "$T/kill.err" "key range fixed up to ($high)"
+
+# ---- batch_time: ~100 ms batches against a 20 ms target shrink the size,
+# fast batches against a 500 ms target grow it
+psql_q "CREATE TABLE slow_t (id int PRIMARY KEY, v int, v2 int);
+	INSERT INTO slow_t SELECT g, g FROM generate_series(1, 600) g;
+	CREATE TRIGGER slow AFTER UPDATE ON slow_t FOR EACH STATEMENT EXECUTE FUNCTION slow();
+	CREATE TABLE fast_t (id int PRIMARY KEY, v int, v2 int);
+	INSERT INTO fast_t SELECT g, g FROM generate_series(1, 50000) g" >/dev/null
+cat >"$T/adapt.yaml" <<'YAML'
+version: 1
+name: adaptive
+phases:
+  - name: fill
+    steps:
+      - backfill: { table: slow_t, set: "v2 = v", batch_size: 200, batch_time: 20ms }
+      - backfill: { table: fast_t, set: "v2 = v", batch_size: 100, batch_time: 500ms }
+YAML
+assert_exit 0 phg plan "$T/adapt.yaml"
+assert_file_contains "$T/out" "the batch size adapts so one batch takes about 20 ms"
+assert_exit 0 phg apply "$T/adapt.yaml" -v
+assert_file_contains "$T/err" "batch of 200 rows took"
+assert_file_contains "$T/err" "(target 20 ms): next 100"
+assert_file_contains "$T/err" "batch of 100 rows took"
+assert_file_contains "$T/err" "(target 500 ms): next 200"
+assert_eq "0|0" "$(psql_q "SELECT (SELECT count(*) FROM slow_t WHERE v2 IS DISTINCT FROM v),
+	(SELECT count(*) FROM fast_t WHERE v2 IS DISTINCT FROM v)")" "both backfilled"
 pass
