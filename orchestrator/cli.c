@@ -57,6 +57,13 @@ static const cmd_t commands[] = {
 	{"promote", "phasegate promote PLAN.yaml --from ENV --to ENV",
 	 "Apply the plan to --to only if --from has a completed run of the same plan checksum.\n",
 	 OPT_FROM | OPT_TO, 1},
+	{"pause", "phasegate pause PLAN.yaml [--env E]",
+	 "Pause the plan's running apply, from any machine that reaches the database: it stops\n"
+	 "after its current backfill batch and waits, keeping its lock (recorded in the state\n"
+	 "schema; status shows it).\n",
+	 OPT_ENV, 1},
+	{"resume", "phasegate resume PLAN.yaml [--env E]",
+	 "Let a paused apply go on.\n", OPT_ENV, 1},
 	{"history", "phasegate history [PLAN.yaml] [--env E] [--json]",
 	 "List the runs recorded in the database (of PLAN, when given; else every plan, using\n"
 	 "$DATABASE_URL). --env keeps the runs of that environment.\n",
@@ -341,6 +348,8 @@ int phg_cli_main(int argc, char **argv)
 		rc = phg_cmd_rollback(plan, &o);
 	} else if (strcmp(c->name, "history") == 0) {
 		rc = phg_cmd_history(plan, &o);
+	} else if (strcmp(c->name, "pause") == 0 || strcmp(c->name, "resume") == 0) {
+		rc = phg_cmd_pause(plan, &o, c->name[0] == 'p');
 	} else {
 		rc = phg_cmd_promote(plan, from, o.to_phase);
 	}

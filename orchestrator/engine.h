@@ -66,5 +66,10 @@ int phg_status_json(phg_plan_t *plan, const phg_run_opts_t *o, struct json_t **o
 int phg_cmd_promote(phg_plan_t *plan, const char *from, const char *to);
 /* @plan may be NULL: then the database comes from o->db_env (DATABASE_URL). */
 int phg_cmd_history(phg_plan_t *plan, const phg_run_opts_t *o);
+/* Pause (@pause 1) or resume the newest unfinished run of @plan: recorded in
+ * the state schema; a running apply stops after its current backfill batch
+ * and waits, keeping its lock, until resumed.  Exit 0, or 1 when there is no
+ * such run. */
+int phg_cmd_pause(phg_plan_t *plan, const phg_run_opts_t *o, int pause);
 
 #endif /* PHG_ENGINE_H */

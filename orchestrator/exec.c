@@ -21,7 +21,8 @@
 static const char *const exec_state_names[] = {
 	"idle", "tx", "tx_rollback", "backoff", "st_set", "st_guard", "st_cleanup",
 	"st_mark", "st_run", "st_reset", "st_fail_guard", "st_fail_cleanup", "fail_reset",
-	"bf_set", "bf_keys", "bf_high", "bf_batch", "bf_pass2", "http", "unmark", "record", "done",
+	"bf_set", "bf_keys", "bf_high", "bf_batch", "bf_pass2", "bf_paused", "bf_poll", "http", "unmark",
+	"record", "done",
 };
 
 static void exec_next(phg_exec_t *x);
@@ -724,8 +725,43 @@ static int bf_batch_done(phg_exec_t *x, PGresult *res)
 		phg_strv_push(&x->bf_last, json_is_string(v) ? json_string_value(v) : "");
 	}
 	json_decref(last);
+	x->bf_paused = PQnfields(res) > 3 && strcmp(PQgetvalue(res, 0, 3), "t") == 0;
 	bf_progress(x, 0);
 	return 1;
+}
+
+/* ---- pause: an operator's, between two batches ---- */
+
+static void bf_poll_fire(uv_timer_t *t)
+{
+	phg_exec_t *x = t->data;
+	phg_buf_t b;
+
+	if (x->should_stop != NULL && x->should_stop(x->stop_arg)) {
+		exec_finish(x, PHG_EINTERRUPTED);
+		return;
+	}
+	phg_buf_init(&b, 4096);
+	phg_store_paused_sql(&b, x->schema_q, x->run_id);
+	exec_sendf(x, PHG_X_BF_POLL, &b);
+}
+
+/* Wait (again) before the next batch; @first: the pause was just seen. */
+static void bf_pause(phg_exec_t *x, int first)
+{
+	char msg[512];
+
+	if (first) {
+		snprintf(msg, sizeof(msg),
+		         "paused by an operator (recorded in the database) after %lld rows: waiting "
+		         "between batches, the plan's lock kept; `phasegate resume` goes on",
+		         x->bf_rows);
+		phg_log(PHG_LOG_WARN, &x->log, "%s", msg);
+		if (x->on_event != NULL)
+			x->on_event(x, "paused", msg, NULL);
+	}
+	exec_state(x, PHG_X_BF_PAUSED);
+	uv_timer_start(&x->backoff_timer, bf_poll_fire, PHG_PAUSE_POLL_MS, 0);
 }
 
 /* ---- a started op that definitely did not happen ---- */
@@ -1092,6 +1128,10 @@ static void exec_on_result(phg_pg_t *pg, int status, PGresult *res, const phg_er
 			return;
 		}
 		if (bf_batch_done(x, res)) {
+			if (x->bf_paused) {
+				bf_pause(x, 1);
+				return;
+			}
 			bf_batch(x);
 			return;
 		}
@@ -1114,6 +1154,24 @@ static void exec_on_result(phg_pg_t *pg, int status, PGresult *res, const phg_er
 		}
 		bf_progress(x, 1);
 		reset_session(x, PHG_X_ST_RESET);
+		return;
+	case PHG_X_BF_POLL:
+		if (status != 0) {
+			phg_err_copy(&x->op_err, err);
+			reset_session(x, PHG_X_FAIL_RESET);
+			return;
+		}
+		if (PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0) {
+			bf_pause(x, 0);
+			return;
+		}
+		phg_log(PHG_LOG_INFO, &x->log, "resumed: going on after %lld rows", x->bf_rows);
+		if (x->on_event != NULL)
+			x->on_event(x, "resumed", "resumed by an operator", NULL);
+		x->bf_paused = 0;
+		x->bf_win_n = x->bf_win_head = 0; /* the pause is not the pace */
+		bf_window_push(x);
+		bf_batch(x);
 		return;
 	case PHG_X_BF_PASS2:
 		if (status != 0) {
@@ -1168,7 +1226,7 @@ int phg_exec_run(phg_exec_t *x, phg_exec_cb cb)
 
 void phg_exec_interrupt(phg_exec_t *x)
 {
-	if (x->st != PHG_X_BACKOFF)
+	if (x->st != PHG_X_BACKOFF && x->st != PHG_X_BF_PAUSED)
 		return;
 	phg_log(PHG_LOG_INFO, &x->log, "retry wait ended by the stop request");
 	exec_finish(x, PHG_EINTERRUPTED);

@@ -12,6 +12,10 @@
  * PHG_OP_BACKFILL: resolve the key; batches of one statement each that
  *   updates the rows and writes the checkpoint; a final sweep pass when the
  *   backfill has a `where`; record.
+ * Between two batches, a run an operator paused (`phasegate pause`, recorded
+ * in runs.paused_at; every batch's result says so) waits, asking every
+ * PHG_PAUSE_POLL_MS, and goes on when it is resumed; the work connection
+ * keeps the plan's lock all along.
  * A lock timeout (55P03), deadlock (40P01) or serialization failure (40001)
  * is retried up to lock_retries times with jittered exponential backoff;
  * the log names the sessions that blocked it (pg_blocking_pids, looked up
@@ -71,6 +75,8 @@ typedef enum phg_exec_state_e {
 	PHG_X_BF_HIGH,
 	PHG_X_BF_BATCH,
 	PHG_X_BF_PASS2,
+	PHG_X_BF_PAUSED,  /* an operator paused the run: waiting between batches */
+	PHG_X_BF_POLL,    /* asking whether it is still paused */
 	PHG_X_HTTP,
 	PHG_X_UNMARK,
 	PHG_X_RECORD,
@@ -138,9 +144,12 @@ struct phg_exec_s {
 	long long bf_scanned;           /* rows of pass 1 passed over (this process; resumed: the rows done) */
 	uint64_t bf_limit;              /* rows of the next batch (batch_time adapts it) */
 	uint64_t bf_sent_ms;            /* when the batch in flight was sent */
+	int bf_paused;                  /* the last batch saw the run paused */
 	/* http */
 	phg_http_req_t *req;
 };
+
+#define PHG_PAUSE_POLL_MS 500
 
 int phg_exec_init(uv_loop_t *loop, phg_exec_t *x);
 
@@ -149,7 +158,7 @@ int phg_exec_init(uv_loop_t *loop, phg_exec_t *x);
 int phg_exec_run(phg_exec_t *x, phg_exec_cb cb);
 
 /* A stop was asked (SIGINT/SIGTERM): a wait between attempts (lock retry
- * backoff, http retry) ends now and the run completes with
+ * backoff, http retry) or a pause ends now and the run completes with
  * PHG_EINTERRUPTED on the next loop turn; a statement or batch in flight is
  * left to finish (the caller's should_stop ends the run after it). */
 void phg_exec_interrupt(phg_exec_t *x);

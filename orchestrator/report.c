@@ -36,7 +36,7 @@ struct report_s {
 	rk_t k;
 	json_t *out; /* status object / history array being built */
 	long long run_id;
-	int history;
+	int history;  /* 0 status, 1 history, 2 pause, 3 resume */
 	json_t **keep; /* status: hand the object to the caller instead of printing */
 };
 
@@ -116,6 +116,10 @@ static void status_print(report_t *r)
 			printf(" (run %lld, %s)", (long long)json_integer_value(json_object_get(o, "run_id")),
 			       json_string_value(json_object_get(o, "action")));
 		printf("\n");
+		if (json_is_object(json_object_get(o, "paused")))
+			printf("paused:   since %s by %s (`phasegate resume` goes on)\n",
+			       json_string_value(json_object_get(json_object_get(o, "paused"), "since")),
+			       json_string_value(json_object_get(json_object_get(o, "paused"), "by")));
 		if (json_is_string(json_object_get(o, "note")))
 			printf("note:     %s\n", json_string_value(json_object_get(o, "note")));
 		if (json_is_string(json_object_get(o, "error")))
@@ -242,6 +246,11 @@ static void status_run(report_t *r, PGresult *res)
 	json_object_set_new(r->out, "note", jstr_or_null(res, 0, 7));
 	json_object_set_new(r->out, "error", jstr_or_null(res, 0, 9));
 	json_object_set_new(r->out, "locked", json_boolean(strcmp(PQgetvalue(res, 0, 8), "t") == 0));
+	json_object_set_new(r->out, "paused",
+	                    PQgetisnull(res, 0, 10)
+	                        ? json_null()
+	                        : json_pack("{s:s,s:s}", "since", PQgetvalue(res, 0, 10), "by",
+	                                    PQgetisnull(res, 0, 11) ? "?" : PQgetvalue(res, 0, 11)));
 	phg_buf_init(&b, 4096);
 	phg_store_status_phases_sql(&b, r->schema_q, r->run_id);
 	rq(r, b.data, 0, NULL, status_phases);
@@ -370,6 +379,67 @@ static void history_start(report_t *r)
 
 /* ---- common ---- */
 
+/* ---- pause / resume ---- */
+
+static void pause_done(report_t *r, PGresult *res)
+{
+	int pause = r->history == 2;
+
+	if (PQntuples(res) == 0) {
+		phg_log(PHG_LOG_ERROR, NULL, "plan \"%s\" has no unfinished run to %s on this database",
+		        r->plan->name, pause ? "pause" : "resume");
+		fputs("  HINT: `phasegate status` shows its last run.\n", stderr);
+		report_end(r, PHG_EXIT_RUNTIME);
+		return;
+	}
+	phg_log(PHG_LOG_INFO, NULL, "%s run %s of plan \"%s\" (%s)%s", pause ? "paused" : "resumed",
+	        PQgetvalue(res, 0, 0), r->plan->name, PQgetvalue(res, 0, 1),
+	        pause ? ": a running apply stops after its current batch and waits, keeping its lock"
+	              : "");
+	report_end(r, PHG_EXIT_OK);
+}
+
+static void pause_schema(report_t *r, PGresult *res)
+{
+	phg_buf_t b;
+	char user[128], host[256], by[400];
+	size_t n = sizeof(host);
+	const char *u = getenv("USER");
+	const char *p[4];
+
+	if (PQgetisnull(res, 0, 0)) {
+		phg_log(PHG_LOG_ERROR, NULL, "plan \"%s\" has never run on this database",
+		        r->plan->name);
+		report_end(r, PHG_EXIT_RUNTIME);
+		return;
+	}
+	if (u == NULL || *u == '\0')
+		u = getenv("LOGNAME");
+	if (u == NULL || *u == '\0') {
+		uv_passwd_t pw;
+
+		if (uv_os_get_passwd(&pw) == 0) {
+			snprintf(user, sizeof(user), "%s", pw.username);
+			uv_os_free_passwd(&pw);
+		} else {
+			snprintf(user, sizeof(user), "?");
+		}
+	} else {
+		snprintf(user, sizeof(user), "%s", u);
+	}
+	if (uv_os_gethostname(host, &n) != 0)
+		snprintf(host, sizeof(host), "?");
+	snprintf(by, sizeof(by), "%s@%s", user, host);
+	p[0] = r->plan->name;
+	p[1] = r->history == 2 ? "true" : "false";
+	p[2] = by;
+	p[3] = r->o->env;
+	phg_buf_init(&b, 4096);
+	phg_store_pause_sql(&b, r->schema_q);
+	rq(r, b.data, 4, p, pause_done);
+	phg_buf_free(&b);
+}
+
 static void report_connected(phg_pg_t *pg, int status, const phg_err_t *err)
 {
 	report_t *r = pg->data;
@@ -379,10 +449,15 @@ static void report_connected(phg_pg_t *pg, int status, const phg_err_t *err)
 		report_end(r, PHG_EXIT_RUNTIME);
 		return;
 	}
-	if (r->history)
+	if (r->history >= 2) {
+		const char *p[1] = {r->schema};
+
+		rq(r, PHG_STORE_EXISTS_SQL, 1, p, pause_schema);
+	} else if (r->history) {
 		history_start(r);
-	else
+	} else {
 		status_start(r);
+	}
 }
 
 static void report_sigint(uv_signal_t *h, int signum)
@@ -455,4 +530,9 @@ int phg_status_json(phg_plan_t *plan, const phg_run_opts_t *o, json_t **out)
 int phg_cmd_history(phg_plan_t *plan, const phg_run_opts_t *o)
 {
 	return report_run(plan, o, 1, NULL);
+}
+
+int phg_cmd_pause(phg_plan_t *plan, const phg_run_opts_t *o, int pause)
+{
+	return report_run(plan, o, pause ? 2 : 3, NULL);
 }

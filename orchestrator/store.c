@@ -365,8 +365,8 @@ void phg_store_status_run_sql(phg_buf_t *out, const char *schema_q)
 	phg_buf_printf(out,
 	               "SELECT id, checksum, state, env, action, " TS("started_at") ", "
 	               TS("finished_at") ", note, EXISTS (SELECT 1 FROM pg_locks l WHERE "
-	               PHG_PLAN_LOCK_HELD("$2", "$1") "), error FROM %s.runs WHERE plan = $1 "
-	               "ORDER BY id DESC LIMIT 1",
+	               PHG_PLAN_LOCK_HELD("$2", "$1") "), error, " TS("paused_at") ", paused_by "
+	               "FROM %s.runs WHERE plan = $1 ORDER BY id DESC LIMIT 1",
 	               schema_q);
 }
 
@@ -400,6 +400,31 @@ void phg_store_history_sql(phg_buf_t *out, const char *schema_q)
 	               "FROM %s.runs r WHERE ($1::text IS NULL OR r.plan = $1) AND "
 	               "($2::text IS NULL OR r.env = $2) ORDER BY r.id",
 	               schema_q, schema_q, schema_q, schema_q);
+}
+
+void phg_store_paused_expr(phg_buf_t *out, const char *schema_q, int p)
+{
+	phg_buf_printf(out, "(SELECT paused_at IS NOT NULL FROM %s.runs WHERE id = $%d::bigint)",
+	               schema_q, p);
+}
+
+void phg_store_pause_sql(phg_buf_t *out, const char *schema_q)
+{
+	/* the newest run of the plan that is not over */
+	phg_buf_printf(out,
+	               "UPDATE %s.runs SET paused_at = CASE WHEN $2::boolean THEN now() END, "
+	               "paused_by = CASE WHEN $2::boolean THEN $3 END "
+	               "WHERE id = (SELECT id FROM %s.runs WHERE plan = $1 AND "
+	               "($4::text IS NULL OR env = $4) ORDER BY id DESC LIMIT 1) "
+	               "AND state IN ('running', 'interrupted', 'failed') RETURNING id, state",
+	               schema_q, schema_q);
+}
+
+void phg_store_paused_sql(phg_buf_t *out, const char *schema_q, long long run)
+{
+	phg_buf_printf(out, "SELECT paused_at IS NOT NULL, coalesce(paused_by, '?') FROM %s.runs "
+	                    "WHERE id = %lld",
+	               schema_q, run);
 }
 
 void phg_store_checkpoint_cte(phg_buf_t *out, const char *schema_q, int p)
@@ -468,6 +493,13 @@ void phg_store_schema_sql(phg_buf_t *o, const char *s)
 	               "  updated_at timestamptz NOT NULL DEFAULT now(),\n"
 	               "  PRIMARY KEY (run_id, phase_idx, idx),\n"
 	               "  FOREIGN KEY (run_id, phase_idx) REFERENCES %s.phases ON DELETE CASCADE);\n",
+	               s, s);
+	/* a state schema from before pause/resume */
+	phg_buf_printf(o,
+	               "DO $phg$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = "
+	               "'%s.runs'::regclass AND attname = 'paused_at') THEN "
+	               "ALTER TABLE %s.runs ADD COLUMN paused_at timestamptz, ADD COLUMN paused_by text; "
+	               "END IF; END $phg$;\n",
 	               s, s);
 	/* a state schema from before the high-water mark */
 	phg_buf_printf(o,

@@ -182,7 +182,7 @@ void phg_store_backup_sql(phg_buf_t *out, const char *schema_q, long long run,
 #define PHG_STORE_EXISTS_SQL "SELECT to_regclass(quote_ident($1) || '.runs')"
 /* The newest run of plan $1: id, checksum, state, env, action, started,
  * finished (UTC, ISO 8601), note, whether lock class $2 of the plan is held
- * now, error. */
+ * now, error, paused since (NULL: not paused), paused by. */
 void phg_store_status_run_sql(phg_buf_t *out, const char *schema_q);
 /* Phases and steps of @run: p.idx, p.state, started, finished, s.idx,
  * s.state, s.bf_rows. */
@@ -193,6 +193,16 @@ void phg_store_status_checks_sql(phg_buf_t *out, const char *schema_q, long long
  * action, state, started, finished, who, host, phases applied, phases,
  * backups, note, error. */
 void phg_store_history_sql(phg_buf_t *out, const char *schema_q);
+
+/* ---- pause and resume (recorded in runs: paused_at, paused_by) ---- */
+
+/* Whether run $@p is paused, as an SQL expression (for a batch's result). */
+void phg_store_paused_expr(phg_buf_t *out, const char *schema_q, int p);
+/* Pause ($2 true, by $3) or resume ($2 false) the newest unfinished run of
+ * plan $1 (of env $4 when not NULL); RETURNs its id and state (no row: none). */
+void phg_store_pause_sql(phg_buf_t *out, const char *schema_q);
+/* Is @run paused, and by whom. */
+void phg_store_paused_sql(phg_buf_t *out, const char *schema_q, long long run);
 
 /* The checkpoint of a backfill batch, as the CTE `ck` of the batch's one
  * statement (phg_backfill_batch_sql): from the CTEs `batch` (the rows of the

@@ -84,7 +84,9 @@ void phg_backfill_batch_sql(phg_build_t *qb, const phg_backfill_spec_t *bf,
 	phg_buf_adds(b, " LIMIT 1),\n  ");
 	phg_store_checkpoint_cte(b, schema_q, (int)k + 2);
 	phg_buf_adds(b, "\nSELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM upd), "
-	                "(SELECT array_to_json(k)::text FROM last)");
+	                "(SELECT array_to_json(k)::text FROM last), ");
+	/* an operator's pause is seen by the next batch, for free */
+	phg_store_paused_expr(b, schema_q, (int)k + 2);
 }
 
 typedef struct {

@@ -188,8 +188,9 @@ int phg_memo_bool(const json_t *memo, const char *key);
  *            fast rows are inserted (those are the sync trigger's)
  *   $2K+5    the rows of this batch (batch_size, or adapted to batch_time)
  * @keys are the key columns (the primary key or the plan's `key`, resolved
- * at run time).  It returns one row: rows in the batch, rows updated, and
- * the new last key as a JSON array of text.  @qb quotes (phg_q).
+ * at run time).  It returns one row: rows in the batch, rows updated, the
+ * new last key as a JSON array of text, and whether an operator paused the
+ * run.  @qb quotes (phg_q).
  */
 void phg_backfill_batch_sql(phg_build_t *qb, const phg_backfill_spec_t *bf,
                             const phg_strv_t *keys, const char *schema_q, phg_buf_t *out);
