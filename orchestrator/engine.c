@@ -34,11 +34,8 @@
 static void exec_event(phg_exec_t *x, const char *kind, const char *message, const char *data);
 static int *state_ref(engine_t *e, level_t lvl, int pi, int si);
 static void set_state_done(engine_t *e);
-int phg_eng_build_ops(engine_t *e, int pi, int si, phg_dir_t dir, phg_err_t *err);
 static void exec_done(phg_exec_t *x, int status);
 static void step_reloaded(engine_t *e);
-void phg_eng_run_ops(engine_t *e, int pi, int si, phg_dir_t dir, ek_t k);
-void phg_eng_exit_ok(engine_t *e);
 static void exit_interrupted(engine_t *e);
 static int any_step_in(engine_t *e, int state);
 static int applied_phase_with_undone_step(engine_t *e);

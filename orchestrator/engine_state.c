@@ -14,7 +14,6 @@
 #include <unistd.h>
 
 
-static void who(char *user, size_t un, char *host, size_t hn);
 
 void phg_eng_rt_free(engine_t *e)
 {
@@ -74,25 +73,6 @@ void phg_eng_load_state_sql(engine_t *e, phg_buf_t *b)
 	phg_store_load_run_sql(b, e->schema_q, e->run_id);
 }
 
-static void who(char *user, size_t un, char *host, size_t hn)
-{
-	const char *u = getenv("USER");
-	size_t n = hn;
-
-	uv_passwd_t pw;
-
-	if (u == NULL || *u == '\0')
-		u = getenv("LOGNAME");
-	if ((u == NULL || *u == '\0') && uv_os_get_passwd(&pw) == 0) {
-		snprintf(user, un, "%s", pw.username);
-		uv_os_free_passwd(&pw);
-	} else {
-		snprintf(user, un, "%s", u ? u : "?");
-	}
-	if (uv_os_gethostname(host, &n) != 0)
-		snprintf(host, hn, "?");
-}
-
 void phg_eng_create_run(engine_t *e)
 {
 	phg_buf_t b;
@@ -102,7 +82,7 @@ void phg_eng_create_run(engine_t *e)
 	char **names, **sums;
 
 	snprintf(e->run_action, sizeof(e->run_action), "apply");
-	who(user, sizeof(user), host, sizeof(host));
+	phg_whoami(user, sizeof(user), host, sizeof(host));
 	l_user = phg_eng_lit(e, user);
 	l_host = phg_eng_lit(e, host);
 	names = phg_calloc(e->plan->nphases, sizeof(*names));

@@ -3,6 +3,9 @@
  */
 #include "log.h"
 
+#include <stdlib.h>
+#include <uv.h>
+
 #include <stdio.h>
 #include <time.h>
 
@@ -86,4 +89,22 @@ void phg_log_err(phg_log_level_t level, const phg_logctx_t *ctx,
 		fprintf(stderr, "  DETAIL: %s\n", err->detail);
 	if (err->hint[0] != '\0')
 		fprintf(stderr, "  HINT: %s\n", err->hint);
+}
+
+void phg_whoami(char *user, size_t un, char *host, size_t hn)
+{
+	const char *u = getenv("USER");
+	size_t n = hn;
+	uv_passwd_t pw;
+
+	if (u == NULL || *u == '\0')
+		u = getenv("LOGNAME");
+	if ((u == NULL || *u == '\0') && uv_os_get_passwd(&pw) == 0) {
+		snprintf(user, un, "%s", pw.username);
+		uv_os_free_passwd(&pw);
+	} else {
+		snprintf(user, un, "%s", u ? u : "?");
+	}
+	if (uv_os_gethostname(host, &n) != 0)
+		snprintf(host, hn, "?");
 }

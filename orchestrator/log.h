@@ -45,4 +45,8 @@ void phg_vlog(phg_log_level_t level, const phg_logctx_t *ctx, const char *fmt,
 void phg_log_err(phg_log_level_t level, const phg_logctx_t *ctx,
                  const phg_err_t *err);
 
+/* Who runs phasegate, as runs and pauses record it: the user ($USER,
+ * $LOGNAME, else the passwd entry; "?") and the host name ("?"). */
+void phg_whoami(char *user, size_t un, char *host, size_t hn);
+
 #endif /* PHG_LOG_H */

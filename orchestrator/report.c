@@ -403,8 +403,6 @@ static void pause_schema(report_t *r, PGresult *res)
 {
 	phg_buf_t b;
 	char user[128], host[256], by[400];
-	size_t n = sizeof(host);
-	const char *u = getenv("USER");
 	const char *p[4];
 
 	if (PQgetisnull(res, 0, 0)) {
@@ -413,22 +411,7 @@ static void pause_schema(report_t *r, PGresult *res)
 		report_end(r, PHG_EXIT_RUNTIME);
 		return;
 	}
-	if (u == NULL || *u == '\0')
-		u = getenv("LOGNAME");
-	if (u == NULL || *u == '\0') {
-		uv_passwd_t pw;
-
-		if (uv_os_get_passwd(&pw) == 0) {
-			snprintf(user, sizeof(user), "%s", pw.username);
-			uv_os_free_passwd(&pw);
-		} else {
-			snprintf(user, sizeof(user), "?");
-		}
-	} else {
-		snprintf(user, sizeof(user), "%s", u);
-	}
-	if (uv_os_gethostname(host, &n) != 0)
-		snprintf(host, sizeof(host), "?");
+	phg_whoami(user, sizeof(user), host, sizeof(host));
 	snprintf(by, sizeof(by), "%s@%s", user, host);
 	p[0] = r->plan->name;
 	p[1] = r->history == 2 ? "true" : "false";
