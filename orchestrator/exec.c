@@ -428,6 +428,14 @@ static void bf_keys(phg_exec_t *x)
 	phg_buf_free(&k);
 }
 
+/* A statement of the op failed: keep its error, reset the session's
+ * timeouts, then retry or give up (FAIL_RESET). */
+static void fail_reset(phg_exec_t *x, const phg_err_t *err)
+{
+	phg_err_copy(&x->op_err, err);
+	reset_session(x, PHG_X_FAIL_RESET);
+}
+
 /* A key problem ends the op; the session's timeouts are reset first. */
 static void bf_keys_fail(phg_exec_t *x, const phg_err_t *e)
 {
@@ -443,7 +451,6 @@ static void bf_keys_done(phg_exec_t *x, PGresult *res)
 
 	phg_err_clear(&e);
 	phg_strv_clear(&x->key_names);
-	phg_strv_clear(&x->key_types);
 	if (n == 0) {
 		phg_err_set(&e, PHG_ESTEP, "table \"%s\" has no primary key to backfill by",
 		            bf->table);
@@ -470,7 +477,6 @@ static void bf_keys_done(phg_exec_t *x, PGresult *res)
 			return;
 		}
 		phg_strv_push(&x->key_names, PQgetvalue(res, i, 0));
-		phg_strv_push(&x->key_types, PQgetvalue(res, i, 1));
 	}
 	x->est_rows = phg_db_num(PQgetvalue(res, 0, 3), 0, LLONG_MAX, 0, NULL);
 	if (x->bf_last.n != 0 && x->bf_last.n != x->key_names.n) {
@@ -524,13 +530,7 @@ static void bf_count(phg_exec_t *x)
 
 	quoter(x, &qb);
 	phg_buf_init(&b, SQL_MAX);
-	phg_buf_printf(&b, "SELECT NULL::text, count(*) FROM %s WHERE (", phg_qtable(&qb, bf->table));
-	for (size_t i = 0; i < x->key_names.n; i++)
-		phg_buf_printf(&b, "%s%s", i ? ", " : "", phg_q(&qb, x->key_names.v[i]));
-	phg_buf_adds(&b, ") <= (");
-	for (size_t i = 0; i < x->key_names.n; i++)
-		phg_buf_printf(&b, "%s$%zu", i ? ", " : "", i + 1);
-	phg_buf_adds(&b, ")");
+	phg_backfill_count_sql(&qb, bf, &x->key_names, &b);
 	phg_build_reset(&qb);
 	if (!too_big(x, &b))
 		exec_send(x, PHG_X_BF_HIGH, b.data, (int)x->bf_high.n,
@@ -959,8 +959,7 @@ static void exec_on_result(phg_pg_t *pg, int status, PGresult *res, const phg_er
 
 	case PHG_X_ST_SET:
 		if (status != 0) {
-			phg_err_copy(&x->op_err, err);
-			reset_session(x, PHG_X_FAIL_RESET);
+			fail_reset(x, err);
 			return;
 		}
 		if (op->guard_sql != NULL)
@@ -970,8 +969,7 @@ static void exec_on_result(phg_pg_t *pg, int status, PGresult *res, const phg_er
 		return;
 	case PHG_X_ST_GUARD:
 		if (status != 0) {
-			phg_err_copy(&x->op_err, err);
-			reset_session(x, PHG_X_FAIL_RESET);
+			fail_reset(x, err);
 			return;
 		}
 		if (PQntuples(res) > 0 && !PQgetisnull(res, 0, 0)) {
@@ -1005,8 +1003,7 @@ static void exec_on_result(phg_pg_t *pg, int status, PGresult *res, const phg_er
 		return;
 	case PHG_X_ST_CLEANUP:
 		if (status != 0) {
-			phg_err_copy(&x->op_err, err);
-			reset_session(x, PHG_X_FAIL_RESET);
+			fail_reset(x, err);
 			return;
 		}
 		st_mark(x);
@@ -1081,16 +1078,14 @@ static void exec_on_result(phg_pg_t *pg, int status, PGresult *res, const phg_er
 
 	case PHG_X_BF_SET:
 		if (status != 0) {
-			phg_err_copy(&x->op_err, err);
-			reset_session(x, PHG_X_FAIL_RESET);
+			fail_reset(x, err);
 			return;
 		}
 		bf_keys(x);
 		return;
 	case PHG_X_BF_KEYS:
 		if (status != 0) {
-			phg_err_copy(&x->op_err, err);
-			reset_session(x, PHG_X_FAIL_RESET);
+			fail_reset(x, err);
 			return;
 		}
 		bf_keys_done(x, res);
@@ -1108,8 +1103,7 @@ static void exec_on_result(phg_pg_t *pg, int status, PGresult *res, const phg_er
 		return;
 	case PHG_X_BF_HIGH:
 		if (status != 0) {
-			phg_err_copy(&x->op_err, err);
-			reset_session(x, PHG_X_FAIL_RESET);
+			fail_reset(x, err);
 			return;
 		}
 		bf_high_done(x, res);
@@ -1157,8 +1151,7 @@ static void exec_on_result(phg_pg_t *pg, int status, PGresult *res, const phg_er
 		return;
 	case PHG_X_BF_POLL:
 		if (status != 0) {
-			phg_err_copy(&x->op_err, err);
-			reset_session(x, PHG_X_FAIL_RESET);
+			fail_reset(x, err);
 			return;
 		}
 		if (PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0) {
@@ -1175,8 +1168,7 @@ static void exec_on_result(phg_pg_t *pg, int status, PGresult *res, const phg_er
 		return;
 	case PHG_X_BF_PASS2:
 		if (status != 0) {
-			phg_err_copy(&x->op_err, err);
-			reset_session(x, PHG_X_FAIL_RESET);
+			fail_reset(x, err);
 			return;
 		}
 		op_fault(x, "pass2");
@@ -1235,7 +1227,6 @@ void phg_exec_interrupt(phg_exec_t *x)
 void phg_exec_reset(phg_exec_t *x)
 {
 	phg_strv_clear(&x->key_names);
-	phg_strv_clear(&x->key_types);
 	phg_strv_clear(&x->bf_last);
 	phg_strv_clear(&x->bf_high);
 	x->bf_high_set = 0;

@@ -129,7 +129,6 @@ struct phg_exec_s {
 	uint64_t rng;
 	/* backfill */
 	phg_strv_t key_names;
-	phg_strv_t key_types;
 	long long est_rows;
 	uint64_t bf_started_ms, bf_logged_ms;
 	long long bf_rows_at_start;

@@ -28,6 +28,17 @@ static void key_list(phg_build_t *qb, const phg_strv_t *keys, phg_buf_t *b, cons
 	}
 }
 
+void phg_backfill_count_sql(phg_build_t *qb, const phg_backfill_spec_t *bf,
+                            const phg_strv_t *keys, phg_buf_t *b)
+{
+	phg_buf_printf(b, "SELECT NULL::text, count(*) FROM %s WHERE (", phg_qtable(qb, bf->table));
+	key_list(qb, keys, b, "", NULL);
+	phg_buf_adds(b, ") <= (");
+	for (size_t i = 0; i < keys->n; i++)
+		phg_buf_printf(b, "%s$%zu", i ? ", " : "", i + 1);
+	phg_buf_adds(b, ")");
+}
+
 void phg_backfill_max_key_sql(phg_build_t *qb, const phg_backfill_spec_t *bf,
                               const phg_strv_t *keys, phg_buf_t *b)
 {

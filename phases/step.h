@@ -194,6 +194,10 @@ int phg_memo_bool(const json_t *memo, const char *key);
  */
 void phg_backfill_batch_sql(phg_build_t *qb, const phg_backfill_spec_t *bf,
                             const phg_strv_t *keys, const char *schema_q, phg_buf_t *out);
+/* The rows of @bf's range ($1..$K: its high-water mark), for the progress of
+ * a table never analysed.  Returns NULL::text and the count. */
+void phg_backfill_count_sql(phg_build_t *qb, const phg_backfill_spec_t *bf,
+                            const phg_strv_t *keys, phg_buf_t *out);
 /* The last key of @bf's table now, as an array of text (NULL when empty):
  * the high-water mark, recorded when the backfill starts. */
 void phg_backfill_max_key_sql(phg_build_t *qb, const phg_backfill_spec_t *bf,
