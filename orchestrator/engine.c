@@ -320,6 +320,18 @@ void phg_eng_run_ops(engine_t *e, int pi, int si, phg_dir_t dir, ek_t k)
 	phg_eng_ctx(e, pi, si);
 	x->work = &e->work;
 	x->ctl = &e->ctlq;
+	x->conninfo = e->conninfo;
+	x->watch_interval_ms = 0;
+	if (e->watch_on && e->watch_phase == pi) {
+		const phg_strv_t *w = &e->plan->phases[pi].watch;
+
+		for (size_t i = 0; i < w->n; i++) {
+			const phg_check_t *c = phg_plan_find_check(e->plan, w->v[i]);
+
+			if (c != NULL && (x->watch_interval_ms == 0 || c->interval_ms < x->watch_interval_ms))
+				x->watch_interval_ms = c->interval_ms;
+		}
+	}
 	x->http = e->http;
 	x->settings = e->st;
 	x->schema_q = e->schema_q;

@@ -5,6 +5,7 @@
  * over to on_failure.
  */
 #include "engine_int.h"
+#include "throttle.h"
 
 #include <inttypes.h>
 #include <limits.h>
@@ -40,6 +41,9 @@ static void gate_probe(phg_gate_t *g, const phg_probe_t *p)
 	char *text;
 	char msg[768];
 
+	/* what the application's health checks feel counts in the latency budget */
+	if (g == &e->watch && p->ok && e->act == ACT_STEP)
+		phg_throttle_watch(e->x.thr, p->latency_ms);
 	json_object_set_new(d, "gate", json_string(g == &e->watch ? "watch" : "verify"));
 	json_object_set_new(d, "check", json_string(p->check));
 	json_object_set_new(d, "ok", json_boolean(p->ok));

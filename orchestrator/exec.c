@@ -15,13 +15,18 @@
 #include "buf.h"
 #include "fault.h"
 #include "store.h"
+#include "throttle.h"
+
+/* the replicas' lag is asked at most this often, between two batches */
+#define PHG_LAG_CHECK_MS 1000
 
 #define SQL_MAX (16u * 1024 * 1024)
 
 static const char *const exec_state_names[] = {
 	"idle", "tx", "tx_rollback", "backoff", "st_set", "st_guard", "st_cleanup",
 	"st_mark", "st_run", "st_reset", "st_fail_guard", "st_fail_cleanup", "fail_reset",
-	"bf_set", "bf_keys", "bf_high", "bf_batch", "bf_pass2", "bf_paused", "bf_poll", "http", "unmark",
+	"bf_set", "bf_keys", "bf_high", "bf_batch", "bf_pass2", "bf_paused", "bf_poll", "bf_baseline",
+	"bf_sleep", "bf_lag", "bf_lag_wait", "http", "unmark",
 	"record", "done",
 };
 
@@ -193,6 +198,8 @@ static void done_fire(uv_timer_t *t)
 static void exec_finish(phg_exec_t *x, int status)
 {
 	probe_stop(x);
+	phg_throttle_free(x->thr);
+	x->thr = NULL;
 	if (x->req != NULL) {
 		phg_http_cancel(x->http, x->req);
 		x->req = NULL;
@@ -593,12 +600,16 @@ static void bf_batch(phg_exec_t *x)
 	params[k + 1] = run;
 	params[k + 2] = pi;
 	params[k + 3] = si;
-	snprintf(limit, sizeof(limit), "%" PRIu64, x->bf_limit ? x->bf_limit : bf->batch_size);
+	x->bf_sent_limit = x->bf_limit ? x->bf_limit : bf->batch_size;
+	if (x->bf_cap > 0 && x->bf_sent_limit > x->bf_cap)
+		x->bf_sent_limit = x->bf_cap;
+	snprintf(limit, sizeof(limit), "%" PRIu64, x->bf_sent_limit);
 	params[2 * k + 4] = limit;
 	x->attempt++;
 	if (!too_big(x, &b)) {
 		probe_start(x);
 		x->bf_sent_ms = now_ms();
+		phg_throttle_busy(x->thr, 1);
 		exec_send(x, PHG_X_BF_BATCH, b.data, (int)(2 * k + 5), params);
 	}
 	free(params);
@@ -631,14 +642,14 @@ static void bf_adapt(phg_exec_t *x, long long nbatch)
 	uint64_t took = now_ms() - x->bf_sent_ms, next;
 	double f;
 
-	if (bf->batch_time_ms == 0 || nbatch < (long long)x->bf_limit)
+	if (bf->batch_time_ms == 0 || nbatch < (long long)x->bf_sent_limit)
 		return;
 	f = took > 0 ? (double)bf->batch_time_ms / (double)took : 2.0;
 	if (f > 2.0)
 		f = 2.0;
 	if (f < 0.5)
 		f = 0.5;
-	next = (uint64_t)((double)x->bf_limit * f);
+	next = (uint64_t)((double)x->bf_sent_limit * f);
 	if (next < PHG_BATCH_MIN)
 		next = PHG_BATCH_MIN;
 	if (next > PHG_BATCH_MAX)
@@ -646,7 +657,7 @@ static void bf_adapt(phg_exec_t *x, long long nbatch)
 	if (next != x->bf_limit)
 		phg_log(PHG_LOG_DEBUG, &x->log, "batch of %" PRIu64 " rows took %" PRIu64
 		                                " ms (target %" PRIu64 " ms): next %" PRIu64,
-		        x->bf_limit, took, bf->batch_time_ms, next);
+		        x->bf_sent_limit, took, bf->batch_time_ms, next);
 	x->bf_limit = next;
 }
 
@@ -683,7 +694,7 @@ static void bf_progress(phg_exec_t *x, int final)
 		snprintf(msg, sizeof(msg),
 		         "backfill of %s: %lld rows (~%lld%%) in %lld batches of %" PRIu64
 		         ", %.0f rows/s, ETA %.0f s",
-		         bf->table, x->bf_rows, pct > 99 ? 99 : pct, x->bf_batches, x->bf_limit, rate,
+		         bf->table, x->bf_rows, pct > 99 ? 99 : pct, x->bf_batches, x->bf_sent_limit, rate,
 		         left > 0 ? (double)left / rate : 0.0);
 	} else {
 		snprintf(msg, sizeof(msg), "backfill of %s: %lld rows in %lld batches, %.0f rows/s%s",
@@ -693,9 +704,10 @@ static void bf_progress(phg_exec_t *x, int final)
 	phg_log(PHG_LOG_INFO, &x->log, "%s", msg);
 	snprintf(data, sizeof(data),
 	         "{\"rows\": %lld, \"batches\": %lld, \"rows_per_s\": %.0f, \"estimate\": %lld, "
-	         "\"scanned\": %lld, \"pass\": %d, \"batch_size\": %" PRIu64 "}",
+	         "\"scanned\": %lld, \"pass\": %d, \"batch_size\": %" PRIu64 ", \"sleep_ms\": %" PRIu64
+	         "}",
 	         x->bf_rows, x->bf_batches, rate > 0 ? rate : avg, x->est_rows, x->bf_scanned,
-	         x->bf_pass, x->bf_limit);
+	         x->bf_pass, x->bf_sent_limit, x->bf_sleep_ms);
 	if (x->on_event != NULL)
 		x->on_event(x, final ? "backfill_done" : "backfill_progress", msg, data);
 }
@@ -725,6 +737,8 @@ static int bf_batch_done(phg_exec_t *x, PGresult *res)
 		phg_strv_push(&x->bf_last, json_is_string(v) ? json_string_value(v) : "");
 	}
 	json_decref(last);
+	if (x->thr != NULL)
+		phg_throttle_params(x->thr, x->bf_last.v, x->bf_last.n);
 	x->bf_paused = PQnfields(res) > 3 && strcmp(PQgetvalue(res, 0, 3), "t") == 0;
 	bf_progress(x, 0);
 	return 1;
@@ -762,6 +776,252 @@ static void bf_pause(phg_exec_t *x, int first)
 	}
 	exec_state(x, PHG_X_BF_PAUSED);
 	uv_timer_start(&x->backoff_timer, bf_poll_fire, PHG_PAUSE_POLL_MS, 0);
+}
+
+/* ---- between two batches: the latency budget and the replicas ---- */
+
+static void bf_sleep_fire(uv_timer_t *t)
+{
+	phg_exec_t *x = t->data;
+
+	if (x->should_stop != NULL && x->should_stop(x->stop_arg)) {
+		exec_finish(x, PHG_EINTERRUPTED);
+		return;
+	}
+	bf_batch(x);
+}
+
+static void throttle_event(phg_exec_t *x, const char *kind, const phg_throttle_decision_t *d,
+                           const char *msg)
+{
+	char data[512];
+
+	snprintf(data, sizeof(data),
+	         "{\"p99_ms\": %.3f, \"budget_ms\": %.3f, \"baseline_ms\": %.3f, \"idle_p99_ms\": %.3f, \"samples\": %u, "
+	         "\"watch_ms\": %" PRIu64 ", \"watch_budget_ms\": %" PRIu64 ", \"sleep_ms\": %" PRIu64
+	         ", \"batch_cap\": %" PRIu64 ", \"batch_size\": %" PRIu64 "}",
+	         (double)d->p99_us / 1000.0, (double)d->budget_us / 1000.0,
+	         (double)d->baseline_us / 1000.0, (double)d->idle_p99_us / 1000.0, d->samples, d->watch_ms, d->watch_budget_ms,
+	         d->sleep_ms, x->bf_cap, x->bf_sent_limit);
+	if (x->on_event != NULL)
+		x->on_event(x, kind, msg, data);
+}
+
+/* The budget's decision: the batch cap, then sleep or go on. */
+static void bf_pace(phg_exec_t *x)
+{
+	phg_throttle_decision_t d;
+	char msg[512], pace[128];
+
+	if (x->thr == NULL) {
+		bf_batch(x);
+		return;
+	}
+	phg_throttle_decide(x->thr, &d);
+	if (d.cap_factor < 1.0) {
+		x->bf_cap = (uint64_t)((double)x->bf_sent_limit * d.cap_factor);
+		if (x->bf_cap < PHG_THROTTLE_MIN_BATCH)
+			x->bf_cap = PHG_THROTTLE_MIN_BATCH;
+	} else if (d.cap_factor > 1.0 && x->bf_cap < PHG_BATCH_MAX) {
+		x->bf_cap = (uint64_t)((double)x->bf_cap * d.cap_factor) + 1;
+		if (x->bf_cap > PHG_BATCH_MAX)
+			x->bf_cap = PHG_BATCH_MAX;
+	}
+	x->bf_sleep_ms = d.sleep_ms;
+	if (d.not_ours && !x->thr_noted) {
+		x->thr_noted = 1;
+		phg_log(PHG_LOG_INFO, &x->log,
+		        "latency budget: probe p99 %.2f ms over budget %.2f ms, but %.2f ms between "
+		        "batches too: the database is slow by itself, the pace is held",
+		        (double)d.p99_us / 1000.0, (double)d.budget_us / 1000.0,
+		        (double)d.idle_p99_us / 1000.0);
+		throttle_event(x, "throttle_held", &d, "over budget between batches too: pace held");
+	}
+	if (d.changed) {
+		if (d.sleep_ms > 0)
+			snprintf(pace, sizeof(pace), "sleeping %" PRIu64 " ms between batches", d.sleep_ms);
+		else
+			snprintf(pace, sizeof(pace), "no sleep between batches");
+		snprintf(msg, sizeof(msg),
+		         "latency budget: probe p99 %.2f ms %s budget %.2f ms (baseline %.2f ms)%s: %s, "
+		         "batches of at most %" PRIu64 " rows",
+		         (double)d.p99_us / 1000.0, d.over > 0 ? "over" : "within",
+		         (double)d.budget_us / 1000.0, (double)d.baseline_us / 1000.0,
+		         d.watch_ms && d.watch_ms > d.watch_budget_ms ? ", watch checks slow" : "", pace,
+		         x->bf_cap);
+		phg_log(d.over > 0 ? PHG_LOG_INFO : PHG_LOG_DEBUG, &x->log, "%s", msg);
+		throttle_event(x, "throttle", &d, msg);
+	}
+	if (d.sleep_ms > 0) {
+		exec_state(x, PHG_X_BF_SLEEP);
+		uv_timer_start(&x->backoff_timer, bf_sleep_fire, d.sleep_ms, 0);
+		return;
+	}
+	bf_batch(x);
+}
+
+static void bf_lag(phg_exec_t *x)
+{
+	phg_buf_t b;
+	char run[32], max[32], why[128];
+	const char *params[3] = {run, max, why};
+
+	x->lag_checked_ms = now_ms();
+	snprintf(run, sizeof(run), "%lld", x->run_id);
+	snprintf(max, sizeof(max), "%" PRIu64, x->settings->max_replica_lag_ms);
+	snprintf(why, sizeof(why), "replica lag over max_replica_lag (%" PRIu64 " ms)",
+	         x->settings->max_replica_lag_ms);
+	phg_buf_init(&b, 4096);
+	phg_store_replica_lag_sql(&b, x->schema_q);
+	exec_send(x, PHG_X_BF_LAG, b.data, 3, params);
+	phg_buf_free(&b);
+}
+
+static void bf_lag_fire(uv_timer_t *t)
+{
+	phg_exec_t *x = t->data;
+
+	if (x->should_stop != NULL && x->should_stop(x->stop_arg)) {
+		exec_finish(x, PHG_EINTERRUPTED);
+		return;
+	}
+	bf_lag(x);
+}
+
+static void bf_lag_done(phg_exec_t *x, PGresult *res)
+{
+	long long lag = phg_db_num(PQgetvalue(res, 0, 0), 0, LLONG_MAX, 0, NULL);
+	long long hidden = phg_db_num(PQgetvalue(res, 0, 2), 0, LLONG_MAX, 0, NULL);
+	const char *worst = PQgetvalue(res, 0, 3);
+	char msg[512], data[256];
+
+	if (hidden > 0 && !x->lag_hidden_warned) {
+		x->lag_hidden_warned = 1;
+		phg_log(PHG_LOG_WARN, &x->log,
+		        "%lld streaming replica(s) whose lag this role may not see: max_replica_lag "
+		        "is not kept for them (grant pg_monitor to the role phasegate connects as)",
+		        hidden);
+	}
+	snprintf(data, sizeof(data), "{\"lag_ms\": %lld, \"max_ms\": %" PRIu64 ", \"replica\": \"%s\"}",
+	         lag, x->settings->max_replica_lag_ms, worst);
+	if (lag > (long long)x->settings->max_replica_lag_ms) {
+		if (!x->lag_held) {
+			x->lag_held = 1;
+			snprintf(msg, sizeof(msg),
+			         "replica %s is %.1f s behind (max_replica_lag %.1f s): the backfill waits "
+			         "between batches until it is back under",
+			         worst, (double)lag / 1000.0,
+			         (double)x->settings->max_replica_lag_ms / 1000.0);
+			phg_log(PHG_LOG_WARN, &x->log, "%s", msg);
+			if (x->on_event != NULL)
+				x->on_event(x, "replica_lag", msg, data);
+		}
+		exec_state(x, PHG_X_BF_LAG_WAIT);
+		uv_timer_start(&x->backoff_timer, bf_lag_fire, PHG_PAUSE_POLL_MS, 0);
+		return;
+	}
+	if (x->lag_held) {
+		x->lag_held = 0;
+		snprintf(msg, sizeof(msg), "the replicas are back under max_replica_lag (%.1f s): going on",
+		         (double)lag / 1000.0);
+		phg_log(PHG_LOG_INFO, &x->log, "%s", msg);
+		if (x->on_event != NULL)
+			x->on_event(x, "replica_lag_ok", msg, data);
+		x->bf_win_n = x->bf_win_head = 0; /* the wait is not the pace */
+		bf_window_push(x);
+	}
+	bf_pace(x);
+}
+
+/* After a batch: an operator's pause, the replicas, the latency budget. */
+static void bf_between(phg_exec_t *x)
+{
+	if (x->bf_paused) {
+		bf_pause(x, 1);
+		return;
+	}
+	if (x->settings->max_replica_lag_ms > 0 && !x->lag_off &&
+	    (x->lag_checked_ms == 0 || now_ms() - x->lag_checked_ms >= PHG_LAG_CHECK_MS)) {
+		bf_lag(x);
+		return;
+	}
+	bf_pace(x);
+}
+
+static void bf_throttle_ready(phg_throttle_t *t, int status, const phg_err_t *err, void *arg)
+{
+	phg_exec_t *x = arg;
+	phg_throttle_decision_t d;
+	char msg[512];
+
+	if (x->st != PHG_X_BF_BASELINE || x->thr != t)
+		return;
+	if (status != 0) {
+		fail_reset(x, err);
+		return;
+	}
+	phg_throttle_decide(t, &d);
+	snprintf(msg, sizeof(msg),
+	         "latency budget: the probe's p99 before the first batch is %.2f ms (%u probes); "
+	         "budget %.2f ms",
+	         (double)d.baseline_us / 1000.0, d.samples, (double)d.budget_us / 1000.0);
+	phg_log(PHG_LOG_INFO, &x->log, "%s", msg);
+	throttle_event(x, "throttle_baseline", &d, msg);
+	bf_batch(x);
+}
+
+/* Before the first batch (also of a resumed backfill): the latency probe
+ * measures its baseline, unless the budget is off. */
+static void bf_begin(phg_exec_t *x)
+{
+	const phg_throttle_cfg_t *c = &x->settings->throttle;
+	const phg_backfill_spec_t *bf = cur_op(x)->backfill;
+	phg_build_t qb;
+	phg_buf_t b;
+	phg_err_t e;
+	int np = 0;
+
+	x->bf_cap = PHG_BATCH_MAX;
+	x->bf_sleep_ms = 0;
+	x->lag_checked_ms = 0;
+	x->lag_held = 0;
+	x->lag_off = 0;
+	x->thr_noted = 0;
+	phg_throttle_free(x->thr);
+	x->thr = NULL;
+	if (c->budget.off || x->conninfo == NULL) {
+		bf_between(x);
+		return;
+	}
+	phg_buf_init(&b, SQL_MAX);
+	quoter(x, &qb);
+	if (c->probe != NULL) {
+		phg_buf_adds(&b, c->probe);
+	} else {
+		phg_backfill_probe_sql(&qb, bf, &x->key_names, &b);
+		np = (int)x->key_names.n;
+	}
+	phg_build_reset(&qb);
+	phg_err_clear(&e);
+	x->thr = phg_throttle_new(x->backoff_timer.loop, c, &x->log);
+	phg_throttle_expect_watch(x->thr, x->watch_interval_ms);
+	if (np > 0) {
+		if (x->bf_last.n == (size_t)np)
+			phg_throttle_params(x->thr, x->bf_last.v, x->bf_last.n);
+		else
+			phg_throttle_params(x->thr, x->bf_high.v, x->bf_high.n);
+	}
+	exec_state(x, PHG_X_BF_BASELINE);
+	if (phg_buf_error(&b) != 0 ||
+	    phg_throttle_start(x->thr, x->conninfo, x->settings->connect_timeout_ms, b.data, np,
+	                       bf_throttle_ready, x, &e) != 0) {
+		if (e.code == 0)
+			phg_err_set(&e, PHG_ETOOBIG, "the latency probe's SQL is too large");
+		phg_throttle_free(x->thr);
+		x->thr = NULL;
+		fail_reset(x, &e);
+	}
+	phg_buf_free(&b);
 }
 
 /* ---- a started op that definitely did not happen ---- */
@@ -898,6 +1158,8 @@ static void op_committed(phg_exec_t *x)
 	op_fault(x, "committed");
 	x->next++;
 	x->op_started = -1;
+	phg_throttle_free(x->thr);
+	x->thr = NULL;
 	/* as the record did: the next backfill op starts its own cursor */
 	x->bf_pass = 1;
 	phg_strv_clear(&x->bf_last);
@@ -1099,7 +1361,7 @@ static void exec_on_result(phg_pg_t *pg, int status, PGresult *res, const phg_er
 			bf_count(x);
 			return;
 		}
-		bf_batch(x);
+		bf_begin(x);
 		return;
 	case PHG_X_BF_HIGH:
 		if (status != 0) {
@@ -1107,10 +1369,11 @@ static void exec_on_result(phg_pg_t *pg, int status, PGresult *res, const phg_er
 			return;
 		}
 		bf_high_done(x, res);
-		bf_batch(x);
+		bf_begin(x);
 		return;
 	case PHG_X_BF_BATCH:
 		probe_stop(x);
+		phg_throttle_busy(x->thr, 0);
 		if (status != 0) {
 			phg_err_copy(&x->op_err, err);
 			if (retriable(&x->op_err) && x->attempt < x->settings->lock_retries) {
@@ -1122,11 +1385,7 @@ static void exec_on_result(phg_pg_t *pg, int status, PGresult *res, const phg_er
 			return;
 		}
 		if (bf_batch_done(x, res)) {
-			if (x->bf_paused) {
-				bf_pause(x, 1);
-				return;
-			}
-			bf_batch(x);
+			bf_between(x);
 			return;
 		}
 		if (x->bf_pass == 1 && op->backfill->where != NULL) {
@@ -1165,6 +1424,18 @@ static void exec_on_result(phg_pg_t *pg, int status, PGresult *res, const phg_er
 		x->bf_win_n = x->bf_win_head = 0; /* the pause is not the pace */
 		bf_window_push(x);
 		bf_batch(x);
+		return;
+	case PHG_X_BF_LAG:
+		if (status != 0) {
+			phg_log(PHG_LOG_WARN, &x->log,
+			        "cannot read the replicas' lag (%s): max_replica_lag is not kept by this "
+			        "backfill",
+			        err != NULL ? err->msg : "?");
+			x->lag_off = 1; /* not asked again */
+			bf_pace(x);
+			return;
+		}
+		bf_lag_done(x, res);
 		return;
 	case PHG_X_BF_PASS2:
 		if (status != 0) {
@@ -1218,7 +1489,8 @@ int phg_exec_run(phg_exec_t *x, phg_exec_cb cb)
 
 void phg_exec_interrupt(phg_exec_t *x)
 {
-	if (x->st != PHG_X_BACKOFF && x->st != PHG_X_BF_PAUSED)
+	if (x->st != PHG_X_BACKOFF && x->st != PHG_X_BF_PAUSED && x->st != PHG_X_BF_BASELINE &&
+	    x->st != PHG_X_BF_SLEEP && x->st != PHG_X_BF_LAG_WAIT)
 		return;
 	phg_log(PHG_LOG_INFO, &x->log, "retry wait ended by the stop request");
 	exec_finish(x, PHG_EINTERRUPTED);

@@ -12,6 +12,12 @@
  * PHG_OP_BACKFILL: resolve the key; batches of one statement each that
  *   updates the rows and writes the checkpoint; a final sweep pass when the
  *   backfill has a `where`; record.
+ * Backfill batches keep to a latency budget (throttle.h): a probe on its
+ * own connection, its baseline measured before the first batch, a sleep
+ * between batches and a smaller batch while the probe's p99 is over it.
+ * Every second between two batches the streaming replicas' replay lag is
+ * asked (pg_stat_replication); over max_replica_lag, the backfill waits,
+ * recorded in runs.held, until it is back under.
  * Between two batches, a run an operator paused (`phasegate pause`, recorded
  * in runs.paused_at; every batch's result says so) waits, asking every
  * PHG_PAUSE_POLL_MS, and goes on when it is resumed; the work connection
@@ -77,6 +83,10 @@ typedef enum phg_exec_state_e {
 	PHG_X_BF_PASS2,
 	PHG_X_BF_PAUSED,  /* an operator paused the run: waiting between batches */
 	PHG_X_BF_POLL,    /* asking whether it is still paused */
+	PHG_X_BF_BASELINE, /* the latency probe measures its baseline */
+	PHG_X_BF_SLEEP,   /* the latency budget's sleep between batches */
+	PHG_X_BF_LAG,     /* asking the replicas' replay lag */
+	PHG_X_BF_LAG_WAIT, /* a replica is too far behind: waiting between batches */
 	PHG_X_HTTP,
 	PHG_X_UNMARK,
 	PHG_X_RECORD,
@@ -87,6 +97,8 @@ struct phg_exec_s {
 	/* inputs: set before phg_exec_run() */
 	phg_pg_t *work;
 	phg_pgq_t *ctl;                 /* may be NULL: no blocker lookups */
+	const char *conninfo;           /* the latency probe's connection (throttle.h) */
+	uint64_t watch_interval_ms;     /* the phase's watch checks (0: none) */
 	phg_http_t *http;               /* for PHG_OP_HTTP ops */
 	const phg_settings_t *settings;
 	const char *schema_q;           /* quoted state schema */
@@ -143,12 +155,23 @@ struct phg_exec_s {
 	long long bf_scanned;           /* rows of pass 1 passed over (this process; resumed: the rows done) */
 	uint64_t bf_limit;              /* rows of the next batch (batch_time adapts it) */
 	uint64_t bf_sent_ms;            /* when the batch in flight was sent */
+	uint64_t bf_sent_limit;         /* its LIMIT */
 	int bf_paused;                  /* the last batch saw the run paused */
+	struct phg_throttle_s *thr;     /* the latency budget (NULL: off) */
+	uint64_t bf_cap;                /* the budget's cap on the batch size */
+	uint64_t bf_sleep_ms;
+	int thr_noted;                  /* "not the backfill's doing" was logged */
+	uint64_t lag_checked_ms;        /* when the replicas' lag was last asked */
+	int lag_held;                   /* waiting for a replica */
+	int lag_hidden_warned;
+	int lag_off;                    /* the lag cannot be read: not asked again */
 	/* http */
 	phg_http_req_t *req;
 };
 
 #define PHG_PAUSE_POLL_MS 500
+/* the latency budget never makes a batch smaller than this */
+#define PHG_THROTTLE_MIN_BATCH 100u
 
 int phg_exec_init(uv_loop_t *loop, phg_exec_t *x);
 

@@ -71,10 +71,13 @@ typedef enum phg_ftype_e {
 	PHG_FT_STRMAP,     /* phg_kvv_t: mapping of scalar -> scalar (headers) */
 	PHG_FT_INT_LIST,   /* phg_intv_t: sequence of integers within [min, max] */
 	PHG_FT_MAP,        /* nested struct at offset, described by sub */
+	PHG_FT_BUDGET,     /* phg_budget_t: 2x, 1.5x (of a baseline), 20ms (absolute) or off */
 } phg_ftype_t;
 
 #define PHG_FL_REQUIRED 0x1u  /* missing key is an error */
 #define PHG_FL_EMPTY_OK 0x2u  /* an empty string scalar is accepted */
+#define PHG_FL_SHORTHAND 0x4u /* PHG_FT_MAP: a scalar stands for its first sub-key
+                                 (`throttle: off` = `throttle: { budget: off }`) */
 
 typedef struct phg_field_s {
 	const char *key;
@@ -111,6 +114,25 @@ typedef enum phg_on_failure_e {
 	PHG_ON_FAILURE_STOP,
 } phg_on_failure_t;
 
+/* A latency budget: off, a factor of a baseline measured just before, or an
+ * absolute limit. */
+typedef struct phg_budget_s {
+	int off;
+	uint64_t factor_milli; /* 2x = 2000; 0 when absolute */
+	uint64_t abs_us;       /* 20ms = 20000; 0 when relative */
+} phg_budget_t;
+
+/* settings.throttle: what the application feels while a backfill runs
+ * (orchestrator/throttle.h). */
+typedef struct phg_throttle_cfg_s {
+	phg_budget_t budget;   /* default 2x */
+	char *probe;           /* SQL without parameters; NULL: a key lookup on the table */
+	uint64_t interval_ms;  /* default 20: one probe every */
+	uint64_t baseline_ms;  /* default 500: measured before the first batch */
+	uint64_t floor_ms;     /* default 2: a relative budget is never below */
+	uint64_t max_sleep_ms; /* default 1000: the longest sleep between batches */
+} phg_throttle_cfg_t;
+
 typedef struct phg_settings_s {
 	uint64_t lock_timeout_ms;      /* default 2000 */
 	uint64_t lock_retries;         /* default 20, attempts */
@@ -122,6 +144,8 @@ typedef struct phg_settings_s {
 	uint64_t retry_backoff_max_ms; /* default 10000: backoff ceiling */
 	uint64_t connect_timeout_ms;   /* default 10000 per attempt */
 	uint64_t connect_retries;      /* default 3 attempts */
+	phg_throttle_cfg_t throttle;   /* the latency budget of backfills */
+	uint64_t max_replica_lag_ms;   /* default 10000; 0 = not watched */
 } phg_settings_t;
 
 typedef struct phg_check_s {
@@ -258,6 +282,10 @@ void phg_strv_clear(phg_strv_t *v);
 
 /* "250ms", "2s", "1m", "1h", "0" -> milliseconds. 0 or PHG_EINVAL / PHG_ETOOBIG. */
 int phg_parse_duration(const char *s, uint64_t *ms);
+/* A latency budget: "off", a factor from 1x to 1000x with up to three
+ * decimals ("2x", "1.5x"), or a duration from 1ms to 10m ("20ms").
+ * 0 or PHG_EINVAL. */
+int phg_parse_budget(const char *s, phg_budget_t *out);
 /* Strict decimal unsigned integer, no sign, no spaces. 0, PHG_EINVAL or PHG_ETOOBIG. */
 int phg_parse_uint(const char *s, uint64_t *out);
 /* Strict decimal signed integer (optional '-', digits, nothing else) within

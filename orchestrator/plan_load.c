@@ -427,6 +427,25 @@ static const char *const on_failure_values[] = {"rollback-phase", "rollback-plan
                                                 NULL};
 static const char *const backup_scope_values[] = {"tables", "database", NULL};
 
+static const phg_field_t throttle_fields[] = {
+	{.key = "budget", .type = PHG_FT_BUDGET, .offset = offsetof(phg_throttle_cfg_t, budget),
+	 .def = "2x", .what = "a factor of the baseline such as 2x, a duration such as 20ms, or off"},
+	{.key = "probe", .type = PHG_FT_SQL, .offset = offsetof(phg_throttle_cfg_t, probe),
+	 .what = "a cheap query the application runs, such as \"SELECT 1 FROM jobs WHERE id = 1\""},
+	{.key = "interval", .type = PHG_FT_DURATION,
+	 .offset = offsetof(phg_throttle_cfg_t, interval_ms), .min = 5, .max = 10000, .def = "20ms",
+	 .what = "a duration from 5ms to 10s such as 20ms"},
+	{.key = "baseline", .type = PHG_FT_DURATION,
+	 .offset = offsetof(phg_throttle_cfg_t, baseline_ms), .min = 50, .max = 600000,
+	 .def = "500ms", .what = "a duration from 50ms to 10m such as 500ms"},
+	{.key = "floor", .type = PHG_FT_DURATION, .offset = offsetof(phg_throttle_cfg_t, floor_ms),
+	 .max = 60000, .def = "2ms", .what = "a duration up to 1m such as 2ms"},
+	{.key = "max_sleep", .type = PHG_FT_DURATION,
+	 .offset = offsetof(phg_throttle_cfg_t, max_sleep_ms), .min = 1, .max = 600000,
+	 .def = "1s", .what = "a duration from 1ms to 10m such as 1s"},
+	{0},
+};
+
 static const phg_field_t settings_fields[] = {
 	{.key = "lock_timeout", .type = PHG_FT_DURATION,
 	 .offset = offsetof(phg_settings_t, lock_timeout_ms), .min = 1, .max = PG_INT_MAX_MS,
@@ -454,6 +473,12 @@ static const phg_field_t settings_fields[] = {
 	{.key = "connect_retries", .type = PHG_FT_UINT,
 	 .offset = offsetof(phg_settings_t, connect_retries), .min = 1, .max = 100, .def = "3",
 	 .what = "a number of attempts from 1 to 100"},
+	{.key = "throttle", .type = PHG_FT_MAP, .offset = offsetof(phg_settings_t, throttle),
+	 .flags = PHG_FL_SHORTHAND, .sub = throttle_fields,
+	 .what = "a mapping {budget, probe, interval, baseline, floor, max_sleep}, or a budget"},
+	{.key = "max_replica_lag", .type = PHG_FT_DURATION,
+	 .offset = offsetof(phg_settings_t, max_replica_lag_ms), .max = PG_INT_MAX_MS, .def = "10s",
+	 .what = "a duration such as 10s, or 0 to not watch replicas"},
 	{0},
 };
 
@@ -589,6 +614,7 @@ static void free_value(const phg_field_t *f, void *p)
 	case PHG_FT_UINT:
 	case PHG_FT_DURATION:
 	case PHG_FT_ENUM:
+	case PHG_FT_BUDGET:
 		break;
 	}
 }
@@ -656,6 +682,9 @@ static void copy_value(const phg_field_t *f, void *d, const void *s)
 	case PHG_FT_UINT:
 	case PHG_FT_DURATION:
 		*(uint64_t *)d = *(const uint64_t *)s;
+		break;
+	case PHG_FT_BUDGET:
+		*(phg_budget_t *)d = *(const phg_budget_t *)s;
 		break;
 	}
 }
@@ -940,6 +969,13 @@ static int conv_scalar(ld_t *ld, const phg_field_t *f, const node_t *n, void *p,
 		free(list);
 		return -1;
 	}
+	case PHG_FT_BUDGET:
+		if (phg_parse_budget(s, p) != 0) {
+			phg_diag_error(ld->d, n->pos, "invalid value %s for %s in %s: expected %s", Q(s),
+			               Q(key), where, what);
+			return -1;
+		}
+		return 0;
 	case PHG_FT_IDENT_LIST:
 	case PHG_FT_STRMAP:
 	case PHG_FT_INT_LIST:
@@ -1052,14 +1088,21 @@ static void load_value(ld_t *ld, const phg_field_t *f, const node_t *n, void *p,
 	case PHG_FT_MAP: {
 		char sub[512];
 
-		if (n->type != N_MAP) {
-			type_error(ld, n, "a mapping", key, where);
-			return;
-		}
 		if (where == TOP_WHERE)
 			snprintf(sub, sizeof(sub), "%s", key);
 		else
 			snprintf(sub, sizeof(sub), "%s of %s", Q(key), where);
+		if (n->type == N_SCALAR && (f->flags & PHG_FL_SHORTHAND)) {
+			/* `throttle: off`: the first sub-key, the others as they were */
+			if (mode != LM_OVERLAY)
+				load_map(ld, NULL, f->sub, p, sub, n->pos, NULL, NULL, LM_DEFAULTS);
+			load_value(ld, &f->sub[0], n, (char *)p + f->sub[0].offset, sub, mode);
+			return;
+		}
+		if (n->type != N_MAP) {
+			type_error(ld, n, "a mapping", key, where);
+			return;
+		}
 		load_map(ld, n, f->sub, p, sub, n->pos, NULL, NULL,
 		         mode == LM_OVERLAY ? LM_OVERLAY : LM_NORMAL);
 		return;
@@ -1766,6 +1809,7 @@ void phg_settings_defaults(phg_settings_t *out)
 void phg_settings_clear(phg_settings_t *s)
 {
 	free(s->state_schema);
+	free(s->throttle.probe);
 	memset(s, 0, sizeof(*s));
 }
 

@@ -111,6 +111,42 @@ int phg_parse_duration(const char *s, uint64_t *ms)
 	return PHG_EINVAL;
 }
 
+int phg_parse_budget(const char *s, phg_budget_t *out)
+{
+	uint64_t whole = 0, frac = 0, scale = 1000, ms;
+	const char *p = s;
+
+	memset(out, 0, sizeof(*out));
+	if (s == NULL)
+		return PHG_EINVAL;
+	if (strcmp(s, "off") == 0) {
+		out->off = 1;
+		return 0;
+	}
+	if (*p >= '0' && *p <= '9' && s[strlen(s) - 1] == 'x') {
+		/* a factor: digits, at most three decimals, then x */
+		for (; *p >= '0' && *p <= '9' && whole < 100000; p++)
+			whole = whole * 10 + (uint64_t)(*p - '0');
+		if (*p == '.') {
+			p++;
+			if (!(*p >= '0' && *p <= '9'))
+				return PHG_EINVAL;
+			for (; *p >= '0' && *p <= '9' && scale > 1; p++) {
+				scale /= 10;
+				frac += (uint64_t)(*p - '0') * scale;
+			}
+		}
+		if (strcmp(p, "x") != 0)
+			return PHG_EINVAL;
+		out->factor_milli = whole * 1000 + frac;
+		return out->factor_milli >= 1000 && out->factor_milli <= 1000000 ? 0 : PHG_EINVAL;
+	}
+	if (phg_parse_duration(s, &ms) != 0 || ms < 1 || ms > 600000)
+		return PHG_EINVAL;
+	out->abs_us = ms * 1000;
+	return 0;
+}
+
 static int ident_char(char c, int first)
 {
 	if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_')

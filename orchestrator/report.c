@@ -120,6 +120,10 @@ static void status_print(report_t *r)
 			printf("paused:   since %s by %s (`phasegate resume` goes on)\n",
 			       json_string_value(json_object_get(json_object_get(o, "paused"), "since")),
 			       json_string_value(json_object_get(json_object_get(o, "paused"), "by")));
+		if (json_is_object(json_object_get(o, "held")))
+			printf("held:     %s, since %s (it goes on by itself once back under)\n",
+			       json_string_value(json_object_get(json_object_get(o, "held"), "why")),
+			       json_string_value(json_object_get(json_object_get(o, "held"), "since")));
 		if (json_is_string(json_object_get(o, "note")))
 			printf("note:     %s\n", json_string_value(json_object_get(o, "note")));
 		if (json_is_string(json_object_get(o, "error")))
@@ -251,6 +255,13 @@ static void status_run(report_t *r, PGresult *res)
 	                        ? json_null()
 	                        : json_pack("{s:s,s:s}", "since", PQgetvalue(res, 0, 10), "by",
 	                                    PQgetisnull(res, 0, 11) ? "?" : PQgetvalue(res, 0, 11)));
+	/* a hold of the running apply's own (replica lag); a stale one of a
+	 * process that is gone says nothing */
+	json_object_set_new(r->out, "held",
+	                    PQgetisnull(res, 0, 12) || strcmp(PQgetvalue(res, 0, 8), "t") != 0
+	                        ? json_null()
+	                        : json_pack("{s:s,s:s}", "why", PQgetvalue(res, 0, 12), "since",
+	                                    PQgetisnull(res, 0, 13) ? "?" : PQgetvalue(res, 0, 13)));
 	phg_buf_init(&b, 4096);
 	phg_store_status_phases_sql(&b, r->schema_q, r->run_id);
 	rq(r, b.data, 0, NULL, status_phases);

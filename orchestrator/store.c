@@ -365,8 +365,8 @@ void phg_store_status_run_sql(phg_buf_t *out, const char *schema_q)
 	phg_buf_printf(out,
 	               "SELECT id, checksum, state, env, action, " TS("started_at") ", "
 	               TS("finished_at") ", note, EXISTS (SELECT 1 FROM pg_locks l WHERE "
-	               PHG_PLAN_LOCK_HELD("$2", "$1") "), error, " TS("paused_at") ", paused_by "
-	               "FROM %s.runs WHERE plan = $1 ORDER BY id DESC LIMIT 1",
+	               PHG_PLAN_LOCK_HELD("$2", "$1") "), error, " TS("paused_at") ", paused_by, "
+	               "held, " TS("held_at") " FROM %s.runs WHERE plan = $1 ORDER BY id DESC LIMIT 1",
 	               schema_q);
 }
 
@@ -427,6 +427,22 @@ void phg_store_paused_sql(phg_buf_t *out, const char *schema_q, long long run)
 	               schema_q, run);
 }
 
+void phg_store_replica_lag_sql(phg_buf_t *out, const char *schema_q)
+{
+	/* the hold is recorded only when it starts or ends */
+	phg_buf_printf(out,
+	               "WITH r AS (SELECT application_name AS name, state, "
+	               "extract(epoch FROM replay_lag) * 1000 AS lag FROM pg_stat_replication), "
+	               "w AS (SELECT coalesce(max(lag), 0)::bigint AS lag, count(*) AS n, "
+	               "count(*) FILTER (WHERE state IS NULL) AS hidden, "
+	               "(SELECT name FROM r ORDER BY lag DESC NULLS LAST LIMIT 1) AS worst FROM r), "
+	               "h AS (UPDATE %s.runs SET held = CASE WHEN w.lag > $2::bigint THEN $3 END, "
+	               "held_at = CASE WHEN w.lag > $2::bigint THEN now() END FROM w "
+	               "WHERE id = $1::bigint AND (held IS NULL) = (w.lag > $2::bigint) RETURNING 1) "
+	               "SELECT lag, n, hidden, coalesce(worst, ''), (SELECT count(*) FROM h) FROM w",
+	               schema_q);
+}
+
 void phg_store_checkpoint_cte(phg_buf_t *out, const char *schema_q, int p)
 {
 	phg_buf_printf(out,
@@ -459,7 +475,11 @@ void phg_store_schema_sql(phg_buf_t *o, const char *s)
 	               "  who text,\n"
 	               "  host text,\n"
 	               "  pid int,\n"
-	               "  version text);\n"
+	               "  version text,\n"
+	               "  paused_at timestamptz,\n"
+	               "  paused_by text,\n"
+	               "  held text,\n"
+	               "  held_at timestamptz);\n"
 	               "CREATE INDEX IF NOT EXISTS runs_plan_idx ON %s.runs (plan, id);\n",
 	               s, s);
 	phg_buf_printf(o,
@@ -506,6 +526,13 @@ void phg_store_schema_sql(phg_buf_t *o, const char *s)
 	               "DO $phg$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = "
 	               "'%s.steps'::regclass AND attname = 'bf_high') THEN "
 	               "ALTER TABLE %s.steps ADD COLUMN bf_high text[]; END IF; END $phg$;\n",
+	               s, s);
+	/* a state schema from before the replica-lag hold */
+	phg_buf_printf(o,
+	               "DO $phg$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = "
+	               "'%s.runs'::regclass AND attname = 'held') THEN "
+	               "ALTER TABLE %s.runs ADD COLUMN held text, ADD COLUMN held_at timestamptz; "
+	               "END IF; END $phg$;\n",
 	               s, s);
 	phg_buf_printf(o,
 	               "CREATE TABLE IF NOT EXISTS %s.events (\n"

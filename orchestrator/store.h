@@ -182,7 +182,8 @@ void phg_store_backup_sql(phg_buf_t *out, const char *schema_q, long long run,
 #define PHG_STORE_EXISTS_SQL "SELECT to_regclass(quote_ident($1) || '.runs')"
 /* The newest run of plan $1: id, checksum, state, env, action, started,
  * finished (UTC, ISO 8601), note, whether lock class $2 of the plan is held
- * now, error, paused since (NULL: not paused), paused by. */
+ * now, error, paused since (NULL: not paused), paused by, held (why the
+ * run waits by itself: replica lag; NULL: it does not), held since. */
 void phg_store_status_run_sql(phg_buf_t *out, const char *schema_q);
 /* Phases and steps of @run: p.idx, p.state, started, finished, s.idx,
  * s.state, s.bf_rows. */
@@ -203,6 +204,13 @@ void phg_store_paused_expr(phg_buf_t *out, const char *schema_q, int p);
 void phg_store_pause_sql(phg_buf_t *out, const char *schema_q);
 /* Is @run paused, and by whom. */
 void phg_store_paused_sql(phg_buf_t *out, const char *schema_q, long long run);
+
+/* The streaming replicas' replay lag, and the hold it puts on run $1
+ * (runs.held = $3 while the lag is over $2 ms, NULL once under; written
+ * only when that changes): the worst lag in ms, replicas, replicas whose
+ * lag this role may not see (pg_monitor is needed), the worst one's name,
+ * and whether the hold changed. */
+void phg_store_replica_lag_sql(phg_buf_t *out, const char *schema_q);
 
 /* The checkpoint of a backfill batch, as the CTE `ck` of the batch's one
  * statement (phg_backfill_batch_sql): from the CTEs `batch` (the rows of the

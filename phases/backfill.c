@@ -51,6 +51,19 @@ void phg_backfill_max_key_sql(phg_build_t *qb, const phg_backfill_spec_t *bf,
 	phg_buf_adds(b, " LIMIT 1");
 }
 
+void phg_backfill_probe_sql(phg_build_t *qb, const phg_backfill_spec_t *bf,
+                            const phg_strv_t *keys, phg_buf_t *b)
+{
+	phg_buf_printf(b, "SELECT 1 FROM %s WHERE (", phg_qtable(qb, bf->table));
+	key_list(qb, keys, b, "", NULL);
+	phg_buf_adds(b, ") >= (");
+	for (size_t i = 0; i < keys->n; i++)
+		phg_buf_printf(b, "%s$%zu", i ? ", " : "", i + 1);
+	phg_buf_adds(b, ") ORDER BY ");
+	key_list(qb, keys, b, "", NULL);
+	phg_buf_adds(b, " LIMIT 1");
+}
+
 void phg_backfill_batch_sql(phg_build_t *qb, const phg_backfill_spec_t *bf,
                             const phg_strv_t *keys, const char *schema_q, phg_buf_t *b)
 {

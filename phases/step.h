@@ -203,6 +203,11 @@ void phg_backfill_count_sql(phg_build_t *qb, const phg_backfill_spec_t *bf,
 void phg_backfill_max_key_sql(phg_build_t *qb, const phg_backfill_spec_t *bf,
                               const phg_strv_t *keys, phg_buf_t *out);
 
+/* The latency budget's default probe (orchestrator/throttle.h): a key
+ * lookup on @bf's table at $1..$K, the backfill's cursor. */
+void phg_backfill_probe_sql(phg_build_t *qb, const phg_backfill_spec_t *bf,
+                            const phg_strv_t *keys, phg_buf_t *out);
+
 /* Print @ops as SQL a person can read and run (the `plan` command). */
 void phg_ops_render(const phg_ops_t *ops, const phg_settings_t *settings,
                     phg_buf_t *out);

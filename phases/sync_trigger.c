@@ -2,7 +2,9 @@
  * sync_trigger.c - dual-write done by the database.
  *
  * A BEFORE INSERT OR UPDATE trigger keeps `to` in step with `from` on every
- * write: to := expr, evaluated over the row's columns (default: from).  With
+ * write: to := expr, evaluated over the row's columns (default: from; then
+ * it is UPDATE OF from, so writes that do not set `from`, the backfill's
+ * among them, do not pay for it).  With
  * `down_expr` it works both ways: a write that sets only `to` fills `from`
  * with down_expr.  The trigger function lives in the state schema.
  * A later drop_column / rename_column of `from` or `to` removes the trigger
@@ -109,10 +111,15 @@ void phg_sync_trigger_create(phg_build_t *b, const phg_step_t *st, phg_op_t *op)
 	const sync_trigger_args_t *a = st->args;
 
 	sync_function_create(b, st, op);
-	phg_op_sql(op, "CREATE TRIGGER %s BEFORE INSERT OR UPDATE ON %s FOR EACH ROW "
+	/* `to` := `from`: only a write of `from` needs it, so an UPDATE that
+	 * does not set `from` -- a backfill batch among them -- does not run the
+	 * function at all.  An `expr` may read any column: every write. */
+	phg_op_sql(op, "CREATE TRIGGER %s BEFORE INSERT OR UPDATE%s%s ON %s FOR EACH ROW "
 	               "EXECUTE FUNCTION %s()",
-	           phg_q(b, phg_sync_trigger_name(b, st)), phg_qtable(b, a->table),
-	           sync_function(b, st));
+	           phg_q(b, phg_sync_trigger_name(b, st)),
+	           a->expr == NULL && a->down_expr == NULL ? " OF " : "",
+	           a->expr == NULL && a->down_expr == NULL ? phg_q(b, a->from) : "",
+	           phg_qtable(b, a->table), sync_function(b, st));
 }
 
 size_t phg_sync_triggers_naming(const phg_plan_t *plan, const phg_step_t *step,

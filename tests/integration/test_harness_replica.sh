@@ -107,8 +107,10 @@ rpid=$(head -n 1 "$rdata/postmaster.pid")
 kill -0 "$ppid" || fail "the primary's postmaster $ppid is not running"
 kill -0 "$rpid" || fail "the replica's postmaster $rpid is not running"
 assert_exit 0 bash "$pgsh" stop "$state"
-if kill -0 "$ppid" 2>/dev/null; then fail "the primary ($ppid) survived stop"; fi
-if kill -0 "$rpid" 2>/dev/null; then fail "the replica ($rpid) survived stop"; fi
+# an exited postmaster not yet reaped by its parent (a zombie) is gone
+alive() { kill -0 "$1" 2>/dev/null && [[ $(ps -o stat= -p "$1" 2>/dev/null) != Z* ]]; }
+if alive "$ppid"; then fail "the primary ($ppid) survived stop"; fi
+if alive "$rpid"; then fail "the replica ($rpid) survived stop"; fi
 [[ ! -e $pgdir ]] || fail "stop left $pgdir behind"
 [[ ! -e $state ]] || fail "stop left $state behind"
 
