@@ -124,6 +124,21 @@ static void status_print(report_t *r)
 			printf("held:     %s, since %s (it goes on by itself once back under)\n",
 			       json_string_value(json_object_get(json_object_get(o, "held"), "why")),
 			       json_string_value(json_object_get(json_object_get(o, "held"), "since")));
+		if (json_is_object(json_object_get(o, "throttle"))) {
+			json_t *t = json_object_get(o, "throttle");
+
+			if (json_integer_value(json_object_get(t, "sleep_ms")) > 0)
+				printf("throttle: sleeping %lld ms between batches of at most %lld rows (latency "
+				       "budget: probe p99 %.2f ms, budget %.2f ms)\n",
+				       (long long)json_integer_value(json_object_get(t, "sleep_ms")),
+				       (long long)json_integer_value(json_object_get(t, "batch_cap")),
+				       json_number_value(json_object_get(t, "p99_ms")),
+				       json_number_value(json_object_get(t, "budget_ms")));
+			else
+				printf("throttle: none (latency budget %.2f ms, probe p99 %.2f ms)\n",
+				       json_number_value(json_object_get(t, "budget_ms")),
+				       json_number_value(json_object_get(t, "p99_ms")));
+		}
 		if (json_is_string(json_object_get(o, "note")))
 			printf("note:     %s\n", json_string_value(json_object_get(o, "note")));
 		if (json_is_string(json_object_get(o, "error")))
@@ -262,6 +277,16 @@ static void status_run(report_t *r, PGresult *res)
 	                        ? json_null()
 	                        : json_pack("{s:s,s:s}", "why", PQgetvalue(res, 0, 12), "since",
 	                                    PQgetisnull(res, 0, 13) ? "?" : PQgetvalue(res, 0, 13)));
+	/* the latency budget's last change of pace, while the apply runs */
+	if (!PQgetisnull(res, 0, 14) && strcmp(PQgetvalue(res, 0, 8), "t") == 0) {
+		json_error_t jerr;
+		json_t *t = json_loads(PQgetvalue(res, 0, 14), 0, &jerr);
+
+		if (json_is_object(t))
+			json_object_set_new(r->out, "throttle", t);
+		else
+			json_decref(t);
+	}
 	phg_buf_init(&b, 4096);
 	phg_store_status_phases_sql(&b, r->schema_q, r->run_id);
 	rq(r, b.data, 0, NULL, status_phases);

@@ -366,8 +366,10 @@ void phg_store_status_run_sql(phg_buf_t *out, const char *schema_q)
 	               "SELECT id, checksum, state, env, action, " TS("started_at") ", "
 	               TS("finished_at") ", note, EXISTS (SELECT 1 FROM pg_locks l WHERE "
 	               PHG_PLAN_LOCK_HELD("$2", "$1") "), error, " TS("paused_at") ", paused_by, "
-	               "held, " TS("held_at") " FROM %s.runs WHERE plan = $1 ORDER BY id DESC LIMIT 1",
-	               schema_q);
+	               "held, " TS("held_at") ", (SELECT data::text FROM %s.events e WHERE e.run_id = r.id "
+	               "AND e.kind = 'throttle' ORDER BY e.id DESC LIMIT 1) "
+	               "FROM %s.runs r WHERE plan = $1 ORDER BY id DESC LIMIT 1",
+	               schema_q, schema_q);
 }
 
 void phg_store_status_phases_sql(phg_buf_t *out, const char *schema_q, long long run)

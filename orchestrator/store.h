@@ -183,7 +183,8 @@ void phg_store_backup_sql(phg_buf_t *out, const char *schema_q, long long run,
 /* The newest run of plan $1: id, checksum, state, env, action, started,
  * finished (UTC, ISO 8601), note, whether lock class $2 of the plan is held
  * now, error, paused since (NULL: not paused), paused by, held (why the
- * run waits by itself: replica lag; NULL: it does not), held since. */
+ * run waits by itself: replica lag; NULL: it does not), held since, the
+ * data of its last `throttle` event (NULL: none). */
 void phg_store_status_run_sql(phg_buf_t *out, const char *schema_q);
 /* Phases and steps of @run: p.idx, p.state, started, finished, s.idx,
  * s.state, s.bf_rows. */

@@ -90,13 +90,24 @@ void phg_backfill_batch_sql(phg_build_t *qb, const phg_backfill_spec_t *bf,
 		phg_buf_printf(b, " AND (%s)", bf->where);
 	phg_buf_adds(b, " ORDER BY ");
 	key_list(qb, keys, b, "", NULL);
-	phg_buf_printf(b, " LIMIT $%zu::bigint),\n  upd AS (UPDATE %s SET %s FROM batch WHERE (",
-	               2 * k + 5, t, bf->set);
-	key_list(qb, keys, b, phg_bprintf(qb, "%s.", t), NULL);
-	phg_buf_adds(b, ") = (");
+	/* the update takes the batch's key range, (last done, batch's last],
+	 * so it is an index range scan whatever the batch's size: a join with
+	 * the batch would be a hash join over the whole table for a big one */
+	phg_buf_printf(b, " LIMIT $%zu::bigint),\n  upd AS (UPDATE %s SET %s WHERE ($%zu::boolean OR (",
+	               2 * k + 5, t, bf->set, k + 1);
+	key_list(qb, keys, b, "", NULL);
+	phg_buf_adds(b, ") > (");
 	for (size_t i = 0; i < k; i++)
-		phg_buf_printf(b, "%sbatch._phg_k%zu", i ? ", " : "", i);
-	phg_buf_adds(b, ")");
+		phg_buf_printf(b, "%s$%zu", i ? ", " : "", i + 1);
+	phg_buf_adds(b, ")) AND (");
+	key_list(qb, keys, b, "", NULL);
+	phg_buf_adds(b, ") <= (SELECT ");
+	for (size_t i = 0; i < k; i++)
+		phg_buf_printf(b, "%s_phg_k%zu", i ? ", " : "", i);
+	phg_buf_adds(b, " FROM batch ORDER BY ");
+	for (size_t i = 0; i < k; i++)
+		phg_buf_printf(b, "%s_phg_k%zu DESC", i ? ", " : "", i);
+	phg_buf_adds(b, " LIMIT 1)");
 	if (bf->where != NULL)
 		phg_buf_printf(b, " AND (%s)", bf->where);
 	phg_buf_adds(b, " RETURNING 1),\n  last AS (SELECT ARRAY[");
