@@ -761,6 +761,8 @@ static void bk_step(phg_backup_job_t *j)
 			co.args = j->list_argv;
 			co.stdout_max = j->tables.n > 0 ? BK_LIST_MAX : 0; /* else: exit code only */
 		}
+		/* pg_dump compresses on this machine: after the application */
+		co.nice = 10;
 		phg_child_cleanup(&j->child);
 		j->child.data = j;
 		r = phg_child_spawn(j->loop, &j->child, &co, j->state == BK_DUMP ? bk_on_dump : bk_on_list);

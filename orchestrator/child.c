@@ -323,6 +323,9 @@ int phg_child_spawn(uv_loop_t *loop, phg_child_t *c, const phg_child_opts_t *o, 
 		return 0;
 	}
 	c->pid = c->proc.pid;
+	/* right after the spawn: a busy machine gives the application first */
+	if (o->nice > 0)
+		(void)uv_os_setpriority(c->pid, o->nice);
 	child_set_state(c, PHG_CHILD_RUNNING);
 	if (c->pout_open && uv_read_start((uv_stream_t *)&c->pout, child_alloc, child_on_read) != 0)
 		child_close(c, (uv_handle_t *)&c->pout, &c->pout_open);

@@ -55,6 +55,7 @@ typedef struct phg_child_opts_s {
 	size_t stderr_max;     /* 0: stderr goes to /dev/null; else its last bytes are kept */
 	uint64_t timeout_ms;   /* 0 = none */
 	uint64_t kill_grace_ms; /* SIGTERM -> SIGKILL; 0 means 5000 */
+	int nice;              /* >0: a lower CPU priority (uv_os_setpriority); 0: ours */
 } phg_child_opts_t;
 
 struct phg_child_s {

@@ -210,6 +210,15 @@ static void exec_finish(phg_exec_t *x, int status)
 	uv_timer_start(&x->done_timer, done_fire, 0, 0);
 }
 
+/* A stop was asked: the run completes with PHG_EINTERRUPTED (1), or not (0). */
+static int stop_now(phg_exec_t *x)
+{
+	if (x->should_stop == NULL || !x->should_stop(x->stop_arg))
+		return 0;
+	exec_finish(x, PHG_EINTERRUPTED);
+	return 1;
+}
+
 static int retriable(const phg_err_t *e)
 {
 	return strcmp(e->sqlstate, "55P03") == 0 || strcmp(e->sqlstate, "40P01") == 0 ||
@@ -262,10 +271,8 @@ static void after_failure(phg_exec_t *x)
 		fail_op(x, PHG_ELOCK_TIMEOUT, &e);
 		return;
 	}
-	if (x->should_stop != NULL && x->should_stop(x->stop_arg)) {
-		exec_finish(x, PHG_EINTERRUPTED);
+	if (stop_now(x))
 		return;
-	}
 	{
 		uint64_t d = phg_backoff_ms(x->settings->retry_backoff_ms,
 		                            x->settings->retry_backoff_max_ms, x->attempt, &x->rng);
@@ -751,10 +758,8 @@ static void bf_poll_fire(uv_timer_t *t)
 	phg_exec_t *x = t->data;
 	phg_buf_t b;
 
-	if (x->should_stop != NULL && x->should_stop(x->stop_arg)) {
-		exec_finish(x, PHG_EINTERRUPTED);
+	if (stop_now(x))
 		return;
-	}
 	phg_buf_init(&b, 4096);
 	phg_store_paused_sql(&b, x->schema_q, x->run_id);
 	exec_sendf(x, PHG_X_BF_POLL, &b);
@@ -784,10 +789,8 @@ static void bf_sleep_fire(uv_timer_t *t)
 {
 	phg_exec_t *x = t->data;
 
-	if (x->should_stop != NULL && x->should_stop(x->stop_arg)) {
-		exec_finish(x, PHG_EINTERRUPTED);
+	if (stop_now(x))
 		return;
-	}
 	bf_batch(x);
 }
 
@@ -881,10 +884,8 @@ static void bf_lag_fire(uv_timer_t *t)
 {
 	phg_exec_t *x = t->data;
 
-	if (x->should_stop != NULL && x->should_stop(x->stop_arg)) {
-		exec_finish(x, PHG_EINTERRUPTED);
+	if (stop_now(x))
 		return;
-	}
 	bf_lag(x);
 }
 
@@ -1144,10 +1145,8 @@ static void exec_next(phg_exec_t *x)
 		exec_finish(x, 0);
 		return;
 	}
-	if (x->should_stop != NULL && x->should_stop(x->stop_arg)) {
-		exec_finish(x, PHG_EINTERRUPTED);
+	if (stop_now(x))
 		return;
-	}
 	x->attempt = 0;
 	exec_op_start(x);
 }
@@ -1172,10 +1171,8 @@ static void backoff_fire(uv_timer_t *t)
 {
 	phg_exec_t *x = t->data;
 
-	if (x->should_stop != NULL && x->should_stop(x->stop_arg)) {
-		exec_finish(x, PHG_EINTERRUPTED);
+	if (stop_now(x))
 		return;
-	}
 	/* a backfill batch or an http request retries by itself; other ops
 	 * start over */
 	if (x->st == PHG_X_BACKOFF && cur_op(x)->kind == PHG_OP_BACKFILL && x->key_names.n > 0) {

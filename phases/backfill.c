@@ -28,15 +28,22 @@ static void key_list(phg_build_t *qb, const phg_strv_t *keys, phg_buf_t *b, cons
 	}
 }
 
+/* ($first, $first+1, ...) for the @n key values */
+static void key_params(phg_buf_t *b, size_t n, size_t first)
+{
+	phg_buf_adds(b, "(");
+	for (size_t i = 0; i < n; i++)
+		phg_buf_printf(b, "%s$%zu", i ? ", " : "", first + i);
+	phg_buf_adds(b, ")");
+}
+
 void phg_backfill_count_sql(phg_build_t *qb, const phg_backfill_spec_t *bf,
                             const phg_strv_t *keys, phg_buf_t *b)
 {
 	phg_buf_printf(b, "SELECT NULL::text, count(*) FROM %s WHERE (", phg_qtable(qb, bf->table));
 	key_list(qb, keys, b, "", NULL);
-	phg_buf_adds(b, ") <= (");
-	for (size_t i = 0; i < keys->n; i++)
-		phg_buf_printf(b, "%s$%zu", i ? ", " : "", i + 1);
-	phg_buf_adds(b, ")");
+	phg_buf_adds(b, ") <= ");
+	key_params(b, keys->n, 1);
 }
 
 void phg_backfill_max_key_sql(phg_build_t *qb, const phg_backfill_spec_t *bf,
@@ -56,12 +63,28 @@ void phg_backfill_probe_sql(phg_build_t *qb, const phg_backfill_spec_t *bf,
 {
 	phg_buf_printf(b, "SELECT 1 FROM %s WHERE (", phg_qtable(qb, bf->table));
 	key_list(qb, keys, b, "", NULL);
-	phg_buf_adds(b, ") >= (");
-	for (size_t i = 0; i < keys->n; i++)
-		phg_buf_printf(b, "%s$%zu", i ? ", " : "", i + 1);
-	phg_buf_adds(b, ") ORDER BY ");
+	phg_buf_adds(b, ") >= ");
+	key_params(b, keys->n, 1);
+	phg_buf_adds(b, " ORDER BY ");
 	key_list(qb, keys, b, "", NULL);
 	phg_buf_adds(b, " LIMIT 1");
+}
+
+/* ($K+1 OR (keys) > ($1..$K)): after the last key done, or the first batch */
+static void after_cursor(phg_build_t *qb, const phg_strv_t *keys, phg_buf_t *b)
+{
+	phg_buf_printf(b, "($%zu::boolean OR (", keys->n + 1);
+	key_list(qb, keys, b, "", NULL);
+	phg_buf_adds(b, ") > ");
+	key_params(b, keys->n, 1);
+	phg_buf_adds(b, ")");
+}
+
+/* The batch's key columns _phg_k0, ... each followed by @suffix. */
+static void batch_keys(phg_buf_t *b, size_t k, const char *suffix)
+{
+	for (size_t i = 0; i < k; i++)
+		phg_buf_printf(b, "%s_phg_k%zu%s", i ? ", " : "", i, suffix);
 }
 
 void phg_backfill_batch_sql(phg_build_t *qb, const phg_backfill_spec_t *bf,
@@ -74,18 +97,13 @@ void phg_backfill_batch_sql(phg_build_t *qb, const phg_backfill_spec_t *bf,
 	key_list(qb, keys, b, "", "_phg_k");
 	/* the key values are untyped parameters: their types come from the
 	 * comparison, so the statement reads the same offline and online */
-	phg_buf_printf(b, " FROM %s WHERE ($%zu::boolean OR (", t, k + 1);
-	key_list(qb, keys, b, "", NULL);
-	phg_buf_adds(b, ") > (");
-	for (size_t i = 0; i < k; i++)
-		phg_buf_printf(b, "%s$%zu", i ? ", " : "", i + 1);
+	phg_buf_printf(b, " FROM %s WHERE ", t);
+	after_cursor(qb, keys, b);
 	/* the key range was fixed when the backfill started */
-	phg_buf_adds(b, ")) AND (");
+	phg_buf_adds(b, " AND (");
 	key_list(qb, keys, b, "", NULL);
-	phg_buf_adds(b, ") <= (");
-	for (size_t i = 0; i < k; i++)
-		phg_buf_printf(b, "%s$%zu", i ? ", " : "", k + 5 + i);
-	phg_buf_adds(b, ")");
+	phg_buf_adds(b, ") <= ");
+	key_params(b, k, k + 5);
 	if (bf->where != NULL)
 		phg_buf_printf(b, " AND (%s)", bf->where);
 	phg_buf_adds(b, " ORDER BY ");
@@ -93,29 +111,22 @@ void phg_backfill_batch_sql(phg_build_t *qb, const phg_backfill_spec_t *bf,
 	/* the update takes the batch's key range, (last done, batch's last],
 	 * so it is an index range scan whatever the batch's size: a join with
 	 * the batch would be a hash join over the whole table for a big one */
-	phg_buf_printf(b, " LIMIT $%zu::bigint),\n  upd AS (UPDATE %s SET %s WHERE ($%zu::boolean OR (",
-	               2 * k + 5, t, bf->set, k + 1);
-	key_list(qb, keys, b, "", NULL);
-	phg_buf_adds(b, ") > (");
-	for (size_t i = 0; i < k; i++)
-		phg_buf_printf(b, "%s$%zu", i ? ", " : "", i + 1);
-	phg_buf_adds(b, ")) AND (");
+	phg_buf_printf(b, " LIMIT $%zu::bigint),\n  upd AS (UPDATE %s SET %s WHERE ", 2 * k + 5, t,
+	               bf->set);
+	after_cursor(qb, keys, b);
+	phg_buf_adds(b, " AND (");
 	key_list(qb, keys, b, "", NULL);
 	phg_buf_adds(b, ") <= (SELECT ");
-	for (size_t i = 0; i < k; i++)
-		phg_buf_printf(b, "%s_phg_k%zu", i ? ", " : "", i);
+	batch_keys(b, k, "");
 	phg_buf_adds(b, " FROM batch ORDER BY ");
-	for (size_t i = 0; i < k; i++)
-		phg_buf_printf(b, "%s_phg_k%zu DESC", i ? ", " : "", i);
+	batch_keys(b, k, " DESC");
 	phg_buf_adds(b, " LIMIT 1)");
 	if (bf->where != NULL)
 		phg_buf_printf(b, " AND (%s)", bf->where);
 	phg_buf_adds(b, " RETURNING 1),\n  last AS (SELECT ARRAY[");
-	for (size_t i = 0; i < k; i++)
-		phg_buf_printf(b, "%s_phg_k%zu::text", i ? ", " : "", i);
+	batch_keys(b, k, "::text");
 	phg_buf_adds(b, "] AS k FROM batch ORDER BY ");
-	for (size_t i = 0; i < k; i++)
-		phg_buf_printf(b, "%s_phg_k%zu DESC", i ? ", " : "", i);
+	batch_keys(b, k, " DESC");
 	phg_buf_adds(b, " LIMIT 1),\n  ");
 	phg_store_checkpoint_cte(b, schema_q, (int)k + 2);
 	phg_buf_adds(b, "\nSELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM upd), "

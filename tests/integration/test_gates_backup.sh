@@ -9,7 +9,8 @@
 # 2. A fake pg_dump (PHG_PG_DUMP) that fails, hangs past `backup.timeout`,
 #    writes garbage, or writes nothing: exit 3, the message names the cause,
 #    no step of the phase ran, no file is left in the backup directory, the
-#    hung fake is not left running.
+#    hung fake is not left running (and it ran at nice 10: pg_dump gets a
+#    lower CPU priority than the application).
 # 3. A backup directory that cannot be created (under a regular file):
 #    exit 3, the directory is named, no step ran.
 # 4. scope: database dumps every table.
@@ -105,6 +106,9 @@ fail)
 	exit 1 ;;
 hang)
 	echo $$ >"$FAKE_DUMP_DIR/hang.pid"
+	# phasegate lowers pg_dump's CPU priority right after the spawn
+	sleep 0.3
+	ps -o ni= -p $$ | tr -d ' ' >"$FAKE_DUMP_DIR/hang.nice"
 	sleep 600 &
 	echo $! >"$FAKE_DUMP_DIR/hang.sleep.pid"
 	wait
@@ -181,6 +185,7 @@ fake_case hang 1s "timed out"
 ms=$(((${EPOCHREALTIME//[.,]/} - t0) / 1000))
 ((ms < 20000)) || fail "hang: the gate took ${ms} ms with backup timeout 1s"
 [[ -s $T/hang.pid ]] || fail "hang: the fake never ran"
+assert_eq "10" "$(cat "$T/hang.nice" 2>/dev/null)" "pg_dump runs at nice 10"
 pid_alive "$T/hang.pid" && fail "hang: the fake pg_dump ($(cat "$T/hang.pid")) is still running"
 # its own child too (a wrapper's real pg_dump would hold its table locks for
 # good): checked at the end, so that the other cases run first
