@@ -137,17 +137,39 @@ static void exec_sendf(phg_exec_t *x, phg_exec_state_t st, phg_buf_t *b)
 
 /* ---- blocker probe: who holds the lock we wait for ---- */
 
+/* An autovacuum worker that blocks a DDL statement is canceled this soon:
+ * the application's queries queue behind the waiting statement, and
+ * PostgreSQL itself would cancel the worker only after deadlock_timeout
+ * (1 s).  Not one that prevents wraparound; only as a superuser. */
+#define PHG_AUTOVACUUM_CANCEL_MS 30
+
+static void probe_fire(uv_timer_t *t);
+
 static void probe_result(phg_pg_t *pg, int status, PGresult *res, const phg_err_t *err,
                          void *arg)
 {
 	phg_exec_t *x = arg;
+	long long canceled;
 
 	(void)pg;
 	(void)err;
 	x->probing = 0;
-	if (status != 0 || res == NULL || PQntuples(res) < 1 || PQgetisnull(res, 0, 0))
+	if (status != 0 || res == NULL || PQntuples(res) < 1)
 		return;
-	snprintf(x->blockers, sizeof(x->blockers), "%s", PQgetvalue(res, 0, 0));
+	canceled = phg_db_num(PQgetvalue(res, 0, 1), 0, LLONG_MAX, 0, NULL);
+	if (canceled > 0) {
+		char msg[768];
+
+		snprintf(msg, sizeof(msg),
+		         "canceled %lld autovacuum worker(s) blocking %s (%s), as PostgreSQL would "
+		         "after deadlock_timeout; autovacuum starts again by itself",
+		         canceled, cur_op(x)->label, PQgetvalue(res, 0, 2));
+		phg_log(PHG_LOG_INFO, &x->log, "%s", msg);
+		if (x->on_event != NULL)
+			x->on_event(x, "autovacuum_canceled", msg, NULL);
+	}
+	if (!PQgetisnull(res, 0, 0))
+		snprintf(x->blockers, sizeof(x->blockers), "%s", PQgetvalue(res, 0, 0));
 }
 
 static void probe_fire(uv_timer_t *t)
@@ -155,28 +177,40 @@ static void probe_fire(uv_timer_t *t)
 	phg_exec_t *x = t->data;
 	char pid[32];
 	const char *params[1] = {pid};
+	uint64_t d = x->settings->lock_timeout_ms / 2;
 
+	/* first soon (autovacuum), then at half the lock_timeout (who blocks) */
+	if (x->probe_n++ == 0 && d > PHG_AUTOVACUUM_CANCEL_MS)
+		uv_timer_start(&x->probe_timer, probe_fire, d - PHG_AUTOVACUUM_CANCEL_MS, 0);
 	if (x->ctl == NULL || x->probing || x->ctl->pg->state == PHG_PG_BROKEN)
 		return;
 	snprintf(pid, sizeof(pid), "%d", x->work->backend_pid);
 	x->probing = 1;
 	phg_pgq_query(x->ctl,
-	              "SELECT string_agg(format('pid %s (%s, %s, transaction open for %s)', a.pid, "
-	              "coalesce(nullif(a.application_name, ''), a.usename::text, '?'), "
-	              "coalesce(a.state, '?'), "
-	              "coalesce(date_trunc('second', now() - a.xact_start)::text, '?')), '; ') "
-	              "FROM pg_stat_activity a WHERE a.pid = ANY (pg_blocking_pids($1::int))",
+	              "WITH b AS (SELECT a.* FROM pg_stat_activity a "
+	              " WHERE a.pid = ANY (pg_blocking_pids($1::int))), "
+	              "c AS (SELECT b.pid, pg_cancel_backend(b.pid) AS ok FROM b "
+	              " WHERE b.backend_type = 'autovacuum worker' "
+	              " AND b.query NOT LIKE '%to prevent wraparound%' "
+	              " AND (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)) "
+	              "SELECT string_agg(format('pid %s (%s, %s, transaction open for %s)', b.pid, "
+	              "coalesce(nullif(b.application_name, ''), b.usename::text, b.backend_type, '?'), "
+	              "coalesce(b.state, '?'), "
+	              "coalesce(date_trunc('second', now() - b.xact_start)::text, '?')), '; '), "
+	              "(SELECT count(*) FROM c WHERE ok), "
+	              "coalesce((SELECT string_agg(left(b.query, 80), '; ') FROM b "
+	              " WHERE b.pid IN (SELECT pid FROM c WHERE ok)), '') "
+	              "FROM b",
 	              1, params, probe_result, x);
 }
 
 static void probe_start(phg_exec_t *x)
 {
-	uint64_t d = x->settings->lock_timeout_ms / 2;
-
 	x->blockers[0] = '\0';
+	x->probe_n = 0;
 	if (x->ctl == NULL)
 		return;
-	uv_timer_start(&x->probe_timer, probe_fire, d < 20 ? 20 : d, 0);
+	uv_timer_start(&x->probe_timer, probe_fire, PHG_AUTOVACUUM_CANCEL_MS, 0);
 }
 
 static void probe_stop(phg_exec_t *x)

@@ -25,7 +25,10 @@
  * A lock timeout (55P03), deadlock (40P01) or serialization failure (40001)
  * is retried up to lock_retries times with jittered exponential backoff;
  * the log names the sessions that blocked it (pg_blocking_pids, looked up
- * on the control connection while the statement waits).
+ * on the control connection while the statement waits).  An autovacuum
+ * worker that blocks it (not one preventing wraparound) is canceled after
+ * 30 ms, as PostgreSQL would after deadlock_timeout, when phasegate
+ * connects as a superuser.
  *
  * The caller owns the phg_exec_t; phg_exec_init() starts three timers that
  * phg_exec_close() closes (its callback runs when all are closed).  The
@@ -138,6 +141,7 @@ struct phg_exec_s {
 	int unmark_status;      /* PHG_X_UNMARK: the failure to report after it */
 	char blockers[512];
 	int probing;
+	int probe_n;                    /* blocker probes of this attempt */
 	uint64_t rng;
 	/* backfill */
 	phg_strv_t key_names;
