@@ -41,6 +41,14 @@ static int expand_ok(const char *s, const char *where, const char *name)
 static int env_preflight(const phg_plan_t *plan)
 {
 	int bad = 0;
+	phg_err_t terr;
+
+	/* never the wrong database: an environment's variable must be set */
+	phg_err_clear(&terr);
+	if (phg_target_url(plan, plan->url_env, &terr) == NULL) {
+		phg_log_err(PHG_LOG_ERROR, NULL, &terr);
+		return 1;
+	}
 
 	for (size_t i = 0; i < plan->nchecks; i++) {
 		const phg_check_t *c = &plan->checks[i];

@@ -91,6 +91,7 @@ struct engine_s {
 	phg_settings_t own_settings; /* no plan: the defaults (st points here) */
 	phg_logctx_t log;
 	char *conninfo;
+	char target[512];  /* where the work connection is, as printed and recorded */
 	const char *url_env;
 	char *schema_q;
 

@@ -79,6 +79,7 @@ void phg_eng_create_run(engine_t *e)
 	char user[128], host[256];
 	char *l_plan = phg_eng_lit(e, e->plan->name), *l_sum = phg_eng_lit(e, e->plan->checksum);
 	char *l_env = phg_eng_lit(e, e->o->env ? e->o->env : ""), *l_user, *l_host;
+	char *l_target = phg_eng_lit(e, e->target);
 	char **names, **sums;
 
 	snprintf(e->run_action, sizeof(e->run_action), "apply");
@@ -93,7 +94,7 @@ void phg_eng_create_run(engine_t *e)
 	}
 	phg_buf_init(&b, SQL_MAX);
 	phg_store_create_run_sql(&b, e->schema_q, e->plan, l_plan, l_sum, l_env, l_user, l_host,
-	                         (int)getpid(), (const char *const *)names,
+	                         l_target, (int)getpid(), (const char *const *)names,
 	                         (const char *const *)sums);
 	for (size_t p = 0; p < e->plan->nphases; p++) {
 		free(names[p]);
@@ -106,6 +107,7 @@ void phg_eng_create_run(engine_t *e)
 	free(l_env);
 	free(l_user);
 	free(l_host);
+	free(l_target);
 	phg_eng_queryb(e, &b, phg_eng_run_created);
 }
 

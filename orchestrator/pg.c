@@ -1232,3 +1232,25 @@ void phg_pg_result_error(const PGresult *res, phg_err_t *err)
 	if (s != NULL)
 		snprintf(err->sqlstate, sizeof(err->sqlstate), "%s", s);
 }
+
+void phg_pg_describe(const phg_pg_t *pg, char *out, size_t n)
+{
+	const char *host, *port;
+	int v;
+
+	if (n == 0)
+		return;
+	out[0] = '\0';
+	if (pg->conn == NULL)
+		return;
+	host = PQhost(pg->conn);
+	port = PQport(pg->conn);
+	v = PQserverVersion(pg->conn);
+	if (host != NULL && host[0] == '/')
+		snprintf(out, n, "database \"%s\" on socket %s/.s.PGSQL.%s as %s, PostgreSQL %d.%d",
+		         PQdb(pg->conn), host, port ? port : "?", PQuser(pg->conn), v / 10000,
+		         v % 10000);
+	else
+		snprintf(out, n, "database \"%s\" on %s:%s as %s, PostgreSQL %d.%d", PQdb(pg->conn),
+		         host ? host : "?", port ? port : "?", PQuser(pg->conn), v / 10000, v % 10000);
+}

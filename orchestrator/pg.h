@@ -162,6 +162,11 @@ int phg_pg_cancel(phg_pg_t *pg);
  * callback; a second call is a no-op. */
 void phg_pg_close(phg_pg_t *pg, phg_pg_close_cb cb);
 
+/* Where @pg is connected, for people: database "d" on host:port (or socket
+ * DIR/.s.PGSQL.port) as user u, PostgreSQL x.y -- never the password.
+ * "" when not connected. */
+void phg_pg_describe(const phg_pg_t *pg, char *out, size_t n);
+
 /* Copy libpq's error for a failed connection/result into @err without the
  * password (libpq does not print it; this also strips the trailing newline).
  * Code PHG_EPG; first cause wins (no-op when @err already holds an error). */

@@ -286,6 +286,12 @@ int phg_parse_duration(const char *s, uint64_t *ms);
  * decimals ("2x", "1.5x"), or a duration from 1ms to 10m ("20ms").
  * 0 or PHG_EINVAL. */
 int phg_parse_budget(const char *s, phg_budget_t *out);
+
+/* The database URL of the target, from $@url_env.  With an environment
+ * selected (@plan->env) it must be set and not empty: NULL and PHG_EUSAGE
+ * in @err (exit 2) otherwise.  Without one, unset means "" -- the PG*
+ * variables and libpq's defaults, as psql does it. */
+const char *phg_target_url(const phg_plan_t *plan, const char *url_env, phg_err_t *err);
 /* Strict decimal unsigned integer, no sign, no spaces. 0, PHG_EINVAL or PHG_ETOOBIG. */
 int phg_parse_uint(const char *s, uint64_t *out);
 /* Strict decimal signed integer (optional '-', digits, nothing else) within

@@ -111,6 +111,26 @@ int phg_parse_duration(const char *s, uint64_t *ms)
 	return PHG_EINVAL;
 }
 
+const char *phg_target_url(const phg_plan_t *plan, const char *url_env, phg_err_t *err)
+{
+	const char *url = getenv(url_env);
+
+	if (url != NULL && *url != '\0')
+		return url;
+	if (plan != NULL && plan->env != NULL) {
+		phg_err_set(err, PHG_EUSAGE,
+		            "environment \"%s\" takes its database from $%s, which is %s", plan->env->name,
+		            url_env, url == NULL ? "not set" : "empty");
+		phg_err_detail(err, "With --env, phasegate never falls back to the PG* variables or "
+		                    "libpq's defaults: they could name another database. Nothing was "
+		                    "changed.");
+		phg_err_hint(err, "Set %s to the %s database's URL, or run without --env.", url_env,
+		             plan->env->name);
+		return NULL;
+	}
+	return "";
+}
+
 int phg_parse_budget(const char *s, phg_budget_t *out)
 {
 	uint64_t whole = 0, frac = 0, scale = 1000, ms;

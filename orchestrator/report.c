@@ -116,6 +116,8 @@ static void status_print(report_t *r)
 			printf(" (run %lld, %s)", (long long)json_integer_value(json_object_get(o, "run_id")),
 			       json_string_value(json_object_get(o, "action")));
 		printf("\n");
+		if (json_is_string(json_object_get(o, "target")))
+			printf("target:   %s\n", json_string_value(json_object_get(o, "target")));
 		if (json_is_object(json_object_get(o, "paused")))
 			printf("paused:   since %s by %s (`phasegate resume` goes on)\n",
 			       json_string_value(json_object_get(json_object_get(o, "paused"), "since")),
@@ -277,6 +279,7 @@ static void status_run(report_t *r, PGresult *res)
 	                        ? json_null()
 	                        : json_pack("{s:s,s:s}", "why", PQgetvalue(res, 0, 12), "since",
 	                                    PQgetisnull(res, 0, 13) ? "?" : PQgetvalue(res, 0, 13)));
+	json_object_set_new(r->out, "target", jstr_or_null(res, 0, 15));
 	/* the latency budget's last change of pace, while the apply runs */
 	if (!PQgetisnull(res, 0, 14) && strcmp(PQgetvalue(res, 0, 8), "t") == 0) {
 		json_error_t jerr;
@@ -368,6 +371,7 @@ static void history_rows(report_t *r, PGresult *res)
 		json_object_set_new(o, "backups", json_integer(phg_db_num(PQgetvalue(res, i, 12), LLONG_MIN, LLONG_MAX, 0, NULL)));
 		json_object_set_new(o, "note", jstr_or_null(res, i, 13));
 		json_object_set_new(o, "error", jstr_or_null(res, i, 14));
+		json_object_set_new(o, "target", jstr_or_null(res, i, 15));
 		json_array_append_new(r->out, o);
 	}
 	if (r->o->json) {
@@ -380,12 +384,15 @@ static void history_rows(report_t *r, PGresult *res)
 	} else {
 		printf("%-5s %-28s %-12s %-9s %-12s %-20s %-20s %-7s %s\n", "RUN", "PLAN", "ENV", "ACTION",
 		       "STATE", "STARTED", "FINISHED", "PHASES", "WHO");
-		for (int i = 0; i < n; i++)
+		for (int i = 0; i < n; i++) {
 			printf("%-5s %-28s %-12s %-9s %-12s %-20s %-20s %3s/%-3s %s@%s\n",
 			       PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), PQgetvalue(res, i, 3),
 			       PQgetvalue(res, i, 4), PQgetvalue(res, i, 5), PQgetvalue(res, i, 6),
 			       PQgetisnull(res, i, 7) ? "-" : PQgetvalue(res, i, 7), PQgetvalue(res, i, 10),
 			       PQgetvalue(res, i, 11), PQgetvalue(res, i, 8), PQgetvalue(res, i, 9));
+			if (!PQgetisnull(res, i, 15))
+				printf("      target: %s\n", PQgetvalue(res, i, 15));
+		}
 	}
 	report_end(r, PHG_EXIT_OK);
 }
@@ -492,13 +499,19 @@ static int report_run(const phg_plan_t *plan, const phg_run_opts_t *o, int histo
 {
 	report_t r;
 	const char *env = plan ? plan->url_env : (o->db_env ? o->db_env : "DATABASE_URL");
-	const char *url = getenv(env);
+	const char *url;
 	phg_err_t err;
 	phg_settings_t defaults;
 	const phg_settings_t *st = &defaults;
 	uint64_t timeout;
 	int rc;
 
+	phg_err_clear(&err);
+	url = phg_target_url(plan, env, &err);
+	if (url == NULL) {
+		phg_log_err(PHG_LOG_ERROR, NULL, &err);
+		return PHG_EXIT_USAGE;
+	}
 	/* no plan (history of every plan): the plan loader's defaults */
 	phg_settings_defaults(&defaults);
 	if (plan != NULL)
@@ -520,7 +533,7 @@ static int report_run(const phg_plan_t *plan, const phg_run_opts_t *o, int histo
 	r.pg.data = &r;
 	r.pg_open = 1;
 	phg_err_clear(&err);
-	if (phg_pg_connect(&r.pg, url ? url : "", timeout, report_connected, &err) != 0) {
+	if (phg_pg_connect(&r.pg, url, timeout, report_connected, &err) != 0) {
 		phg_log_err(PHG_LOG_ERROR, NULL, &err);
 		report_end(&r, PHG_EXIT_RUNTIME);
 	}

@@ -446,6 +446,11 @@ static void work_connected(engine_t *e)
 {
 	phg_log(PHG_LOG_DEBUG, &e->log, "connected (work pid %d, ctl pid %d)", e->work.backend_pid,
 	        e->ctl.backend_pid);
+	/* never a misleading word about where: the target first */
+	phg_pg_describe(&e->work, e->target, sizeof(e->target));
+	phg_log(PHG_LOG_INFO, &e->log, "target: %s%s%s%s", e->target,
+	        e->o->env ? ", environment \"" : "", e->o->env ? e->o->env : "",
+	        e->o->env ? "\"" : "");
 	take_lock(e);
 }
 
@@ -477,7 +482,7 @@ int phg_eng_init(engine_t *e, uv_loop_t *loop, engine_mode_t mode, phg_plan_t *p
 		e->st = &e->own_settings;
 		e->url_env = o->db_env ? o->db_env : "DATABASE_URL";
 	}
-	url = getenv(e->url_env);
+	url = phg_target_url(plan, e->url_env, NULL);
 	e->conninfo = phg_strdup(url ? url : "");
 	/* the state schema name is a validated identifier */
 	q = phg_asprintf("\"%s\"", e->st->state_schema);

@@ -296,17 +296,20 @@ void phg_store_load_run_sql(phg_buf_t *out, const char *schema_q, long long run)
 
 void phg_store_create_run_sql(phg_buf_t *b, const char *schema_q, const phg_plan_t *plan,
                               const char *plan_lit, const char *sum_lit, const char *env_lit,
-                              const char *user_lit, const char *host_lit, int pid,
+                              const char *user_lit, const char *host_lit,
+                              const char *target_lit, int pid,
                               const char *const *names, const char *const *sums)
 {
 	int first = 1;
 
 	phg_buf_printf(b,
 	               "BEGIN; WITH r AS (INSERT INTO %s.runs (plan, checksum, env, action, state, who, "
-	               "host, pid, version) VALUES (%s, %s, %s, 'apply', 'running', %s, %s, %d, '%s') "
+	               "host, target, pid, version) VALUES (%s, %s, %s, 'apply', 'running', %s, %s, %s, "
+	               "%d, '%s') "
 	               "RETURNING id), p AS (INSERT INTO %s.phases (run_id, idx, name, checksum, state) "
 	               "SELECT r.id, v.idx, v.name, v.sum, 'pending' FROM r, (VALUES ",
-	               schema_q, plan_lit, sum_lit, env_lit, user_lit, host_lit, pid, PHG_VERSION,
+	               schema_q, plan_lit, sum_lit, env_lit, user_lit, host_lit, target_lit, pid,
+	               PHG_VERSION,
 	               schema_q);
 	for (size_t p = 0; p < plan->nphases; p++)
 		phg_buf_printf(b, "%s(%zu, %s, %s)", p ? ", " : "", p, names[p], sums[p]);
@@ -367,7 +370,7 @@ void phg_store_status_run_sql(phg_buf_t *out, const char *schema_q)
 	               TS("finished_at") ", note, EXISTS (SELECT 1 FROM pg_locks l WHERE "
 	               PHG_PLAN_LOCK_HELD("$2", "$1") "), error, " TS("paused_at") ", paused_by, "
 	               "held, " TS("held_at") ", (SELECT data::text FROM %s.events e WHERE e.run_id = r.id "
-	               "AND e.kind = 'throttle' ORDER BY e.id DESC LIMIT 1) "
+	               "AND e.kind = 'throttle' ORDER BY e.id DESC LIMIT 1), target "
 	               "FROM %s.runs r WHERE plan = $1 ORDER BY id DESC LIMIT 1",
 	               schema_q, schema_q);
 }
@@ -398,7 +401,8 @@ void phg_store_history_sql(phg_buf_t *out, const char *schema_q)
 	               TS("r.started_at") ", " TS("r.finished_at") ", r.who, r.host, "
 	               "(SELECT count(*) FROM %s.phases p WHERE p.run_id = r.id AND p.state = 'applied'), "
 	               "(SELECT count(*) FROM %s.phases p WHERE p.run_id = r.id), "
-	               "(SELECT count(*) FROM %s.backups k WHERE k.run_id = r.id), r.note, r.error "
+	               "(SELECT count(*) FROM %s.backups k WHERE k.run_id = r.id), r.note, r.error, "
+	               "r.target "
 	               "FROM %s.runs r WHERE ($1::text IS NULL OR r.plan = $1) AND "
 	               "($2::text IS NULL OR r.env = $2) ORDER BY r.id",
 	               schema_q, schema_q, schema_q, schema_q);
@@ -481,7 +485,8 @@ void phg_store_schema_sql(phg_buf_t *o, const char *s)
 	               "  paused_at timestamptz,\n"
 	               "  paused_by text,\n"
 	               "  held text,\n"
-	               "  held_at timestamptz);\n"
+	               "  held_at timestamptz,\n"
+	               "  target text);\n"
 	               "CREATE INDEX IF NOT EXISTS runs_plan_idx ON %s.runs (plan, id);\n",
 	               s, s);
 	phg_buf_printf(o,
@@ -535,6 +540,12 @@ void phg_store_schema_sql(phg_buf_t *o, const char *s)
 	               "'%s.runs'::regclass AND attname = 'held') THEN "
 	               "ALTER TABLE %s.runs ADD COLUMN held text, ADD COLUMN held_at timestamptz; "
 	               "END IF; END $phg$;\n",
+	               s, s);
+	/* a state schema from before the recorded target */
+	phg_buf_printf(o,
+	               "DO $phg$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = "
+	               "'%s.runs'::regclass AND attname = 'target') THEN "
+	               "ALTER TABLE %s.runs ADD COLUMN target text; END IF; END $phg$;\n",
 	               s, s);
 	phg_buf_printf(o,
 	               "CREATE TABLE IF NOT EXISTS %s.events (\n"

@@ -160,7 +160,8 @@ void phg_store_load_run_sql(phg_buf_t *out, const char *schema_q, long long run)
  * literals made by the caller. */
 void phg_store_create_run_sql(phg_buf_t *out, const char *schema_q, const phg_plan_t *plan,
                               const char *plan_lit, const char *sum_lit, const char *env_lit,
-                              const char *user_lit, const char *host_lit, int pid,
+                              const char *user_lit, const char *host_lit,
+                              const char *target_lit, int pid,
                               const char *const *phase_name_lits,
                               const char *const *phase_sum_lits);
 /* The newest run of plan $1, for the message of a locked plan: id, state,
@@ -184,7 +185,8 @@ void phg_store_backup_sql(phg_buf_t *out, const char *schema_q, long long run,
  * finished (UTC, ISO 8601), note, whether lock class $2 of the plan is held
  * now, error, paused since (NULL: not paused), paused by, held (why the
  * run waits by itself: replica lag; NULL: it does not), held since, the
- * data of its last `throttle` event (NULL: none). */
+ * data of its last `throttle` event (NULL: none), its target (the
+ * database it ran on, phg_pg_describe). */
 void phg_store_status_run_sql(phg_buf_t *out, const char *schema_q);
 /* Phases and steps of @run: p.idx, p.state, started, finished, s.idx,
  * s.state, s.bf_rows. */
@@ -193,7 +195,7 @@ void phg_store_status_phases_sql(phg_buf_t *out, const char *schema_q, long long
 void phg_store_status_checks_sql(phg_buf_t *out, const char *schema_q, long long run);
 /* Every run (of plan $1 and env $2 when not NULL): id, plan, checksum, env,
  * action, state, started, finished, who, host, phases applied, phases,
- * backups, note, error. */
+ * backups, note, error, target. */
 void phg_store_history_sql(phg_buf_t *out, const char *schema_q);
 
 /* ---- pause and resume (recorded in runs: paused_at, paused_by) ---- */

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# test_core_target.sh - never the wrong database (issue 13, first slice).
+# With --env, the environment's variable must be set: unset or empty is
+# exit 2 naming it -- also when PGDATABASE names another database, which is
+# left untouched -- for apply, rollback, status, history and promote.
+# Without --env, an unset DATABASE_URL falls back to the PG* variables as
+# psql does.  apply prints its target first (database, socket or host and
+# port, user, server version, environment; never a password), records it
+# with the run, and status and history show it.
+# shellcheck source=/dev/null
+source "$PHG_TEST_LIB"
+
+new_db core_target_other
+other_db=$TEST_DB
+new_db core_target_staging
+staging_db=$TEST_DB
+for db in "$other_db" "$staging_db"; do
+	psql -X -q -d "$db" -c "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)"
+done
+cat >"$T/plan.yaml" <<'YAML'
+version: 1
+name: target-safety
+environments:
+  staging: { url_env: STAGING_DATABASE_URL }
+phases:
+  - name: expand
+    steps:
+      - add_column: { table: t, column: c, type: int }
+YAML
+untouched() { # DB
+	[[ $(psql -X -A -t -d "$1" -c "SELECT count(*) FROM pg_attribute WHERE attrelid = 't'::regclass
+		AND attname = 'c'")$(psql -X -A -t -d "$1" -c "SELECT to_regnamespace('phasegate') IS NULL") == 0t ]]
+}
+
+# --env with its variable unset: exit 2, named; the PG* variables are never used
+unset DATABASE_URL STAGING_DATABASE_URL
+export PGDATABASE=$other_db
+for cmd in apply rollback status history; do
+	assert_exit 2 phg "$cmd" "$T/plan.yaml" --env staging
+	assert_file_contains "$T/err" 'environment "staging" takes its database from $STAGING_DATABASE_URL, which is not set'
+	assert_file_contains "$T/err" "never falls back to the PG* variables"
+done
+assert_exit 2 phg promote "$T/plan.yaml" --from staging --to staging
+export STAGING_DATABASE_URL=""
+assert_exit 2 phg apply "$T/plan.yaml" --env staging
+assert_file_contains "$T/err" "which is empty"
+untouched "$other_db" || fail "the database of PGDATABASE was touched"
+
+# set: the target is printed first and recorded
+export STAGING_DATABASE_URL="postgresql:///${staging_db}?host=${PGHOST}&port=${PGPORT}&user=postgres&password=s3cret-pw"
+assert_exit 0 phg apply "$T/plan.yaml" --env staging
+assert_file_contains "$T/err" "target: database \"$staging_db\" on socket $PGHOST/.s.PGSQL.$PGPORT as postgres, PostgreSQL"
+assert_file_contains "$T/err" 'environment "staging"'
+assert_file_not_contains "$T/err" "s3cret-pw"
+untouched "$other_db" || fail "the other database was touched"
+target=$(psql -X -A -t -d "$staging_db" -c "SELECT target FROM phasegate.runs")
+assert_contains "$target" "database \"$staging_db\" on socket" "the run records its target"
+assert_exit 0 phg status "$T/plan.yaml" --env staging
+assert_file_contains "$T/out" "target:   database \"$staging_db\""
+assert_exit 0 phg status "$T/plan.yaml" --env staging --json
+assert_contains "$(cat "$T/out")" "\"target\":\"database" "status --json has the target"
+assert_exit 0 phg history "$T/plan.yaml" --env staging
+assert_file_contains "$T/out" "target: database \"$staging_db\""
+assert_exit 0 phg history "$T/plan.yaml" --env staging --json
+assert_contains "$(cat "$T/out")" "\"target\":\"database" "history --json has the target"
+grep -rq "s3cret-pw" "$T"/out "$T"/err && fail "the password appeared in the output"
+[[ $(psql -X -A -t -d "$staging_db" -c "SELECT count(*) FROM phasegate.runs WHERE target LIKE '%s3cret%'
+	OR env LIKE '%s3cret%'") == 0 ]] || fail "the password is in the state"
+
+# without --env, an unset DATABASE_URL means the PG* variables, as psql
+unset STAGING_DATABASE_URL DATABASE_URL
+export PGDATABASE=$other_db
+assert_exit 0 phg apply "$T/plan.yaml"
+assert_file_contains "$T/err" "target: database \"$other_db\""
+[[ $(psql -X -A -t -d "$other_db" -c "SELECT count(*) FROM pg_attribute WHERE attrelid = 't'::regclass
+	AND attname = 'c'") == 1 ]] || fail "the PG* database was not the target"
+pass
