@@ -163,7 +163,7 @@ static void probe_result(phg_pg_t *pg, int status, PGresult *res, const phg_err_
 		snprintf(msg, sizeof(msg),
 		         "canceled %lld autovacuum worker(s) blocking %s (%s), as PostgreSQL would "
 		         "after deadlock_timeout; autovacuum starts again by itself",
-		         canceled, cur_op(x)->label, PQgetvalue(res, 0, 2));
+		         canceled, x->probe_label, PQgetvalue(res, 0, 2));
 		phg_log(PHG_LOG_INFO, &x->log, "%s", msg);
 		if (x->on_event != NULL)
 			x->on_event(x, "autovacuum_canceled", msg, NULL);
@@ -185,6 +185,8 @@ static void probe_fire(uv_timer_t *t)
 	if (x->ctl == NULL || x->probing || x->ctl->pg->state == PHG_PG_BROKEN)
 		return;
 	snprintf(pid, sizeof(pid), "%d", x->work->backend_pid);
+	/* the answer may come after the op is done (and its ops freed) */
+	snprintf(x->probe_label, sizeof(x->probe_label), "%s", cur_op(x)->label);
 	x->probing = 1;
 	phg_pgq_query(x->ctl,
 	              "WITH b AS (SELECT a.* FROM pg_stat_activity a "

@@ -142,6 +142,7 @@ struct phg_exec_s {
 	char blockers[512];
 	int probing;
 	int probe_n;                    /* blocker probes of this attempt */
+	char probe_label[256];          /* the op the probe in flight is about */
 	uint64_t rng;
 	/* backfill */
 	phg_strv_t key_names;
