@@ -31,6 +31,7 @@ typedef struct cmd_s {
 #define OPT_DRY 0x04u
 #define OPT_JSON 0x08u
 #define OPT_FROM 0x10u
+#define OPT_YES 0x20u
 
 static const cmd_t commands[] = {
 	{"validate", "phasegate validate PLAN.yaml",
@@ -41,22 +42,25 @@ static const cmd_t commands[] = {
 	 "Print every SQL statement and action of the plan, in order, with the lock settings\n"
 	 "they run under; connects to nothing.\n",
 	 OPT_ENV, 1},
-	{"apply", "phasegate apply PLAN.yaml [--env E] [--to PHASE] [--dry-run]",
+	{"apply", "phasegate apply PLAN.yaml [--env E] [--to PHASE] [--dry-run] [--yes]",
 	 "Apply the plan's phases in order, gating each one; resumable: run it again after a\n"
 	 "crash, kill -9 or Ctrl-C and it continues from the last checkpoint.\n"
 	 "  --to PHASE   stop after PHASE (apply continues later)\n"
-	 "  --dry-run    show the current state and what apply would run; change nothing\n",
-	 OPT_ENV | OPT_TO | OPT_DRY, 1},
+	 "  --dry-run    show the current state and what apply would run; change nothing\n"
+	 "  --yes        a protected environment without asking (CI; no terminal: required)\n",
+	 OPT_ENV | OPT_TO | OPT_DRY | OPT_YES, 1},
 	{"status", "phasegate status PLAN.yaml [--env E] [--json]",
 	 "Show the plan's last run on the database: its state and each phase's and step's.\n", OPT_ENV | OPT_JSON,
 	 1},
-	{"rollback", "phasegate rollback PLAN.yaml [--env E] [--to PHASE]",
+	{"rollback", "phasegate rollback PLAN.yaml [--env E] [--to PHASE] [--yes]",
 	 "Revert applied phases in reverse order: all of them, or down to (and excluding)\n"
-	 "--to PHASE. Refuses before touching anything when a step cannot be reverted (exit 4).\n",
-	 OPT_ENV | OPT_TO, 1},
-	{"promote", "phasegate promote PLAN.yaml --from ENV --to ENV",
-	 "Apply the plan to --to only if --from has a completed run of the same plan checksum.\n",
-	 OPT_FROM | OPT_TO, 1},
+	 "--to PHASE. Refuses before touching anything when a step cannot be reverted (exit 4).\n"
+	 "  --yes        a protected environment without asking (CI; no terminal: required)\n",
+	 OPT_ENV | OPT_TO | OPT_YES, 1},
+	{"promote", "phasegate promote PLAN.yaml --from ENV --to ENV [--yes]",
+	 "Apply the plan to --to only if --from has a completed run of the same plan checksum.\n"
+	 "  --yes        a protected --to environment without asking\n",
+	 OPT_FROM | OPT_TO | OPT_YES, 1},
 	{"pause", "phasegate pause PLAN.yaml [--env E]",
 	 "Pause the plan's running apply, from any machine that reaches the database: it stops\n"
 	 "after its current backfill batch and waits, keeping its lock (recorded in the state\n"
@@ -291,6 +295,11 @@ int phg_cli_main(int argc, char **argv)
 				return usage_error(c, "option \"%s\" is not valid here", a);
 			o.dry_run = 1;
 			continue;
+		} else if (strcmp(a, "--yes") == 0 || strcmp(a, "-y") == 0) {
+			if (!(c->opts & OPT_YES))
+				return usage_error(c, "option \"%s\" is not valid here", a);
+			o.yes = 1;
+			continue;
 		} else if (strcmp(a, "--json") == 0) {
 			if (!(c->opts & OPT_JSON))
 				return usage_error(c, "option \"%s\" is not valid here", a);
@@ -351,7 +360,7 @@ int phg_cli_main(int argc, char **argv)
 	} else if (strcmp(c->name, "pause") == 0 || strcmp(c->name, "resume") == 0) {
 		rc = phg_cmd_pause(plan, &o, c->name[0] == 'p');
 	} else {
-		rc = phg_cmd_promote(plan, from, o.to_phase);
+		rc = phg_cmd_promote(plan, from, o.to_phase, o.yes);
 	}
 	phg_plan_free(plan);
 	return rc;

@@ -17,6 +17,40 @@
 static int expand_ok(const char *s, const char *where, const char *name);
 static int env_preflight(const phg_plan_t *plan);
 
+/* A protected environment: --yes, or its name typed on a terminal.  This
+ * runs before the loop does (nothing else is waiting). */
+static int confirm_protected(const phg_plan_t *plan, const phg_run_opts_t *o,
+                             phg_engine_mode_t mode)
+{
+	const char *what = mode == PHG_ENGINE_APPLY ? "apply" : "rollback";
+	char target[512], line[128];
+	size_t n;
+
+	if (plan->env == NULL || !plan->env->is_protected || o->yes)
+		return 0;
+	phg_conninfo_describe(phg_target_url(plan, plan->url_env, NULL), target, sizeof(target));
+	if (!isatty(STDIN_FILENO) || !isatty(STDERR_FILENO)) {
+		phg_log(PHG_LOG_ERROR, NULL, "environment \"%s\" is protected: %s needs --yes without a "
+		                             "terminal",
+		        plan->env->name, what);
+		fprintf(stderr, "  DETAIL: Target: %s. Nothing was changed.\n", target);
+		return 1;
+	}
+	fprintf(stderr,
+	        "Environment \"%s\" is protected.\n  %s plan \"%s\" on %s\nType the environment's "
+	        "name to go on: ",
+	        plan->env->name, what, plan->name, target);
+	fflush(stderr);
+	if (fgets(line, sizeof(line), stdin) == NULL)
+		line[0] = '\0';
+	n = strcspn(line, "\r\n");
+	line[n] = '\0';
+	if (strcmp(line, plan->env->name) == 0)
+		return 0;
+	phg_log(PHG_LOG_ERROR, NULL, "not confirmed: nothing was changed");
+	return 1;
+}
+
 /* Every ${VAR} the run may need (check URLs and headers, http steps and
  * their reverts) must be set before anything is touched: exit 2 otherwise. */
 static int expand_ok(const char *s, const char *where, const char *name)
@@ -110,6 +144,8 @@ static int run_engine(phg_plan_t *plan, const phg_run_opts_t *o, phg_engine_mode
 	}
 	if (env_preflight(plan) != 0)
 		return PHG_EXIT_USAGE;
+	if (confirm_protected(plan, o, mode) != 0)
+		return PHG_EXIT_USAGE;
 	if (uv_loop_init(&loop) != 0)
 		return PHG_EXIT_RUNTIME;
 	e = phg_engine_new(&loop, mode, plan, o, &code);
@@ -138,7 +174,7 @@ int phg_cmd_rollback(phg_plan_t *plan, const phg_run_opts_t *o)
 	return run_engine(plan, o, PHG_ENGINE_ROLLBACK);
 }
 
-int phg_cmd_promote(phg_plan_t *plan, const char *from, const char *to)
+int phg_cmd_promote(phg_plan_t *plan, const char *from, const char *to, int yes)
 {
 	phg_run_opts_t o;
 	phg_err_t err;
@@ -147,6 +183,7 @@ int phg_cmd_promote(phg_plan_t *plan, const char *from, const char *to)
 	int rc;
 
 	memset(&o, 0, sizeof(o));
+	o.yes = yes;
 	phg_err_clear(&err);
 	if (phg_plan_select_env(plan, from, &err) != 0 || phg_plan_select_env(plan, to, &err) != 0) {
 		fprintf(stderr, "phasegate: %s\n", err.msg);

@@ -30,6 +30,7 @@ typedef struct phg_run_opts_s {
 	int dry_run;          /* apply --dry-run */
 	int json;             /* status/history --json */
 	const char *db_env;   /* history without a plan: variable holding the URL */
+	int yes;              /* --yes: a protected environment without asking */
 } phg_run_opts_t;
 
 /*
@@ -63,7 +64,7 @@ struct json_t;
 int phg_status_json(phg_plan_t *plan, const phg_run_opts_t *o, struct json_t **out);
 /* Apply to environment @to only if environment @from holds a completed run
  * of this plan's checksum (exit 6 otherwise). */
-int phg_cmd_promote(phg_plan_t *plan, const char *from, const char *to);
+int phg_cmd_promote(phg_plan_t *plan, const char *from, const char *to, int yes);
 /* @plan may be NULL: then the database comes from o->db_env (DATABASE_URL). */
 int phg_cmd_history(phg_plan_t *plan, const phg_run_opts_t *o);
 /* Pause (@pause 1) or resume the newest unfinished run of @plan: recorded in

@@ -1254,3 +1254,35 @@ void phg_pg_describe(const phg_pg_t *pg, char *out, size_t n)
 		snprintf(out, n, "database \"%s\" on %s:%s as %s, PostgreSQL %d.%d", PQdb(pg->conn),
 		         host ? host : "?", port ? port : "?", PQuser(pg->conn), v / 10000, v % 10000);
 }
+
+static const char *ci_get(const PQconninfoOption *opts, const char *key, const char *env,
+                          const char *def)
+{
+	const char *v = NULL;
+
+	for (const PQconninfoOption *o = opts; o != NULL && o->keyword != NULL; o++)
+		if (strcmp(o->keyword, key) == 0 && o->val != NULL && o->val[0] != '\0')
+			v = o->val;
+	if (v == NULL && env != NULL)
+		v = getenv(env);
+	return v != NULL && v[0] != '\0' ? v : def;
+}
+
+void phg_conninfo_describe(const char *conninfo, char *out, size_t n)
+{
+	PQconninfoOption *opts = PQconninfoParse(conninfo ? conninfo : "", NULL);
+	const char *host, *port, *user, *db;
+
+	if (n == 0)
+		return;
+	/* a string libpq cannot parse is reported when connecting */
+	host = ci_get(opts, "host", "PGHOST", "the default socket");
+	port = ci_get(opts, "port", "PGPORT", "5432");
+	user = ci_get(opts, "user", "PGUSER", "the current user");
+	db = ci_get(opts, "dbname", "PGDATABASE", user);
+	if (host[0] == '/')
+		snprintf(out, n, "database \"%s\" on socket %s/.s.PGSQL.%s as %s", db, host, port, user);
+	else
+		snprintf(out, n, "database \"%s\" on %s:%s as %s", db, host, port, user);
+	PQconninfoFree(opts);
+}

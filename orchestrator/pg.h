@@ -167,6 +167,11 @@ void phg_pg_close(phg_pg_t *pg, phg_pg_close_cb cb);
  * "" when not connected. */
 void phg_pg_describe(const phg_pg_t *pg, char *out, size_t n);
 
+/* The same from a connection string (PQconninfoParse; the PG* variables
+ * and defaults for what it leaves out), before connecting: database,
+ * host:port or socket, user -- never the password. */
+void phg_conninfo_describe(const char *conninfo, char *out, size_t n);
+
 /* Copy libpq's error for a failed connection/result into @err without the
  * password (libpq does not print it; this also strips the trailing newline).
  * Code PHG_EPG; first cause wins (no-op when @err already holds an error). */

@@ -174,6 +174,7 @@ typedef struct phg_env_s {
 	phg_settings_t settings;  /* resolved: plan settings + env overrides */
 	phg_check_t *checks;      /* resolved: every plan check, env overrides applied */
 	size_t nchecks;
+	int is_protected;         /* `protected: true`: apply/rollback confirm first */
 } phg_env_t;
 
 typedef enum phg_backup_scope_e {

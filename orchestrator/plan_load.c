@@ -554,6 +554,8 @@ static const phg_field_t top_fields[] = {
 static const phg_field_t env_fields[] = {
 	{.key = "url_env", .type = PHG_FT_STRING, .offset = offsetof(phg_env_t, url_env),
 	 .what = "an environment variable name"},
+	{.key = "protected", .type = PHG_FT_BOOL, .offset = offsetof(phg_env_t, is_protected),
+	 .def = "false", .what = "true or false"},
 	{0},
 };
 
@@ -1342,7 +1344,7 @@ static void load_env(ld_t *ld, phg_env_t *env, const node_t *k, const node_t *v)
 {
 	phg_plan_t *plan = ld->plan;
 	extra_t extras[] = {{.key = "checks"}, {.key = "settings"}, {0}};
-	phg_pos_t fpos[1] = {{0, 0}};
+	phg_pos_t fpos[2] = {{0, 0}, {0, 0}};
 	char where[256];
 
 	env->name = phg_strdup(k->str);

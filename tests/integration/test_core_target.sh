@@ -6,7 +6,9 @@
 # Without --env, an unset DATABASE_URL falls back to the PG* variables as
 # psql does.  apply prints its target first (database, socket or host and
 # port, user, server version, environment; never a password), records it
-# with the run, and status and history show it.
+# with the run, and status and history show it.  An environment marked
+# `protected: true` needs --yes without a terminal (exit 2, nothing
+# touched) and its name typed on one.
 # shellcheck source=/dev/null
 source "$PHG_TEST_LIB"
 
@@ -22,6 +24,7 @@ version: 1
 name: target-safety
 environments:
   staging: { url_env: STAGING_DATABASE_URL }
+  prod: { url_env: PROD_DATABASE_URL, protected: true }
 phases:
   - name: expand
     steps:
@@ -74,4 +77,31 @@ assert_exit 0 phg apply "$T/plan.yaml"
 assert_file_contains "$T/err" "target: database \"$other_db\""
 [[ $(psql -X -A -t -d "$other_db" -c "SELECT count(*) FROM pg_attribute WHERE attrelid = 't'::regclass
 	AND attname = 'c'") == 1 ]] || fail "the PG* database was not the target"
+
+# a protected environment: --yes, or its name typed on a terminal
+new_db core_target_prod
+prod_db=$TEST_DB
+psql -X -q -d "$prod_db" -c "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)"
+export PROD_DATABASE_URL="postgresql:///${prod_db}?host=${PGHOST}&port=${PGPORT}&user=postgres"
+assert_exit 2 phg apply "$T/plan.yaml" --env prod </dev/null
+assert_file_contains "$T/err" 'environment "prod" is protected: apply needs --yes without a terminal'
+assert_file_contains "$T/err" "Target: database \"$prod_db\" on socket $PGHOST/.s.PGSQL.$PGPORT as postgres"
+untouched "$prod_db" || fail "an unconfirmed apply touched prod"
+export STAGING_DATABASE_URL="postgresql:///${staging_db}?host=${PGHOST}&port=${PGPORT}&user=postgres"
+assert_exit 2 phg promote "$T/plan.yaml" --from staging --to prod </dev/null
+assert_file_contains "$T/err" 'environment "prod" is protected'
+untouched "$prod_db" || fail "an unconfirmed promotion touched prod"
+# on a terminal (script(1) gives it one): the wrong name is refused
+printf 'staging\n' | script -qec "'$PHASEGATE' apply '$T/plan.yaml' --env prod" /dev/null >"$T/tty.out" 2>&1 || true
+assert_file_contains "$T/tty.out" "Type the environment's name to go on"
+assert_file_contains "$T/tty.out" "not confirmed: nothing was changed"
+untouched "$prod_db" || fail "a refused confirmation touched prod"
+printf 'prod\n' | script -qec "'$PHASEGATE' apply '$T/plan.yaml' --env prod" /dev/null >"$T/tty.out" 2>&1
+assert_file_contains "$T/tty.out" "plan completed"
+assert_exit 0 phg rollback "$T/plan.yaml" --env prod --yes </dev/null
+assert_eq "rolled_back" "$(psql -X -A -t -d "$prod_db" -c "SELECT state FROM phasegate.runs ORDER BY id DESC LIMIT 1")" \
+	"rollback --yes on prod"
+assert_exit 0 phg apply "$T/plan.yaml" --env prod --yes </dev/null
+assert_exit 2 phg status "$T/plan.yaml" --yes
+assert_file_contains "$T/err" "not valid here"
 pass
