@@ -58,8 +58,10 @@ static int default_is_constant(const char *e)
 	int after_cast = 0; /* words after :: are type names */
 
 	while (*p != '\0') {
+		/* operators over constants: now() + interval '1 day' */
 		if (isspace((unsigned char)*p) || *p == '(' || *p == ')' || *p == '+' ||
-		    *p == '-' || *p == '[' || *p == ']' || *p == ',') {
+		    *p == '-' || *p == '*' || *p == '/' || *p == '%' || *p == '|' || *p == '[' ||
+		    *p == ']' || *p == ',') {
 			p++;
 			continue;
 		}
@@ -118,6 +120,11 @@ static int default_is_constant(const char *e)
 			n = (size_t)(p - w);
 			if (after_cast)
 				continue; /* type name, possibly several words */
+			q = p;
+			while (isspace((unsigned char)*q))
+				q++;
+			if (*q == '\'' || ((*q == 'E' || *q == 'e') && q[1] == '\''))
+				continue; /* a typed literal: interval '1 day', date '2024-01-01' */
 			if (!is_stable_word(w, n))
 				return 0;
 			q = p;
@@ -138,16 +145,116 @@ static int default_is_constant(const char *e)
 	return 1;
 }
 
+/* The word of @type that fills every existing row, or NULL. */
+static const char *type_fills_rows(const char *type, const char **why)
+{
+	static const char *const serials[] = {"serial",  "serial4",     "bigserial", "serial8",
+	                                      "smallserial", "serial2", NULL};
+	const char *p = type;
+	int first = 1;
+
+	while (*p != '\0') {
+		const char *w;
+		size_t n;
+
+		while (*p != '\0' && !isalnum((unsigned char)*p) && *p != '_')
+			p++;
+		w = p;
+		while (isalnum((unsigned char)*p) || *p == '_')
+			p++;
+		n = (size_t)(p - w);
+		if (n == 0)
+			break;
+		for (int i = 0; first && serials[i] != NULL; i++)
+			if (strlen(serials[i]) == n && strncasecmp(serials[i], w, n) == 0) {
+				*why = "fills every existing row from a sequence";
+				return serials[i];
+			}
+		if (n == 9 && strncasecmp(w, "generated", 9) == 0) {
+			*why = "fills every existing row (GENERATED ... AS IDENTITY or ... STORED)";
+			return "GENERATED";
+		}
+		if (n == 7 && strncasecmp(w, "default", 7) == 0) {
+			*why = "has a DEFAULT inside it";
+			return "DEFAULT";
+		}
+		first = 0;
+	}
+	return NULL;
+}
+
+/* An earlier add_column of the same column, with no drop or rename of it
+ * in between: the step that added it, or NULL. */
+static const phg_step_t *added_before(const phg_plan_t *plan, const phg_step_t *step,
+                                      size_t *phase)
+{
+	const add_column_args_t *a = step->args;
+	const phg_step_t *found = NULL;
+
+	for (size_t p = 0; p < plan->nphases; p++)
+		for (size_t s = 0; s < plan->phases[p].nsteps; s++) {
+			const phg_step_t *st = &plan->phases[p].steps[s];
+			const phg_table_column_args_t *o = st->args;
+			const char *k = st->kind != NULL ? st->kind->name : "";
+
+			if (st == step)
+				return found;
+			/* only these kinds' args begin with table and column */
+			if (strcmp(k, "add_column") != 0 && strcmp(k, "drop_column") != 0 &&
+			    strcmp(k, "rename_column") != 0)
+				continue;
+			if (o == NULL || o->table == NULL || o->column == NULL ||
+			    strcmp(o->table, a->table) != 0 || strcmp(o->column, a->column) != 0)
+				continue;
+			if (strcmp(k, "add_column") == 0) {
+				found = st;
+				*phase = p;
+			} else if (strcmp(k, "drop_column") == 0 || strcmp(k, "rename_column") == 0) {
+				found = NULL;
+			}
+		}
+	return NULL;
+}
+
 static int add_column_check(const phg_plan_t *plan, const phg_step_t *step, phg_diag_t *d)
 {
 	const add_column_args_t *a = step->args;
+	const phg_step_t *twice;
+	const char *word, *why = "";
+	size_t ph = 0;
 	int rc = 0;
 
-	(void)plan;
 	if (a->def != NULL && !default_is_constant(a->def)) {
 		phg_diag_error(d, phg_step_field_pos(step, "default"),
-		               "default of column \"%s\" is not a constant expression",
+		               "default of column \"%s\" is not a constant expression: a volatile "
+		               "default rewrites the whole table under ACCESS EXCLUSIVE; add the column "
+		               "without it (or with a constant), then set it for new rows and backfill",
 		               a->column);
+		rc = PHG_EPLAN;
+	}
+	word = type_fills_rows(a->type, &why);
+	if (word != NULL && strcmp(word, "DEFAULT") == 0) {
+		phg_diag_error(d, phg_step_field_pos(step, "type"),
+		               "type \"%s\" of column \"%s\" has a DEFAULT inside it: a volatile one "
+		               "would rewrite table \"%s\" under ACCESS EXCLUSIVE, and validate only "
+		               "checks the step's `default`; write it there",
+		               a->type, a->column, a->table);
+		rc = PHG_EPLAN;
+	} else if (word != NULL) {
+		phg_diag_error(d, phg_step_field_pos(step, "type"),
+		               "type \"%s\" of column \"%s\" %s: ADD COLUMN would rewrite table \"%s\" "
+		               "under ACCESS EXCLUSIVE; add it as a plain type (e.g. bigint), give new rows "
+		               "their value with a `sql` step (ALTER COLUMN ... SET DEFAULT nextval(...)) "
+		               "and fill the existing ones with a backfill",
+		               a->type, a->column, why, a->table);
+		rc = PHG_EPLAN;
+	}
+	twice = added_before(plan, step, &ph);
+	if (twice != NULL) {
+		phg_diag_error(d, phg_step_field_pos(step, "column"),
+		               "column \"%s\" of \"%s\" is already added by the add_column step of "
+		               "phase \"%s\" (line %d)",
+		               a->column, a->table, plan->phases[ph].name, twice->pos.line);
 		rc = PHG_EPLAN;
 	}
 	if (!a->nullable && a->def == NULL) {

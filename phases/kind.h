@@ -12,6 +12,14 @@
 #define PHG_ARG_TABLE(T_)                                                  \
 	{.key = "table", .type = PHG_FT_TABLE, .offset = offsetof(T_, table), \
 	 .flags = PHG_FL_REQUIRED, .what = "a table name"}
+/* The args of add_column, drop_column and rename_column begin with these
+ * two members (PHG_ARG_TABLE, PHG_ARG_COLUMN), so a check can read another
+ * step's table and column. */
+typedef struct {
+	char *table;
+	char *column;
+} phg_table_column_args_t;
+
 #define PHG_ARG_COLUMN(T_)                                                 \
 	{.key = "column", .type = PHG_FT_IDENT, .offset = offsetof(T_, column), \
 	 .flags = PHG_FL_REQUIRED, .what = "a column name"}
