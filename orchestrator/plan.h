@@ -76,6 +76,7 @@ typedef enum phg_ftype_e {
 
 #define PHG_FL_REQUIRED 0x1u  /* missing key is an error */
 #define PHG_FL_EMPTY_OK 0x2u  /* an empty string scalar is accepted */
+#define PHG_FL_ANYCASE 0x8u   /* PHG_FT_ENUM: matched case-insensitively, as SQL keywords */
 #define PHG_FL_SHORTHAND 0x4u /* PHG_FT_MAP: a scalar stands for its first sub-key
                                  (`throttle: off` = `throttle: { budget: off }`) */
 

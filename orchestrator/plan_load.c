@@ -21,6 +21,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -957,7 +958,8 @@ static int conv_scalar(ld_t *ld, const phg_field_t *f, const node_t *n, void *p,
 		char *list;
 
 		for (int i = 0; f->enum_values[i] != NULL; i++) {
-			if (strcmp(f->enum_values[i], s) == 0) {
+			if ((f->flags & PHG_FL_ANYCASE) ? strcasecmp(f->enum_values[i], s) == 0
+			                                : strcmp(f->enum_values[i], s) == 0) {
 				*(int *)p = i;
 				return 0;
 			}

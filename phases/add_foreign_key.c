@@ -39,7 +39,8 @@ static const phg_field_t add_foreign_key_fields[] = {
 	 .offset = offsetof(add_foreign_key_args_t, references), .flags = PHG_FL_REQUIRED,
 	 .sub = fk_ref_fields, .what = "a mapping {table, columns}"},
 	{.key = "on_delete", .type = PHG_FT_ENUM, .offset = offsetof(add_foreign_key_args_t, on_delete),
-	 .enum_values = on_delete_values, .def = "no action", .what = "a referential action"},
+	 .flags = PHG_FL_ANYCASE, .enum_values = on_delete_values, .def = "no action",
+	 .what = "a referential action"},
 	{0},
 };
 

@@ -34,7 +34,8 @@ static const phg_field_t create_index_fields[] = {
 	{.key = "where", .type = PHG_FT_SQL, .offset = offsetof(create_index_args_t, where),
 	 .what = "a predicate for a partial index"},
 	{.key = "method", .type = PHG_FT_ENUM, .offset = offsetof(create_index_args_t, method),
-	 .enum_values = index_methods, .def = "btree", .what = "an index method"},
+	 .flags = PHG_FL_ANYCASE, .enum_values = index_methods, .def = "btree",
+	 .what = "an index method"},
 	{0},
 };
 
