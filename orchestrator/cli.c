@@ -257,6 +257,15 @@ int phg_cli_main(int argc, char **argv)
 		printf("phasegate %s\n", PHG_VERSION);
 		return PHG_EXIT_OK;
 	}
+	if (strcmp(argv[1], "help") == 0 && argc > 2) {
+		/* `phasegate help CMD` is `phasegate CMD --help` */
+		for (const cmd_t *k = commands; k->name != NULL; k++)
+			if (strcmp(k->name, argv[2]) == 0) {
+				printf("usage: %s\n\n%s", k->usage, k->help);
+				return PHG_EXIT_OK;
+			}
+		return usage_error(NULL, "unknown command \"%s\"", argv[2]);
+	}
 	if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
 	    strcmp(argv[1], "help") == 0) {
 		usage_all(stdout);
@@ -323,6 +332,9 @@ int phg_cli_main(int argc, char **argv)
 		return usage_error(c, "%s", "missing PLAN.yaml");
 	if (strcmp(c->name, "promote") == 0 && (from == NULL || o.to_phase == NULL))
 		return usage_error(c, "%s", "promote needs --from ENV and --to ENV");
+	if (strcmp(c->name, "promote") == 0 && strcmp(from, o.to_phase) == 0)
+		return usage_error(c, "cannot promote from \"%s\" to itself: --from and --to must differ",
+		                   from);
 
 	phg_err_clear(&err);
 	if (file != NULL) {

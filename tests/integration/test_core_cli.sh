@@ -179,6 +179,13 @@ state_schema() { # DB
 assert_exit 2 phg apply "$T/promote.yaml" --env nosuch
 assert_file_contains "$T/err" "nosuch"
 assert_exit 2 phg promote "$T/promote.yaml" --from staging --to nosuch
+assert_exit 2 phg promote "$T/promote.yaml" --from staging --to staging
+assert_file_contains "$T/err" 'cannot promote from "staging" to itself'
+# `help CMD` is `CMD --help`
+assert_exit 0 phg help rollback
+assert_file_contains "$T/out" "usage: phasegate rollback PLAN.yaml"
+assert_exit 2 phg help nosuch
+assert_file_contains "$T/err" 'unknown command "nosuch"'
 
 # staging has no run: refused, prod untouched
 assert_exit 6 phg promote "$T/promote.yaml" --from staging --to prod
