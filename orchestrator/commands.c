@@ -14,7 +14,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static int expand_ok(const char *s, const char *where, const char *name);
 static int env_preflight(const phg_plan_t *plan);
 
 /* A protected environment: --yes, or its name typed on a terminal.  This
@@ -52,11 +51,24 @@ static int confirm_protected(const phg_plan_t *plan, const phg_run_opts_t *o,
 }
 
 /* Every ${VAR} the run may need (check URLs and headers, http steps and
- * their reverts) must be set before anything is touched: exit 2 otherwise. */
-static int expand_ok(const char *s, const char *where, const char *name)
+ * their reverts) must be set before anything is touched: exit 2 otherwise.
+ * Each missing variable is reported once, with every place that uses it. */
+#define MISSING_MAX 16
+
+typedef struct {
+	size_t n;
+	struct {
+		char msg[512];
+		phg_strv_t places;
+	} v[MISSING_MAX];
+} missing_t;
+
+static int expand_ok(missing_t *m, const char *s, const char *where, const char *name)
 {
 	phg_buf_t b;
 	phg_err_t err;
+	char place[512];
+	size_t i;
 	int rc;
 
 	if (s == NULL)
@@ -65,17 +77,43 @@ static int expand_ok(const char *s, const char *where, const char *name)
 	phg_err_clear(&err);
 	rc = phg_expand_env(s, &b, &err);
 	phg_buf_free(&b);
-	if (rc != 0) {
-		phg_log(PHG_LOG_ERROR, NULL, "%s", err.msg);
-		fprintf(stderr, "  DETAIL: In %s \"%s\". Nothing was changed.\n", where, name);
+	if (rc == 0)
+		return 0;
+	for (i = 0; i < m->n && strcmp(m->v[i].msg, err.msg) != 0; i++)
+		;
+	if (i == m->n) {
+		if (m->n == MISSING_MAX)
+			return rc;
+		snprintf(m->v[m->n++].msg, sizeof(m->v[0].msg), "%s", err.msg);
 	}
+	snprintf(place, sizeof(place), "%s \"%s\"", where, name);
+	for (size_t k = 0; k < m->v[i].places.n; k++)
+		if (strcmp(m->v[i].places.v[k], place) == 0)
+			return rc;
+	phg_strv_push(&m->v[i].places, place);
 	return rc;
+}
+
+static void missing_report(missing_t *m)
+{
+	for (size_t i = 0; i < m->n; i++) {
+		phg_strv_t *pl = &m->v[i].places;
+
+		phg_log(PHG_LOG_ERROR, NULL, "%s", m->v[i].msg);
+		fprintf(stderr, "  DETAIL: In ");
+		for (size_t k = 0; k < pl->n; k++)
+			fprintf(stderr, "%s%s", k == 0 ? "" : k + 1 == pl->n ? " and " : ", ", pl->v[k]);
+		fprintf(stderr, ". Nothing was changed.\n");
+		phg_strv_clear(pl);
+	}
+	m->n = 0;
 }
 
 static int env_preflight(const phg_plan_t *plan)
 {
 	int bad = 0;
 	phg_err_t terr;
+	missing_t m = {0};
 
 	/* never the wrong database: an environment's variable must be set */
 	phg_err_clear(&terr);
@@ -87,12 +125,12 @@ static int env_preflight(const phg_plan_t *plan)
 	for (size_t i = 0; i < plan->nchecks; i++) {
 		const phg_check_t *c = &plan->checks[i];
 
-		bad |= expand_ok(c->url, "the url of check", c->name) != 0;
+		bad |= expand_ok(&m, c->url, "the url of check", c->name) != 0;
 		for (size_t h = 0; h < c->headers.n; h++) {
 			char where[256];
 
 			snprintf(where, sizeof(where), "header \"%s\" of check", c->headers.v[h].key);
-			bad |= expand_ok(c->headers.v[h].value, where, c->name) != 0;
+			bad |= expand_ok(&m, c->headers.v[h].value, where, c->name) != 0;
 		}
 	}
 	for (size_t p = 0; p < plan->nphases; p++) {
@@ -110,7 +148,7 @@ static int env_preflight(const phg_plan_t *plan)
 
 					if (h == NULL)
 						continue;
-					bad |= expand_ok(h->url, "the url of the http step of phase",
+					bad |= expand_ok(&m, h->url, "the url of the http step of phase",
 					                 plan->phases[p].name) != 0;
 					for (size_t j = 0; j < h->headers.n; j++) {
 						char where[256];
@@ -118,7 +156,7 @@ static int env_preflight(const phg_plan_t *plan)
 						snprintf(where, sizeof(where),
 						         "header \"%s\" of the http step of phase",
 						         h->headers.v[j].key);
-						bad |= expand_ok(h->headers.v[j].value, where,
+						bad |= expand_ok(&m, h->headers.v[j].value, where,
 						                 plan->phases[p].name) != 0;
 					}
 				}
@@ -126,6 +164,7 @@ static int env_preflight(const phg_plan_t *plan)
 			}
 		}
 	}
+	missing_report(&m);
 	return bad ? PHG_EINVAL : 0;
 }
 

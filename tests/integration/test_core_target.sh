@@ -8,7 +8,7 @@
 # port, user, server version, environment; never a password), records it
 # with the run, and status and history show it.  An environment marked
 # `protected: true` needs --yes without a terminal (exit 2, nothing
-# touched) and its name typed on one.
+# touched) and its name typed on one.  An unset ${VAR} is reported once.
 # shellcheck source=/dev/null
 source "$PHG_TEST_LIB"
 
@@ -104,4 +104,22 @@ assert_eq "rolled_back" "$(psql -X -A -t -d "$prod_db" -c "SELECT state FROM pha
 assert_exit 0 phg apply "$T/plan.yaml" --env prod --yes </dev/null
 assert_exit 2 phg status "$T/plan.yaml" --yes
 assert_file_contains "$T/err" "not valid here"
+
+# an unset ${VAR} is reported once, with every place that uses it
+cat >"$T/unset.yaml" <<'YAML'
+version: 1
+name: unset-var
+checks:
+  api: { url: "http://127.0.0.1:${PHG_NOPE_PORT}/healthz" }
+  api2: { url: "http://127.0.0.1:${PHG_NOPE_PORT}/other" }
+phases:
+  - name: one
+    steps:
+      - http: { url: "http://127.0.0.1:${PHG_NOPE_PORT}/f", revert: { url: "http://127.0.0.1:${PHG_NOPE_PORT}/g" } }
+    verify: [api]
+YAML
+unset PHG_NOPE_PORT
+assert_exit 2 phg apply "$T/unset.yaml"
+assert_eq 1 "$(grep -c 'environment variable "PHG_NOPE_PORT" is not set' "$T/err")" "reported once"
+assert_file_contains "$T/err" 'In the url of check "api", the url of check "api2" and the url of the http step of phase "one". Nothing was changed.'
 pass
