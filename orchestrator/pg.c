@@ -1286,3 +1286,25 @@ void phg_conninfo_describe(const char *conninfo, char *out, size_t n)
 		snprintf(out, n, "database \"%s\" on %s:%s as %s", db, host, port, user);
 	PQconninfoFree(opts);
 }
+
+phg_conn_fail_t phg_pg_connect_failure(int status, const phg_err_t *err)
+{
+	static const char *const final[] = {
+	    "password authentication failed", "authentication failed", "does not exist",
+	    "no pg_hba.conf entry", "password is required", "is not permitted to log in",
+	    NULL,
+	};
+	const char *m = err != NULL ? err->msg : "";
+
+	if (status == PHG_EINVAL)
+		return PHG_CONN_INVALID;
+	/* values libpq checks when it starts: invalid sslmode value, invalid
+	 * port number, ... */
+	if (strncmp(m, "cannot connect to the database: invalid ", 40) == 0 ||
+	    strncmp(m, "invalid ", 8) == 0)
+		return PHG_CONN_INVALID;
+	for (size_t i = 0; final[i] != NULL; i++)
+		if (strstr(m, final[i]) != NULL)
+			return PHG_CONN_FINAL;
+	return PHG_CONN_RETRY;
+}

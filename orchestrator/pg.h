@@ -162,6 +162,20 @@ int phg_pg_cancel(phg_pg_t *pg);
  * callback; a second call is a no-op. */
 void phg_pg_close(phg_pg_t *pg, phg_pg_close_cb cb);
 
+/* What a failed connection attempt means for the next one. */
+typedef enum phg_conn_fail_e {
+	PHG_CONN_RETRY = 0,   /* refused, timed out, unreachable: try again */
+	PHG_CONN_INVALID,     /* a connection string libpq cannot parse: exit 2 */
+	PHG_CONN_FINAL,       /* authentication failed (28P01/28000), no such database
+	                         (3D000) or role, no pg_hba.conf entry: trying again
+	                         cannot help */
+} phg_conn_fail_t;
+
+/* Classify connection failure @status / @err (from phg_pg_connect or its
+ * callback).  The server sends no SQLSTATE before a session exists, so the
+ * FATAL message libpq reports is read (the server's messages in English). */
+phg_conn_fail_t phg_pg_connect_failure(int status, const phg_err_t *err);
+
 /* Where @pg is connected, for people: database "d" on host:port (or socket
  * DIR/.s.PGSQL.port) as user u, PostgreSQL x.y -- never the password.
  * "" when not connected. */

@@ -472,7 +472,8 @@ static void report_connected(phg_pg_t *pg, int status, const phg_err_t *err)
 
 	if (status != 0) {
 		phg_log_err(PHG_LOG_ERROR, NULL, err);
-		report_end(r, PHG_EXIT_RUNTIME);
+		report_end(r, phg_pg_connect_failure(status, err) == PHG_CONN_INVALID ? PHG_EXIT_USAGE
+		                                                                       : PHG_EXIT_RUNTIME);
 		return;
 	}
 	if (r->history >= 2) {
@@ -533,9 +534,10 @@ static int report_run(const phg_plan_t *plan, const phg_run_opts_t *o, int histo
 	r.pg.data = &r;
 	r.pg_open = 1;
 	phg_err_clear(&err);
-	if (phg_pg_connect(&r.pg, url, timeout, report_connected, &err) != 0) {
+	if ((rc = phg_pg_connect(&r.pg, url, timeout, report_connected, &err)) != 0) {
 		phg_log_err(PHG_LOG_ERROR, NULL, &err);
-		report_end(&r, PHG_EXIT_RUNTIME);
+		report_end(&r, phg_pg_connect_failure(rc, &err) == PHG_CONN_INVALID ? PHG_EXIT_USAGE
+		                                                                    : PHG_EXIT_RUNTIME);
 	}
 	uv_run(&r.loop, UV_RUN_DEFAULT);
 	rc = uv_loop_close(&r.loop);

@@ -299,6 +299,22 @@ static void on_connected(phg_pg_t *pg, int status, const phg_err_t *err)
 			phg_eng_shutdown(e, PHG_EXIT_INTERRUPTED);
 			return;
 		}
+		switch (phg_pg_connect_failure(status, &tmp)) {
+		case PHG_CONN_INVALID:
+			phg_err_hint(&tmp, "$%s must be a libpq URI (postgresql://...) or key=value pairs.",
+			             e->url_env);
+			phg_eng_fatal(e, PHG_EXIT_USAGE, &tmp);
+			return;
+		case PHG_CONN_FINAL:
+			/* the server answered and said no: another attempt cannot help */
+			phg_err_hint(&tmp, "Check the user, password and database of $%s (or the PG* "
+			                   "variables); nothing was changed.",
+			             e->url_env);
+			phg_eng_fatal(e, PHG_EXIT_RUNTIME, &tmp);
+			return;
+		case PHG_CONN_RETRY:
+			break;
+		}
 		if ((uint64_t)e->connect_attempt >= e->st->connect_retries) {
 			phg_err_hint(&tmp,
 			             "The database comes from $%s (a libpq URI or conninfo), and the PG* "

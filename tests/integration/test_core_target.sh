@@ -9,6 +9,8 @@
 # with the run, and status and history show it.  An environment marked
 # `protected: true` needs --yes without a terminal (exit 2, nothing
 # touched) and its name typed on one.  An unset ${VAR} is reported once.
+# An invalid connection string is exit 2, an unknown database or role
+# exit 1, neither retried.
 # shellcheck source=/dev/null
 source "$PHG_TEST_LIB"
 
@@ -104,6 +106,22 @@ assert_eq "rolled_back" "$(psql -X -A -t -d "$prod_db" -c "SELECT state FROM pha
 assert_exit 0 phg apply "$T/plan.yaml" --env prod --yes </dev/null
 assert_exit 2 phg status "$T/plan.yaml" --yes
 assert_file_contains "$T/err" "not valid here"
+
+# connection failures that another attempt cannot fix are not retried
+export DATABASE_URL="postgresql://[bad"
+assert_exit 2 phg apply "$T/plan.yaml"
+assert_file_contains "$T/err" "invalid connection string"
+assert_file_not_contains "$T/err" "attempt 1/"
+assert_exit 2 phg status "$T/plan.yaml"
+export DATABASE_URL="postgresql:///t_no_such_db_$$?host=${PGHOST}&port=${PGPORT}&user=postgres"
+assert_exit 1 phg apply "$T/plan.yaml"
+assert_file_contains "$T/err" "does not exist"
+assert_file_not_contains "$T/err" "attempt 1/"
+export DATABASE_URL="postgresql:///${other_db}?host=${PGHOST}&port=${PGPORT}&user=phg_no_such_role"
+assert_exit 1 phg apply "$T/plan.yaml"
+assert_file_contains "$T/err" 'role "phg_no_such_role" does not exist'
+assert_file_not_contains "$T/err" "attempt 1/"
+unset DATABASE_URL
 
 # an unset ${VAR} is reported once, with every place that uses it
 cat >"$T/unset.yaml" <<'YAML'
