@@ -265,6 +265,16 @@ static void fail_op(phg_exec_t *x, int status, const phg_err_t *err)
 {
 	const phg_op_t *op = cur_op(x);
 
+	if (op->violation != NULL && err != NULL && strcmp(err->sqlstate, "23514") == 0) {
+		/* what the check means, not its internal name */
+		phg_err_set(&x->err, err->code ? err->code : status, "%s", op->violation);
+		memcpy(x->err.sqlstate, err->sqlstate, sizeof(x->err.sqlstate));
+		phg_err_detail(&x->err, "The server said: %s.", err->msg);
+		if (op->violation_hint != NULL)
+			phg_err_hint(&x->err, "%s", op->violation_hint);
+		exec_finish(x, status);
+		return;
+	}
 	phg_err_copy(&x->err, err);
 	if (x->err.code == 0)
 		phg_err_set(&x->err, status, "%s", phg_strerror(status));

@@ -191,6 +191,8 @@ void phg_ops_free(phg_ops_t *ops)
 		free(op->memo_sql);
 		free(op->guard_sql);
 		free(op->cleanup_sql);
+		free(op->violation);
+		free(op->violation_hint);
 		if (op->backfill != NULL) {
 			free(op->backfill->table);
 			free(op->backfill->set);

@@ -73,6 +73,10 @@ typedef struct phg_op_s {
 	char *cleanup_sql;
 	phg_backfill_spec_t *backfill;
 	phg_http_spec_t *http;
+	/* when the op fails with check_violation (23514): what it means and how
+	 * to find the rows, instead of the server's internal constraint name */
+	char *violation;
+	char *violation_hint;
 } phg_op_t;
 
 typedef struct phg_ops_s {

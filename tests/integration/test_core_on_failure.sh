@@ -80,4 +80,21 @@ assert_eq 4 "$stop_exit" "on_failure stop exits 4 with the run failed"
 assert_file_contains "$T/stop.err" "left as it is"
 assert_file_contains "$T/stop.err" "an operator must look"
 
+# set_not_null over NULLs says which column and how to find the rows, not
+# only phasegate's internal constraint name
+psql_q "CREATE TABLE nn (id int PRIMARY KEY, v int); INSERT INTO nn VALUES (1, 1), (2, NULL)" >/dev/null
+cat >"$T/nn.yaml" <<'YAML'
+version: 1
+name: on-failure-nn
+phases:
+  - name: enforce
+    steps:
+      - set_not_null: { table: nn, column: v }
+YAML
+assert_exit 3 phg apply "$T/nn.yaml"
+assert_file_contains "$T/err" 'column "v" of "nn" has NULL values: NOT NULL cannot be enforced'
+assert_file_contains "$T/err" 'SELECT count(*) FROM "nn" WHERE "v" IS NULL'
+assert_file_contains "$T/err" "The server said:"
+assert_eq 0 "$(nconstraints nn)" "set_not_null over NULLs: no NOT VALID check left"
+
 pass
