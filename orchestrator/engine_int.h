@@ -128,6 +128,8 @@ struct engine_s {
 	int failed_status;   /* the step failure being handled */
 	phg_err_t step_err;  /* its error */
 	int failed_phase;
+	int kept;            /* reverted steps that left data deliberately (revert_keeps) */
+	char kept_what[256]; /* the first of them, for the final message */
 	int exit_code;
 	int shutting_down;
 

@@ -200,7 +200,22 @@ static void step_reverted(engine_t *e)
 		return;
 	}
 	phg_eng_ctx(e, e->pi, e->si);
-	phg_log(PHG_LOG_INFO, &e->log, "reverted");
+	{
+		const phg_step_t *st = &e->plan->phases[e->pi].steps[e->si];
+		const char *keeps =
+		    st->kind->revert_keeps != NULL ? st->kind->revert_keeps(st) : NULL;
+
+		const step_rt_t *rt = &e->ph[e->pi].steps[e->si];
+
+		if (keeps != NULL && (rt->progress > 0 || rt->bf_rows > 0)) {
+			phg_log(PHG_LOG_WARN, &e->log, "reverted, deliberately not undone: %s", keeps);
+			if (e->kept++ == 0)
+				snprintf(e->kept_what, sizeof(e->kept_what), "%s step %zu of phase \"%s\"",
+				         st->kind->name, (size_t)e->si + 1, e->plan->phases[e->pi].name);
+		} else {
+			phg_log(PHG_LOG_INFO, &e->log, "reverted");
+		}
+	}
 	phg_eng_set_state(e, PHG_LVL_STEP, e->pi, e->si, PHG_STEP_REVERTED, NULL, phg_eng_reconcile);
 }
 
@@ -413,15 +428,24 @@ static void on_failure_done(engine_t *e)
 	e->goal = GOAL_END;
 	if (e->st->on_failure == PHG_ON_FAILURE_ROLLBACK_PLAN) {
 		phg_log(PHG_LOG_WARN, &e->log,
-		        "automatic rollback complete: every phase of this run was reverted");
+		        "automatic rollback complete: every phase of this run was reverted%s%s%s",
+		        e->kept ? "; the updates of " : "", e->kept ? e->kept_what : "",
+		        e->kept ? " were not undone (no `down`)" : "");
 		phg_eng_set_state(e, PHG_LVL_RUN, 0, 0, PHG_RUN_ROLLED_BACK, e->step_err.msg,
 		                  exit_rolled_back);
 		return;
 	}
-	phg_log(PHG_LOG_WARN, &e->log,
-	        "automatic rollback complete: phase \"%s\" was reverted; the database is as it "
-	        "was before it",
-	        e->plan->phases[e->failed_phase].name);
+	if (e->kept > 0)
+		phg_log(PHG_LOG_WARN, &e->log,
+		        "automatic rollback complete: phase \"%s\" was reverted; the database is as it "
+		        "was before it, except that the updates of %s%s were not undone (no `down`)",
+		        e->plan->phases[e->failed_phase].name, e->kept_what,
+		        e->kept > 1 ? " and others" : "");
+	else
+		phg_log(PHG_LOG_WARN, &e->log,
+		        "automatic rollback complete: phase \"%s\" was reverted; the database is as it "
+		        "was before it",
+		        e->plan->phases[e->failed_phase].name);
 	snprintf(e->run_action, sizeof(e->run_action), "apply");
 	phg_eng_set_state(e, PHG_LVL_RUN, 0, 0, PHG_RUN_FAILED, e->step_err.msg, exit_rolled_back);
 }
@@ -526,14 +550,18 @@ static void rollback_done(engine_t *e)
 	phg_eng_ctx(e, -1, -1);
 	e->goal = GOAL_END;
 	if (e->rb_lo < 0) {
-		phg_log(PHG_LOG_INFO, &e->log, "rollback complete: every phase reverted");
+		phg_log(PHG_LOG_INFO, &e->log, "rollback complete: every phase reverted%s%s%s",
+		        e->kept ? "; the updates of " : "", e->kept ? e->kept_what : "",
+		        e->kept ? " were deliberately not undone (no `down`)" : "");
 		phg_eng_set_state(e, PHG_LVL_RUN, 0, 0, PHG_RUN_ROLLED_BACK, "rolled back", phg_eng_exit_ok);
 	} else {
 		char note[256];
 
 		snprintf(note, sizeof(note), "rolled back to phase \"%s\"",
 		         e->plan->phases[e->rb_lo].name);
-		phg_log(PHG_LOG_INFO, &e->log, "rollback complete: %s", note);
+		phg_log(PHG_LOG_INFO, &e->log, "rollback complete: %s%s%s%s", note,
+		        e->kept ? "; the updates of " : "", e->kept ? e->kept_what : "",
+		        e->kept ? " were deliberately not undone (no `down`)" : "");
 		phg_eng_set_state(e, PHG_LVL_RUN, 0, 0, PHG_RUN_INTERRUPTED, note, phg_eng_exit_ok);
 	}
 }

@@ -217,6 +217,13 @@ static int backfill_check(const phg_plan_t *plan, const phg_step_t *step, phg_di
 	return 0;
 }
 
+static const char *backfill_revert_keeps(const phg_step_t *step)
+{
+	const backfill_args_t *a = step->args;
+
+	return a->down == NULL ? "its updates were not undone (it has no `down`)" : NULL;
+}
+
 const phg_step_kind_t phg_kind_backfill = {
 	.name = "backfill",
 	.summary = "UPDATE in key order, one committed, checkpointed batch at a time",
@@ -226,4 +233,5 @@ const phg_step_kind_t phg_kind_backfill = {
 	.build = backfill_build,
 	.tables = phg_tables_first_arg,
 	.clean_on_fail = 0,
+	.revert_keeps = backfill_revert_keeps,
 };

@@ -128,6 +128,9 @@ typedef struct phg_step_kind_s {
 	/* Its finalize ops cannot be undone (drop_column's physical drop): once
 	 * they ran, the step is `finalized` and rollback refuses it. */
 	int final_irreversible;
+	/* May be NULL.  What a revert of @step deliberately leaves as it is (a
+	 * backfill without `down`: the values it wrote), or NULL: nothing. */
+	const char *(*revert_keeps)(const phg_step_t *step);
 } phg_step_kind_t;
 
 /* registry.c: the one table of step kinds. */

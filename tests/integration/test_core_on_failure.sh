@@ -97,4 +97,24 @@ assert_file_contains "$T/err" 'SELECT count(*) FROM "nn" WHERE "v" IS NULL'
 assert_file_contains "$T/err" "The server said:"
 assert_eq 0 "$(nconstraints nn)" "set_not_null over NULLs: no NOT VALID check left"
 
+# a backfill without `down`: the rollback says its updates were not undone
+psql_q "CREATE TABLE bk (id int PRIMARY KEY, v int NOT NULL, v2 int); INSERT INTO bk SELECT g, g FROM generate_series(1, 50) g" >/dev/null
+cat >"$T/bk.yaml" <<'YAML'
+version: 1
+name: on-failure-bk
+phases:
+  - name: fill
+    steps:
+      - backfill: { table: bk, set: "v2 = v * 2" }
+      - add_check: { table: bk, name: bk_neg, check: "v2 < 0" }
+YAML
+assert_exit 3 phg apply "$T/bk.yaml"
+assert_file_contains "$T/err" 'reverted, deliberately not undone: its updates were not undone (it has no `down`)'
+assert_file_contains "$T/err" 'except that the updates of backfill step 1 of phase "fill" were not undone (no `down`)'
+assert_eq 50 "$(psql_q "SELECT count(*) FROM bk WHERE v2 = v * 2")" "the backfill's values stayed"
+sed -i -e '/add_check/d' -e 's/name: on-failure-bk/name: on-failure-bk2/' "$T/bk.yaml"
+assert_exit 0 phg apply "$T/bk.yaml"
+assert_exit 0 phg rollback "$T/bk.yaml"
+assert_file_contains "$T/err" 'rollback complete: every phase reverted; the updates of backfill step 1 of phase "fill" were deliberately not undone (no `down`)'
+
 pass
