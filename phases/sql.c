@@ -67,31 +67,44 @@ typedef struct {
 	const char *words;   /* space-separated words that must follow in order */
 	const char *unless;  /* a word that makes it safe when present in the statement */
 	const char *warning;
+	unsigned flags;      /* LR_* */
 } lint_rule_t;
+
+#define LR_NOT_IN_DOWN 0x1u /* about reverting it: nothing to say of a `down` */
+#define LR_FIRST 0x2u       /* the statement's first word */
 
 static const lint_rule_t lint_rules[] = {
 	{"create index", "concurrently",
 	 "CREATE INDEX without CONCURRENTLY blocks writes for the whole build; use a "
-	 "create_index step"},
+	 "create_index step", 0},
 	{"create unique index", "concurrently",
 	 "CREATE INDEX without CONCURRENTLY blocks writes for the whole build; use a "
-	 "create_index step"},
-	{"reindex", "concurrently", "REINDEX without CONCURRENTLY blocks writes"},
+	 "create_index step", 0},
+	{"reindex", "concurrently", "REINDEX without CONCURRENTLY blocks writes", 0},
 	{"set not null", NULL,
-	 "SET NOT NULL scans the table under ACCESS EXCLUSIVE; use a set_not_null step"},
+	 "SET NOT NULL scans the table under ACCESS EXCLUSIVE; use a set_not_null step", 0},
 	{"add constraint", "valid",
 	 "ADD CONSTRAINT without NOT VALID scans the table under a strong lock; use "
-	 "add_check / add_foreign_key"},
+	 "add_check / add_foreign_key", 0},
 	{"alter column type", NULL, "ALTER COLUMN ... TYPE usually rewrites the table under "
-	                            "ACCESS EXCLUSIVE; expand/contract through a new column"},
-	{"vacuum full", NULL, "VACUUM FULL rewrites the table under ACCESS EXCLUSIVE"},
-	{"cluster", NULL, "CLUSTER rewrites the table under ACCESS EXCLUSIVE"},
-	{"lock table", NULL, "LOCK TABLE can queue application queries behind it"},
-	{"drop column", NULL, "DROP COLUMN cannot be reverted; use a drop_column step"},
-	{"drop table", NULL, "DROP TABLE cannot be reverted"},
-	{"truncate", NULL, "TRUNCATE takes ACCESS EXCLUSIVE and cannot be reverted"},
-	{"add column", NULL, "ADD COLUMN ... NOT NULL without a default fails or rewrites"},
-	{NULL, NULL, NULL},
+	                            "ACCESS EXCLUSIVE; expand/contract through a new column", 0},
+	{"vacuum full", NULL, "VACUUM FULL rewrites the table under ACCESS EXCLUSIVE", 0},
+	{"cluster", NULL, "CLUSTER rewrites the table under ACCESS EXCLUSIVE", 0},
+	{"lock table", NULL, "LOCK TABLE can queue application queries behind it", 0},
+	{"drop column", NULL, "DROP COLUMN cannot be reverted; use a drop_column step",
+	 LR_NOT_IN_DOWN},
+	{"drop table", NULL, "DROP TABLE cannot be reverted", LR_NOT_IN_DOWN},
+	{"truncate", NULL, "TRUNCATE takes ACCESS EXCLUSIVE and cannot be reverted", LR_NOT_IN_DOWN},
+	{"update", "where",
+	 "an UPDATE of the whole table is one long transaction holding every row's lock to its "
+	 "end (and one burst of WAL); use a backfill step, which batches it",
+	 LR_FIRST},
+	{"delete", "where",
+	 "a DELETE of the whole table is one long transaction holding every row's lock to its end; "
+	 "batch it",
+	 LR_FIRST},
+	{"add column", NULL, "ADD COLUMN ... NOT NULL without a default fails or rewrites", 0},
+	{NULL, NULL, NULL, 0},
 };
 
 /* The lower-cased words of one statement, growing as needed: the lint
@@ -187,6 +200,22 @@ static void statements_of(const char *sql, void (*fn)(words_t *ws, void *arg), v
 	free(ws.w);
 }
 
+/* TYPE text / varchar[(n)] / character varying[(n)] without USING: the
+ * widening of a varchar or text column, which PostgreSQL does without a
+ * rewrite (the lint cannot see the old type; from another type it would
+ * rewrite -- the documented assumption). */
+static int widening(const words_t *ws, size_t at)
+{
+	if (at >= ws->n)
+		return 0;
+	for (size_t i = at; i < ws->n; i++)
+		if (strcmp(ws->w[i], "using") == 0)
+			return 0;
+	return strcmp(ws->w[at], "text") == 0 || strcmp(ws->w[at], "varchar") == 0 ||
+	       (strcmp(ws->w[at], "character") == 0 && at + 1 < ws->n &&
+	        strcmp(ws->w[at + 1], "varying") == 0);
+}
+
 static int rule_matches(const lint_rule_t *r, const words_t *ws)
 {
 	char want[8][32];
@@ -201,10 +230,16 @@ static int rule_matches(const lint_rule_t *r, const words_t *ws)
 		p += l;
 		p += strspn(p, " ");
 	}
+	if ((r->flags & LR_FIRST) && (ws->n == 0 || strcmp(ws->w[0], want[0]) != 0))
+		return 0;
 	/* "alter column type": alter ... column ... type in that order */
 	for (size_t i = 0; i < ws->n && k < nwant; i++)
-		if (strcmp(ws->w[i], want[k]) == 0)
+		if (strcmp(ws->w[i], want[k]) == 0) {
 			k++;
+			if (k == nwant && strcmp(r->words, "alter column type") == 0 &&
+			    widening(ws, i + 1))
+				return 0;
+		}
 	if (k < nwant)
 		return 0;
 	/* consecutive words required for two-word rules except the ordered one */
@@ -288,6 +323,8 @@ static void lint_statement(words_t *ws, void *arg)
 		return;
 	}
 	for (const lint_rule_t *r = lint_rules; r->words != NULL; r++) {
+		if ((r->flags & LR_NOT_IN_DOWN) && strcmp(l->key, "down") == 0)
+			continue;
 		if (rule_matches(r, ws)) {
 			phg_diag_warn(l->d, pos, "sql `%s`: %s", l->key, r->warning);
 			break;
@@ -317,6 +354,10 @@ static int sql_check(const phg_plan_t *plan, const phg_step_t *step, phg_diag_t 
 	rc = lint(step, "up", a->up, a->transaction, d);
 	if (a->down != NULL && lint(step, "down", a->down, a->transaction, d) != 0)
 		rc = PHG_EPLAN;
+	if (a->down == NULL)
+		phg_diag_warn(d, step->pos,
+		              "sql step without `down`: it cannot be reverted, so `rollback` (and an "
+		              "automatic rollback) will refuse past it");
 	return rc;
 }
 

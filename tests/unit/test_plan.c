@@ -74,6 +74,22 @@ static phg_plan_t *load_ok(const char *yaml)
 	return plan;
 }
 
+/* A plan that loads with exactly the one warning containing @warning. */
+static phg_plan_t *load_warned(const char *yaml, const char *warning)
+{
+	phg_plan_t *plan = NULL;
+	char *diag = NULL;
+	int rc = load(yaml, &plan, &diag);
+
+	if (rc != 0)
+		fail_msg("plan refused (%d):\n%s", rc, diag);
+	if (strstr(diag, warning) == NULL ||
+	    strstr(strstr(diag, "warning:") + 1, "warning:") != NULL)
+		fail_msg("expected the one warning \"%s\", got:\n%s", warning, diag);
+	free(diag);
+	return plan;
+}
+
 /* The diagnostics of a plan that must be refused. */
 static char *load_bad(const char *yaml)
 {
@@ -439,7 +455,7 @@ static const char all_kinds_plan[] =
     "          headers: { Authorization: \"Bearer ${TOKEN}\" }\n"
     "          body: \"\"\n"
     "          revert: { method: DELETE, body: '{\"x\": false}' }\n"
-    "      - sql: { up: \"UPDATE flags SET on = true\", down: \"UPDATE flags SET on = false\", transaction: false }\n"
+    "      - sql: { up: \"UPDATE flags SET on = true WHERE id = 1\", down: \"UPDATE flags SET on = false WHERE id = 1\", transaction: false }\n"
     "  - name: backfill\n"
     "    steps:\n"
     "      - backfill: { table: jobs, set: \"new_status = status\", where: \"new_status IS NULL\", key: id, batch_size: 1000000 }\n"
@@ -534,7 +550,7 @@ static void test_all_kinds(void **state)
 	assert_string_equal(ARG_KVV(st, "headers")->v[0].value, "Bearer ${TOKEN}");
 	st = &plan->phases[1].steps[1];
 	assert_int_equal(ARG_INT(st, "transaction"), 0);
-	assert_string_equal(ARG_STR(st, "down"), "UPDATE flags SET on = false");
+	assert_string_equal(ARG_STR(st, "down"), "UPDATE flags SET on = false WHERE id = 1");
 	st = &plan->phases[2].steps[0];
 	assert_int_equal(ARG_U64(st, "batch_size"), 1000000);
 	assert_int_equal(ARG_STRV(st, "key")->n, 1);
@@ -572,7 +588,7 @@ static void test_all_kinds(void **state)
 
 static void test_defaults(void **state)
 {
-	phg_plan_t *plan = load_ok("version: 1\n"
+	phg_plan_t *plan = load_warned("version: 1\n"
 	                           "name: minimal\n"
 	                           "checks:\n"
 	                           "  up: { url: \"http://localhost/\" }\n"
@@ -580,7 +596,8 @@ static void test_defaults(void **state)
 	                           "phases:\n"
 	                           "  - name: only\n"
 	                           "    steps:\n"
-	                           "      - sql: { up: \"SELECT 1\" }\n");
+	                           "      - sql: { up: \"SELECT 1\" }\n",
+	                               "sql step without `down`");
 	const phg_check_t *c = &plan->checks[0];
 	const phg_step_t *st = &plan->phases[0].steps[0];
 
