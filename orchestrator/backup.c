@@ -133,7 +133,7 @@ static void bk_set_state(phg_backup_job_t *j, bk_state_t s)
 {
 	if (j->state == s)
 		return;
-	bk_log(j, PHG_LOG_DEBUG, "backup %s: state %s -> %s", j->path != NULL ? j->path : "",
+	bk_log(j, PHG_LOG_TRACE, "backup %s: state %s -> %s", j->path != NULL ? j->path : "",
 	       bk_state_name(j->state), bk_state_name(s));
 	j->state = s;
 }

@@ -54,7 +54,7 @@ static void child_set_state(phg_child_t *c, phg_child_state_t s)
 		return;
 	memset(&ctx, 0, sizeof(ctx));
 	ctx.pid = c->pid;
-	phg_log(PHG_LOG_DEBUG, &ctx, "child process state %s -> %s", phg_child_state_name(c->state),
+	phg_log(PHG_LOG_TRACE, &ctx, "child process state %s -> %s", phg_child_state_name(c->state),
 	        phg_child_state_name(s));
 	c->state = s;
 }

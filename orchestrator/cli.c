@@ -84,7 +84,8 @@ static void usage_all(FILE *f)
 	for (const cmd_t *c = commands; c->name != NULL; c++)
 		fprintf(f, "  %s\n", c->usage);
 	fputs("  phasegate --version | --help | COMMAND --help\n\n"
-	      "Options for every command: -v/--verbose (debug log), -q/--quiet (errors only).\n"
+	      "Options for every command: -v/--verbose (debug log; -vv every state change),\n"
+	      "-q/--quiet (errors only).\n"
 	      "The database comes from the variable the plan names (target.url_env, default\n"
 	      "DATABASE_URL: a libpq URI or conninfo); PGHOST, PGUSER, PGPASSWORD, .pgpass ... work\n"
 	      "as in psql.\n\n"
@@ -285,7 +286,12 @@ int phg_cli_main(int argc, char **argv)
 			printf("usage: %s\n\n%s", c->usage, c->help);
 			return PHG_EXIT_OK;
 		} else if (strcmp(a, "-v") == 0 || strcmp(a, "--verbose") == 0) {
-			phg_log_set_level(PHG_LOG_DEBUG);
+			/* -v: decisions and statements; -vv (or -v -v): every state change */
+			phg_log_set_level(phg_log_get_level() <= PHG_LOG_DEBUG ? PHG_LOG_TRACE
+			                                                       : PHG_LOG_DEBUG);
+			continue;
+		} else if (strcmp(a, "-vv") == 0) {
+			phg_log_set_level(PHG_LOG_TRACE);
 			continue;
 		} else if (strcmp(a, "-q") == 0 || strcmp(a, "--quiet") == 0) {
 			phg_log_set_level(PHG_LOG_ERROR);

@@ -66,8 +66,8 @@ void phg_eng_act(engine_t *e, act_t a)
 		phg_eng_fatal(e, PHG_EXIT_RUNTIME, &err);
 		return;
 	}
-	if (phg_log_get_level() <= PHG_LOG_DEBUG)
-		phg_log(PHG_LOG_DEBUG, &e->log, "engine %s -> %s", act_names[old], act_names[a]);
+	if (phg_log_get_level() <= PHG_LOG_TRACE)
+		phg_log(PHG_LOG_TRACE, &e->log, "engine %s -> %s", act_names[old], act_names[a]);
 	e->act = a;
 }
 

@@ -39,8 +39,8 @@ static void exec_on_result(phg_pg_t *pg, int status, PGresult *res, const phg_er
 
 static void exec_state(phg_exec_t *x, phg_exec_state_t st)
 {
-	if (phg_log_get_level() <= PHG_LOG_DEBUG && x->st != st)
-		phg_log(PHG_LOG_DEBUG, &x->log, "exec %s -> %s", exec_state_names[x->st],
+	if (phg_log_get_level() <= PHG_LOG_TRACE && x->st != st)
+		phg_log(PHG_LOG_TRACE, &x->log, "exec %s -> %s", exec_state_names[x->st],
 		        exec_state_names[st]);
 	x->st = st;
 }

@@ -8,10 +8,12 @@
 
 #include <stdio.h>
 #include <time.h>
+#include <unistd.h>
 
 static phg_log_level_t log_level = PHG_LOG_INFO;
 
-static const char *const level_names[] = {"debug", "info", "warning", "error"};
+static const char *const level_names[] = {"trace", "debug", "info", "warning", "error"};
+static int log_iso = -1; /* ISO time stamps: stderr is not a terminal */
 
 void phg_log_set_level(phg_log_level_t level)
 {
@@ -29,8 +31,20 @@ static void log_prefix(FILE *f, phg_log_level_t level, const phg_logctx_t *ctx)
 	struct tm tm;
 
 	clock_gettime(CLOCK_REALTIME, &ts);
-	gmtime_r(&ts.tv_sec, &tm);
-	fprintf(f, "%02d:%02d:%02d phasegate", tm.tm_hour, tm.tm_min, tm.tm_sec);
+	if (log_iso < 0)
+		log_iso = !isatty(fileno(f));
+	if (log_iso) {
+		long off;
+
+		localtime_r(&ts.tv_sec, &tm);
+		off = tm.tm_gmtoff / 60;
+		fprintf(f, "%04d-%02d-%02dT%02d:%02d:%02d.%03ld%c%02ld:%02ld phasegate",
+		        tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+		        ts.tv_nsec / 1000000, off < 0 ? '-' : '+', labs(off) / 60, labs(off) % 60);
+	} else {
+		gmtime_r(&ts.tv_sec, &tm);
+		fprintf(f, "%02d:%02d:%02d phasegate", tm.tm_hour, tm.tm_min, tm.tm_sec);
+	}
 	if (ctx != NULL && ctx->plan != NULL) {
 		fprintf(f, "[%s", ctx->plan);
 		if (ctx->phase != NULL)

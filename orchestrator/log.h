@@ -4,6 +4,8 @@
  * Every line about an object says which one: plan, phase, step, connection
  * or child pid (PgBouncer's log_socket_prefix), e.g.
  *   12:00:03 phasegate[jobs-status-rewrite/expand/1 add_column] added column
+ * On a terminal the time is HH:MM:SS; otherwise (CI logs, files) it is ISO
+ * 8601 with milliseconds and the UTC offset: 2026-12-01T12:00:03.250+00:00.
  * Nothing secret is ever passed here: conninfo strings and expanded header
  * values are never logged (callers pass names, not values).
  */
@@ -15,7 +17,8 @@
 #include "error.h"
 
 typedef enum phg_log_level_e {
-	PHG_LOG_DEBUG = 0,
+	PHG_LOG_TRACE = 0, /* -vv: every connection state and executor transition */
+	PHG_LOG_DEBUG,     /* -v: what phasegate decides and sends */
 	PHG_LOG_INFO,
 	PHG_LOG_WARN,
 	PHG_LOG_ERROR,

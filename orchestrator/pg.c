@@ -296,7 +296,7 @@ static void pg_set_state(phg_pg_t *pg, phg_pg_state_t state)
 {
 	if (pg->state == state)
 		return;
-	pg_log(pg, PHG_LOG_DEBUG, "connection state %s -> %s",
+	pg_log(pg, PHG_LOG_TRACE, "connection state %s -> %s",
 	       pg_state_name(pg->state), pg_state_name(state));
 	pg->state = state;
 	pg_poll_ref(pg);
@@ -334,7 +334,7 @@ static int pg_poll_sync(phg_pg_t *pg)
 	if (sock < 0)
 		return PG_NOSOCK;
 	if (pg->poll_state == PG_POLL_OPEN && pg->sock != sock) {
-		pg_log(pg, PHG_LOG_DEBUG, "socket changed (%d -> %d)", (int)pg->sock,
+		pg_log(pg, PHG_LOG_TRACE, "socket changed (%d -> %d)", (int)pg->sock,
 		       (int)sock);
 		pg_poll_close(pg);
 		return 0;
@@ -1102,10 +1102,10 @@ int phg_pg_connect(phg_pg_t *pg, const char *conninfo, uint64_t timeout_ms,
 		uv_timer_start(&pg->timer, pg_on_deadline, timeout_ms, 0);
 	pg_set_state(pg, PHG_PG_CONNECTING);
 	if (timeout_ms > 0)
-		pg_log(pg, PHG_LOG_DEBUG, "connecting (timeout %llu ms)",
+		pg_log(pg, PHG_LOG_TRACE, "connecting (timeout %llu ms)",
 		       (unsigned long long)timeout_ms);
 	else
-		pg_log(pg, PHG_LOG_DEBUG, "connecting (no timeout)");
+		pg_log(pg, PHG_LOG_TRACE, "connecting (no timeout)");
 	return 0;
 }
 

@@ -155,6 +155,28 @@ assert_exit 2 phg apply "$T/plan.yaml" --env nosuch
 assert_exit 2 phg status "$T/plan.yaml" --env nosuch
 assert_exit 2 phg plan "$T/plan.yaml" --env nosuch
 
+# ---------------------------------------------------------------- log levels
+# -v is what phasegate decides and sends; -vv adds every state change; off a
+# terminal a line starts with an ISO 8601 time with its offset
+new_db core_cli_log
+psql_q "CREATE TABLE lg (id int PRIMARY KEY)" >/dev/null
+cat >"$T/log.yaml" <<'YAML'
+version: 1
+name: cli-log
+phases:
+  - name: one
+    steps:
+      - add_column: { table: lg, column: c, type: int }
+YAML
+assert_exit 0 phg apply "$T/log.yaml" -v
+assert_file_not_contains "$T/err" "connection state"
+grep -Eq '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}[+-][0-9]{2}:[0-9]{2} phasegate' "$T/err" ||
+	fail "no ISO 8601 time stamp off a terminal"
+v_lines=$(wc -l <"$T/err")
+assert_exit 0 phg rollback "$T/log.yaml" -vv
+assert_file_contains "$T/err" "connection state"
+[[ $(wc -l <"$T/err") -gt $v_lines ]] || fail "-vv says more than -v"
+
 # ---------------------------------------------------------------- promote
 new_db core_cli_staging
 export STAGING_DATABASE_URL=$DATABASE_URL

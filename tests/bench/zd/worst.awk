@@ -14,7 +14,9 @@ FILENAME == ARGV[1] {
 	t[++m] = $1 + 0
 	line = $0
 	sub(/^[^ ]+ /, "", line)               # our time stamp
-	sub(/^[0-9][0-9]:[0-9][0-9]:[0-9][0-9] /, "", line)  # phasegate's
+	# phasegate's: HH:MM:SS on a terminal, ISO 8601 otherwise
+	sub(/^[0-9][0-9]:[0-9][0-9]:[0-9][0-9] /, "", line)
+	sub(/^[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[^ ]+ /, "", line)
 	msg[m] = line
 	next
 }
