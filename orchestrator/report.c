@@ -38,7 +38,27 @@ struct report_s {
 	long long run_id;
 	int history;  /* 0 status, 1 history, 2 pause, 3 resume */
 	json_t **keep; /* status: hand the object to the caller instead of printing */
+	const char *url_env; /* the variable the database comes from */
 };
+
+static void report_end(report_t *r, int code);
+
+/* A failed connection, named like apply names it: what, and from where. */
+static void report_connect_failed(report_t *r, int status, const phg_err_t *err)
+{
+	phg_err_t e;
+
+	phg_err_clear(&e);
+	phg_err_copy(&e, err);
+	if (e.code == 0)
+		phg_err_set(&e, status, "cannot connect to the database");
+	phg_err_hint(&e, "The database comes from $%s (a libpq URI or conninfo), and the PG* "
+	                 "variables as in psql.",
+	             r->url_env);
+	phg_log_err(PHG_LOG_ERROR, NULL, &e);
+	report_end(r, phg_pg_connect_failure(status, &e) == PHG_CONN_INVALID ? PHG_EXIT_USAGE
+	                                                                     : PHG_EXIT_RUNTIME);
+}
 
 static void report_closed(phg_pg_t *pg)
 {
@@ -471,9 +491,7 @@ static void report_connected(phg_pg_t *pg, int status, const phg_err_t *err)
 	report_t *r = pg->data;
 
 	if (status != 0) {
-		phg_log_err(PHG_LOG_ERROR, NULL, err);
-		report_end(r, phg_pg_connect_failure(status, err) == PHG_CONN_INVALID ? PHG_EXIT_USAGE
-		                                                                       : PHG_EXIT_RUNTIME);
+		report_connect_failed(r, status, err);
 		return;
 	}
 	if (r->history >= 2) {
@@ -534,10 +552,9 @@ static int report_run(const phg_plan_t *plan, const phg_run_opts_t *o, int histo
 	r.pg.data = &r;
 	r.pg_open = 1;
 	phg_err_clear(&err);
+	r.url_env = env;
 	if ((rc = phg_pg_connect(&r.pg, url, timeout, report_connected, &err)) != 0) {
-		phg_log_err(PHG_LOG_ERROR, NULL, &err);
-		report_end(&r, phg_pg_connect_failure(rc, &err) == PHG_CONN_INVALID ? PHG_EXIT_USAGE
-		                                                                    : PHG_EXIT_RUNTIME);
+		report_connect_failed(&r, rc, &err);
 	}
 	uv_run(&r.loop, UV_RUN_DEFAULT);
 	rc = uv_loop_close(&r.loop);

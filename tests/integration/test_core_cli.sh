@@ -93,6 +93,7 @@ for url in "1 postgresql://u:$SECRET@/db?host=/nonexistent" \
 	fi
 	no_secret "apply, $url"
 	assert_exit "$want" phg status "$T/plan.yaml"
+	[[ $want == 2 ]] || assert_file_contains "$T/err" 'The database comes from $DATABASE_URL'
 	no_secret "status, $url"
 	assert_exit "$want" phg history --json
 	no_secret "history, $url"
