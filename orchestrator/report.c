@@ -39,6 +39,7 @@ struct report_s {
 	int history;  /* 0 status, 1 history, 2 pause, 3 resume */
 	json_t **keep; /* status: hand the object to the caller instead of printing */
 	const char *url_env; /* the variable the database comes from */
+	int interrupted;     /* the run shows as interrupted: so do its running parts */
 };
 
 static void report_end(report_t *r, int code);
@@ -240,7 +241,11 @@ static void status_phases(report_t *r, PGresult *res)
 
 		if (ph == NULL)
 			continue;
-		json_object_set_new(ph, "state", json_string(PQgetvalue(res, i, 1)));
+		/* a phase is never running while its run is interrupted */
+		json_object_set_new(ph, "state",
+		                    json_string(r->interrupted && strcmp(PQgetvalue(res, i, 1), "running") == 0
+		                                    ? "interrupted"
+		                                    : PQgetvalue(res, i, 1)));
 		json_object_set_new(ph, "started_at", jstr_or_null(res, i, 2));
 		json_object_set_new(ph, "finished_at", jstr_or_null(res, i, 3));
 		if (PQgetisnull(res, i, 4))
@@ -249,8 +254,15 @@ static void status_phases(report_t *r, PGresult *res)
 		step = json_array_get(steps, (size_t)phg_db_num(PQgetvalue(res, i, 4), 0, INT_MAX, (long long)INT_MAX, NULL));
 		if (step == NULL)
 			continue;
-		json_object_set_new(step, "state", json_string(PQgetvalue(res, i, 5)));
-		json_object_set_new(step, "rows", json_integer(phg_db_num(PQgetvalue(res, i, 6), LLONG_MIN, LLONG_MAX, 0, NULL)));
+		json_object_set_new(step, "state",
+		                    json_string(r->interrupted && strcmp(PQgetvalue(res, i, 5), "running") == 0
+		                                    ? "interrupted"
+		                                    : PQgetvalue(res, i, 5)));
+		json_object_set_new(step, "rows", strcmp(PQgetvalue(res, i, 8), "backfill") == 0
+		                                      ? json_integer(phg_db_num(PQgetvalue(res, i, 6),
+		                                                                LLONG_MIN, LLONG_MAX, 0, NULL))
+		                                      : json_null());
+		json_object_set_new(step, "updated_at", jstr_or_null(res, i, 7));
 	}
 	{
 		phg_buf_t b;
@@ -275,6 +287,7 @@ static void status_run(report_t *r, PGresult *res)
 	state = PQgetvalue(res, 0, 2);
 	if (strcmp(state, "running") == 0 && strcmp(PQgetvalue(res, 0, 8), "f") == 0)
 		state = "interrupted"; /* recorded running, but no process holds its lock */
+	r->interrupted = strcmp(state, "interrupted") == 0;
 	json_object_set_new(r->out, "run_id", json_integer(r->run_id));
 	json_object_set_new(r->out, "checksum", json_string(PQgetvalue(res, 0, 1)));
 	json_object_set_new(r->out, "drift",
@@ -333,6 +346,22 @@ static void status_schema(report_t *r, PGresult *res)
 	phg_buf_free(&b);
 }
 
+/* What a person calls the step: the label of its first op ("add column
+ * \"c\" to \"t\""), built offline as `plan` does; else its kind. */
+static const char *step_name(const phg_plan_t *plan, const phg_step_t *step)
+{
+	static char name[256];
+	phg_ops_t ops = {0};
+	phg_err_t err;
+
+	phg_err_clear(&err);
+	snprintf(name, sizeof(name), "%s", step->kind->name);
+	if (phg_step_build(plan, step, PHG_DIR_APPLY, 0, NULL, NULL, &ops, &err) == 0 && ops.n > 0)
+		snprintf(name, sizeof(name), "%s", ops.v[0].label);
+	phg_ops_free(&ops);
+	return name;
+}
+
 static void status_start(report_t *r)
 {
 	json_t *phases = json_array();
@@ -342,8 +371,20 @@ static void status_start(report_t *r)
 	json_object_set_new(r->out, "plan", json_string(r->plan->name));
 	json_object_set_new(r->out, "checksum", json_string(r->plan->checksum));
 	json_object_set_new(r->out, "file_checksum", json_string(r->plan->checksum));
-	json_object_set_new(r->out, "env", json_string(r->o->env ? r->o->env : ""));
+	/* one shape before and after the first run (docs/status-json.md) */
+	json_object_set_new(r->out, "env", r->o->env ? json_string(r->o->env) : json_null());
 	json_object_set_new(r->out, "state", json_string("not_started"));
+	json_object_set_new(r->out, "run_id", json_null());
+	json_object_set_new(r->out, "drift", json_false());
+	json_object_set_new(r->out, "action", json_null());
+	json_object_set_new(r->out, "started_at", json_null());
+	json_object_set_new(r->out, "finished_at", json_null());
+	json_object_set_new(r->out, "note", json_null());
+	json_object_set_new(r->out, "error", json_null());
+	json_object_set_new(r->out, "locked", json_false());
+	json_object_set_new(r->out, "paused", json_null());
+	json_object_set_new(r->out, "held", json_null());
+	json_object_set_new(r->out, "target", json_null());
 	for (size_t i = 0; i < r->plan->nphases; i++) {
 		json_t *ph = json_object();
 		json_t *steps = json_array();
@@ -355,14 +396,19 @@ static void status_start(report_t *r)
 		for (size_t s = 0; s < r->plan->phases[i].nsteps; s++) {
 			json_t *st = json_object();
 
+			json_object_set_new(st, "index", json_integer((json_int_t)s + 1));
 			json_object_set_new(st, "kind", json_string(r->plan->phases[i].steps[s].kind->name));
+			json_object_set_new(st, "name", json_string(step_name(r->plan, &r->plan->phases[i].steps[s])));
 			json_object_set_new(st, "state", json_string("pending"));
+			json_object_set_new(st, "rows", json_null());
+			json_object_set_new(st, "updated_at", json_null());
 			json_array_append_new(steps, st);
 		}
 		json_object_set_new(ph, "steps", steps);
 		json_array_append_new(phases, ph);
 	}
 	json_object_set_new(r->out, "phases", phases);
+	json_object_set_new(r->out, "checks", json_object());
 	rq(r, PHG_STORE_EXISTS_SQL, 1, p, status_schema);
 }
 

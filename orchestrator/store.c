@@ -379,7 +379,8 @@ void phg_store_status_phases_sql(phg_buf_t *out, const char *schema_q, long long
 {
 	phg_buf_printf(out,
 	               "SELECT p.idx, p.state, " TS("p.started_at") ", " TS("p.finished_at") ", "
-	               "s.idx, s.state, s.bf_rows FROM %s.phases p LEFT JOIN %s.steps s ON "
+	               "s.idx, s.state, s.bf_rows, " TS("s.updated_at") ", s.kind FROM %s.phases p "
+	               "LEFT JOIN %s.steps s ON "
 	               "s.run_id = p.run_id AND s.phase_idx = p.idx WHERE p.run_id = %lld "
 	               "ORDER BY p.idx, s.idx",
 	               schema_q, schema_q, run);

@@ -189,7 +189,7 @@ void phg_store_backup_sql(phg_buf_t *out, const char *schema_q, long long run,
  * database it ran on, phg_pg_describe). */
 void phg_store_status_run_sql(phg_buf_t *out, const char *schema_q);
 /* Phases and steps of @run: p.idx, p.state, started, finished, s.idx,
- * s.state, s.bf_rows. */
+ * s.state, s.bf_rows, s.updated_at, s.kind. */
 void phg_store_status_phases_sql(phg_buf_t *out, const char *schema_q, long long run);
 /* The newest probe of each check of @run: check, data, at. */
 void phg_store_status_checks_sql(phg_buf_t *out, const char *schema_q, long long run);
