@@ -219,7 +219,7 @@ assert_eq "20000|0|0" "$(psql_q "SELECT count(*) FILTER (WHERE n = 101), count(v
 	"the resumed rollback reverted every row exactly once, and the added column"
 
 # (from above) a lock of the same plan on another database is not this run's
-assert_eq "interrupted running" "$status_while_other" \
+assert_eq "interrupted interrupted" "$status_while_other" \
 	"status of the killed run while the same plan runs on another database"
 
 pass
