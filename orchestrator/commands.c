@@ -219,6 +219,7 @@ int phg_cmd_promote(phg_plan_t *plan, const char *from, const char *to, int yes)
 	phg_err_t err;
 	json_t *st = NULL;
 	const char *state, *sum;
+	char source[256];
 	int rc;
 
 	memset(&o, 0, sizeof(o));
@@ -262,8 +263,12 @@ int phg_cmd_promote(phg_plan_t *plan, const char *from, const char *to, int yes)
 	}
 	phg_log(PHG_LOG_INFO, NULL, "environment \"%s\" completed run %lld of checksum %s: promoting to \"%s\"",
 	        from, (long long)json_integer_value(json_object_get(st, "run_id")), sum, to);
+	/* the new run records where it was promoted from */
+	snprintf(source, sizeof(source), "%s run %lld (%s)", from,
+	         (long long)json_integer_value(json_object_get(st, "run_id")), sum);
 	json_decref(st);
 	phg_plan_select_env(plan, to, &err);
 	o.env = to;
+	o.promoted_from = source;
 	return phg_cmd_apply(plan, &o);
 }

@@ -31,6 +31,7 @@ typedef struct phg_run_opts_s {
 	int json;             /* status/history --json */
 	const char *db_env;   /* history without a plan: variable holding the URL */
 	int yes;              /* --yes: a protected environment without asking */
+	const char *promoted_from; /* promote: the source run, recorded with the new one */
 } phg_run_opts_t;
 
 /*

@@ -80,6 +80,7 @@ void phg_eng_create_run(engine_t *e)
 	char *l_plan = phg_eng_lit(e, e->plan->name), *l_sum = phg_eng_lit(e, e->plan->checksum);
 	char *l_env = phg_eng_lit(e, e->o->env ? e->o->env : ""), *l_user, *l_host;
 	char *l_target = phg_eng_lit(e, e->target);
+	char *l_from = e->o->promoted_from ? phg_eng_lit(e, e->o->promoted_from) : phg_strdup("NULL");
 	char **names, **sums;
 
 	snprintf(e->run_action, sizeof(e->run_action), "apply");
@@ -94,7 +95,7 @@ void phg_eng_create_run(engine_t *e)
 	}
 	phg_buf_init(&b, SQL_MAX);
 	phg_store_create_run_sql(&b, e->schema_q, e->plan, l_plan, l_sum, l_env, l_user, l_host,
-	                         l_target, (int)getpid(), (const char *const *)names,
+	                         l_target, l_from, (int)getpid(), (const char *const *)names,
 	                         (const char *const *)sums);
 	for (size_t p = 0; p < e->plan->nphases; p++) {
 		free(names[p]);
@@ -108,6 +109,7 @@ void phg_eng_create_run(engine_t *e)
 	free(l_user);
 	free(l_host);
 	free(l_target);
+	free(l_from);
 	phg_eng_queryb(e, &b, phg_eng_run_created);
 }
 

@@ -438,6 +438,7 @@ static void history_rows(report_t *r, PGresult *res)
 		json_object_set_new(o, "note", jstr_or_null(res, i, 13));
 		json_object_set_new(o, "error", jstr_or_null(res, i, 14));
 		json_object_set_new(o, "target", jstr_or_null(res, i, 15));
+		json_object_set_new(o, "promoted_from", jstr_or_null(res, i, 16));
 		json_array_append_new(r->out, o);
 	}
 	if (r->o->json) {
@@ -458,6 +459,8 @@ static void history_rows(report_t *r, PGresult *res)
 			       PQgetvalue(res, i, 11), PQgetvalue(res, i, 8), PQgetvalue(res, i, 9));
 			if (!PQgetisnull(res, i, 15))
 				printf("      target: %s\n", PQgetvalue(res, i, 15));
+			if (!PQgetisnull(res, i, 16))
+				printf("      promoted from %s\n", PQgetvalue(res, i, 16));
 		}
 	}
 	report_end(r, PHG_EXIT_OK);

@@ -297,18 +297,18 @@ void phg_store_load_run_sql(phg_buf_t *out, const char *schema_q, long long run)
 void phg_store_create_run_sql(phg_buf_t *b, const char *schema_q, const phg_plan_t *plan,
                               const char *plan_lit, const char *sum_lit, const char *env_lit,
                               const char *user_lit, const char *host_lit,
-                              const char *target_lit, int pid,
+                              const char *target_lit, const char *from_lit, int pid,
                               const char *const *names, const char *const *sums)
 {
 	int first = 1;
 
 	phg_buf_printf(b,
 	               "BEGIN; WITH r AS (INSERT INTO %s.runs (plan, checksum, env, action, state, who, "
-	               "host, target, pid, version) VALUES (%s, %s, %s, 'apply', 'running', %s, %s, %s, "
-	               "%d, '%s') "
+	               "host, target, promoted_from, pid, version) VALUES (%s, %s, %s, 'apply', "
+	               "'running', %s, %s, %s, %s, %d, '%s') "
 	               "RETURNING id), p AS (INSERT INTO %s.phases (run_id, idx, name, checksum, state) "
 	               "SELECT r.id, v.idx, v.name, v.sum, 'pending' FROM r, (VALUES ",
-	               schema_q, plan_lit, sum_lit, env_lit, user_lit, host_lit, target_lit, pid,
+	               schema_q, plan_lit, sum_lit, env_lit, user_lit, host_lit, target_lit, from_lit, pid,
 	               PHG_VERSION,
 	               schema_q);
 	for (size_t p = 0; p < plan->nphases; p++)
@@ -403,7 +403,7 @@ void phg_store_history_sql(phg_buf_t *out, const char *schema_q)
 	               "(SELECT count(*) FROM %s.phases p WHERE p.run_id = r.id AND p.state = 'applied'), "
 	               "(SELECT count(*) FROM %s.phases p WHERE p.run_id = r.id), "
 	               "(SELECT count(*) FROM %s.backups k WHERE k.run_id = r.id), r.note, r.error, "
-	               "r.target "
+	               "r.target, r.promoted_from "
 	               "FROM %s.runs r WHERE ($1::text IS NULL OR r.plan = $1) AND "
 	               "($2::text IS NULL OR r.env = $2) ORDER BY r.id",
 	               schema_q, schema_q, schema_q, schema_q);
@@ -487,7 +487,8 @@ void phg_store_schema_sql(phg_buf_t *o, const char *s)
 	               "  paused_by text,\n"
 	               "  held text,\n"
 	               "  held_at timestamptz,\n"
-	               "  target text);\n"
+	               "  target text,\n"
+	               "  promoted_from text);\n"
 	               "CREATE INDEX IF NOT EXISTS runs_plan_idx ON %s.runs (plan, id);\n",
 	               s, s);
 	phg_buf_printf(o,
@@ -547,6 +548,12 @@ void phg_store_schema_sql(phg_buf_t *o, const char *s)
 	               "DO $phg$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = "
 	               "'%s.runs'::regclass AND attname = 'target') THEN "
 	               "ALTER TABLE %s.runs ADD COLUMN target text; END IF; END $phg$;\n",
+	               s, s);
+	/* a state schema from before promotion sources were recorded */
+	phg_buf_printf(o,
+	               "DO $phg$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = "
+	               "'%s.runs'::regclass AND attname = 'promoted_from') THEN "
+	               "ALTER TABLE %s.runs ADD COLUMN promoted_from text; END IF; END $phg$;\n",
 	               s, s);
 	phg_buf_printf(o,
 	               "CREATE TABLE IF NOT EXISTS %s.events (\n"

@@ -161,7 +161,7 @@ void phg_store_load_run_sql(phg_buf_t *out, const char *schema_q, long long run)
 void phg_store_create_run_sql(phg_buf_t *out, const char *schema_q, const phg_plan_t *plan,
                               const char *plan_lit, const char *sum_lit, const char *env_lit,
                               const char *user_lit, const char *host_lit,
-                              const char *target_lit, int pid,
+                              const char *target_lit, const char *from_lit, int pid,
                               const char *const *phase_name_lits,
                               const char *const *phase_sum_lits);
 /* The newest run of plan $1, for the message of a locked plan: id, state,
@@ -195,7 +195,7 @@ void phg_store_status_phases_sql(phg_buf_t *out, const char *schema_q, long long
 void phg_store_status_checks_sql(phg_buf_t *out, const char *schema_q, long long run);
 /* Every run (of plan $1 and env $2 when not NULL): id, plan, checksum, env,
  * action, state, started, finished, who, host, phases applied, phases,
- * backups, note, error, target. */
+ * backups, note, error, target, promoted from. */
 void phg_store_history_sql(phg_buf_t *out, const char *schema_q);
 
 /* ---- pause and resume (recorded in runs: paused_at, paused_by) ---- */

@@ -247,6 +247,14 @@ import json, sys
 s = json.load(sys.stdin)
 print(s["env"], s["state"], s["phases"][0]["state"])')
 assert_eq "prod completed applied" "$st" "status --env prod"
+# the promoted run records its source; history shows it
+src_sum=$(psql -X -A -t -d "$staging_db" -c "SELECT checksum FROM phasegate.runs")
+assert_eq "staging run 1 ($src_sum)" "$(psql -X -A -t -d "$prod_db" -c "SELECT promoted_from FROM phasegate.runs")" \
+	"the prod run records where it was promoted from"
+assert_exit 0 phg history "$T/promote.yaml" --env prod
+assert_file_contains "$T/out" "promoted from staging run 1 ($src_sum)"
+assert_exit 0 phg history "$T/promote.yaml" --env prod --json
+assert_contains "$(cat "$T/out")" "\"promoted_from\":\"staging run 1" "history --json has the source"
 assert_exit 0 phg history "$T/promote.yaml" --env staging --json
 assert_eq "staging completed" "$(python3 -I -S -c '
 import json, sys
