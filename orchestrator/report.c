@@ -457,6 +457,9 @@ static void history_rows(report_t *r, PGresult *res)
 			       PQgetvalue(res, i, 4), PQgetvalue(res, i, 5), PQgetvalue(res, i, 6),
 			       PQgetisnull(res, i, 7) ? "-" : PQgetvalue(res, i, 7), PQgetvalue(res, i, 10),
 			       PQgetvalue(res, i, 11), PQgetvalue(res, i, 8), PQgetvalue(res, i, 9));
+			printf("      checksum %s, %s backup(s)%s%s\n", PQgetvalue(res, i, 2),
+			       PQgetvalue(res, i, 12), PQgetisnull(res, i, 14) ? "" : ", error: ",
+			       PQgetisnull(res, i, 14) ? "" : PQgetvalue(res, i, 14));
 			if (!PQgetisnull(res, i, 15))
 				printf("      target: %s\n", PQgetvalue(res, i, 15));
 			if (!PQgetisnull(res, i, 16))

@@ -363,14 +363,21 @@ void phg_store_backup_sql(phg_buf_t *out, const char *schema_q, long long run,
 /* a timestamp as UTC ISO 8601 text */
 #define TS(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
 
+/* A column of runs r added by a later version: read without failing on a
+ * state schema that an older phasegate made and no apply has upgraded yet
+ * (status and history never change the schema); NULL when missing. */
+#define COL(c) "(to_jsonb(r) ->> '" c "')"
+
 void phg_store_status_run_sql(phg_buf_t *out, const char *schema_q)
 {
 	phg_buf_printf(out,
 	               "SELECT id, checksum, state, env, action, " TS("started_at") ", "
 	               TS("finished_at") ", note, EXISTS (SELECT 1 FROM pg_locks l WHERE "
-	               PHG_PLAN_LOCK_HELD("$2", "$1") "), error, " TS("paused_at") ", paused_by, "
-	               "held, " TS("held_at") ", (SELECT data::text FROM %s.events e WHERE e.run_id = r.id "
-	               "AND e.kind = 'throttle' ORDER BY e.id DESC LIMIT 1), target "
+	               PHG_PLAN_LOCK_HELD("$2", "$1") "), error, "
+	               TS("(" COL("paused_at") ")::timestamptz") ", " COL("paused_by") ", "
+	               COL("held") ", " TS("(" COL("held_at") ")::timestamptz") ", "
+	               "(SELECT data::text FROM %s.events e WHERE e.run_id = r.id "
+	               "AND e.kind = 'throttle' ORDER BY e.id DESC LIMIT 1), " COL("target") " "
 	               "FROM %s.runs r WHERE plan = $1 ORDER BY id DESC LIMIT 1",
 	               schema_q, schema_q);
 }
@@ -403,7 +410,7 @@ void phg_store_history_sql(phg_buf_t *out, const char *schema_q)
 	               "(SELECT count(*) FROM %s.phases p WHERE p.run_id = r.id AND p.state = 'applied'), "
 	               "(SELECT count(*) FROM %s.phases p WHERE p.run_id = r.id), "
 	               "(SELECT count(*) FROM %s.backups k WHERE k.run_id = r.id), r.note, r.error, "
-	               "r.target, r.promoted_from "
+	               COL("target") ", " COL("promoted_from") " "
 	               "FROM %s.runs r WHERE ($1::text IS NULL OR r.plan = $1) AND "
 	               "($2::text IS NULL OR r.env = $2) ORDER BY r.id",
 	               schema_q, schema_q, schema_q, schema_q);

@@ -85,4 +85,22 @@ assert st["kind"] == "backfill" and st["rows"] == 3000 and st["updated_at"].ends
 assert s["phases"][0]["steps"][0]["rows"] is None, s
 assert s["state"] == "completed" and s["target"].startswith("database "), s' "$T/after.json" ||
 	fail "status --json after the run"
+
+# a state schema an older phasegate made (no apply has upgraded it yet):
+# status and history read it without changing it
+psql_q "ALTER TABLE phasegate.runs DROP COLUMN target, DROP COLUMN promoted_from,
+	DROP COLUMN held, DROP COLUMN held_at" >/dev/null
+assert_exit 0 phg status "$T/plan.yaml" --json
+assert_eq "completed None" "$(python3 -I -S -c '
+import json, sys
+s = json.load(open(sys.argv[1]))
+print(s["state"], s["target"])' "$T/out")" "status on an older state schema"
+assert_exit 0 phg history "$T/plan.yaml"
+assert_file_contains "$T/out" "completed"
+assert_eq "0" "$(psql_q "SELECT count(*) FROM pg_attribute WHERE attrelid = 'phasegate.runs'::regclass
+	AND attname = 'target'")" "status and history did not change the schema"
+# the next apply upgrades it
+assert_exit 0 phg apply "$T/plan.yaml"
+assert_eq "1" "$(psql_q "SELECT count(*) FROM pg_attribute WHERE attrelid = 'phasegate.runs'::regclass
+	AND attname = 'target'")" "apply upgraded the state schema"
 pass
