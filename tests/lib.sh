@@ -196,6 +196,21 @@ psql_q() {
 	printf '%s\n' "$out"
 }
 
+# slow_updates TABLE SECONDS - every UPDATE statement on TABLE in TEST_DB
+# takes SECONDS longer (an AFTER ... FOR EACH STATEMENT trigger that sleeps):
+# a backfill's batches become slow enough to act between them.
+slow_updates() {
+	local t=${1:?slow_updates TABLE SECONDS} secs=${2:?slow_updates TABLE SECONDS}
+	psql_q "CREATE FUNCTION slow_$t() RETURNS trigger LANGUAGE plpgsql AS
+		\$\$ BEGIN PERFORM pg_sleep($secs); RETURN NULL; END \$\$;
+		CREATE TRIGGER slow_$t AFTER UPDATE ON $t FOR EACH STATEMENT EXECUTE FUNCTION slow_$t()" >/dev/null
+}
+
+# bf_batches - the backfill batches recorded in TEST_DB's state schema;
+# bf_batches_ge N - at least N (for wait_for).
+bf_batches() { psql_q "SELECT coalesce(max(bf_batches), 0) FROM phasegate.steps"; }
+bf_batches_ge() { [[ $(bf_batches) -ge $1 ]]; }
+
 # ---------------------------------------------------------------- processes
 
 _phg_kill() {

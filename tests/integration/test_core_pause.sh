@@ -11,10 +11,8 @@ source "$PHG_TEST_LIB"
 
 new_db core_pause
 psql_q "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, v2 int);
-	INSERT INTO t SELECT g, g FROM generate_series(1, 3000) g;
-	CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS
-	  \$\$ BEGIN PERFORM pg_sleep(0.05); RETURN NULL; END \$\$;
-	CREATE TRIGGER slow AFTER UPDATE ON t FOR EACH STATEMENT EXECUTE FUNCTION slow()" >/dev/null
+	INSERT INTO t SELECT g, g FROM generate_series(1, 3000) g" >/dev/null
+slow_updates t 0.05
 cat >"$T/plan.yaml" <<'YAML'
 version: 1
 name: pausable
@@ -23,21 +21,19 @@ phases:
     steps:
       - backfill: { table: t, set: "v2 = v * 2", batch_size: 50 }
 YAML
-batches() { psql_q "SELECT coalesce(max(bf_batches), 0) FROM phasegate.steps"; }
-batches_ge() { [[ $(batches) -ge $1 ]]; }
 
 assert_exit 1 phg pause "$T/plan.yaml"
 assert_file_contains "$T/err" "has never run on this database"
 
 bg_run apply "$PHASEGATE" apply "$T/plan.yaml"
 pid=$BG_PID
-wait_for -t 20 batches_ge 3
+wait_for -t 20 bf_batches_ge 3
 assert_exit 0 phg pause "$T/plan.yaml"
 assert_file_contains "$T/err" "paused run 1 of plan \"pausable\""
 wait_for -t 10 grep -q "paused by" "$T/apply.err"
-b1=$(batches)
+b1=$(bf_batches)
 sleep 1.2
-assert_eq "$b1" "$(batches)" "no batch while paused"
+assert_eq "$b1" "$(bf_batches)" "no batch while paused"
 assert_exit 0 phg status "$T/plan.yaml"
 assert_file_contains "$T/out" "paused:   since"
 assert_exit 0 phg status "$T/plan.yaml" --json
@@ -57,7 +53,7 @@ assert_file_contains "$T/err" "has no unfinished run to pause"
 psql_q "SET client_min_messages = warning; DROP SCHEMA phasegate CASCADE; UPDATE t SET v2 = NULL" >/dev/null
 bg_run apply2 "$PHASEGATE" apply "$T/plan.yaml"
 pid=$BG_PID
-wait_for -t 20 batches_ge 2
+wait_for -t 20 bf_batches_ge 2
 assert_exit 0 phg pause "$T/plan.yaml"
 wait_for -t 10 grep -q "paused by" "$T/apply2.err"
 kill -TERM "$pid"

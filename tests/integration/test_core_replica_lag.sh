@@ -26,10 +26,8 @@ replay() { psql -X -A -t -q -p "$rport" -d postgres -c "SELECT pg_wal_replay_$1(
 on_exit "psql -X -q -p $rport -d postgres -c 'SELECT pg_wal_replay_resume()' >/dev/null 2>&1 || true"
 
 psql_q "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, v2 int);
-	INSERT INTO t SELECT g, g FROM generate_series(1, 60000) g;
-	CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS
-	  \$\$ BEGIN PERFORM pg_sleep(0.02); RETURN NULL; END \$\$;
-	CREATE TRIGGER slow AFTER UPDATE ON t FOR EACH STATEMENT EXECUTE FUNCTION slow()" >/dev/null
+	INSERT INTO t SELECT g, g FROM generate_series(1, 60000) g" >/dev/null
+slow_updates t 0.02
 replica_has() { [[ $(on_replica "$1" 2>/dev/null) == "$2" ]]; }
 wait_for -t 30 replica_has "SELECT count(*) FROM t" 60000
 cat >"$T/plan.yaml" <<'YAML'
@@ -41,21 +39,19 @@ phases:
     steps:
       - backfill: { table: t, set: "v2 = v * 2", batch_size: 500 }
 YAML
-batches() { psql_q "SELECT coalesce(max(bf_batches), 0) FROM phasegate.steps"; }
-batches_ge() { [[ $(batches) -ge $1 ]]; }
 ev() { psql_q "SELECT count(*) FROM phasegate.events WHERE kind = '$1'"; }
 has_ev() { [[ $(ev "$1") -gt 0 ]]; }
 
 bg_run apply "$PHASEGATE" apply "$T/plan.yaml"
 pid=$BG_PID
-wait_for -t 20 batches_ge 3
+wait_for -t 20 bf_batches_ge 3
 replay pause
 wait_for -t 30 has_ev replica_lag
 assert_file_contains "$T/apply.err" "replica phg_replica is"
 assert_file_contains "$T/apply.err" "the backfill waits between batches until it is back under"
-b1=$(batches)
+b1=$(bf_batches)
 sleep 1.5
-assert_eq "$b1" "$(batches)" "no batch while the replica is behind"
+assert_eq "$b1" "$(bf_batches)" "no batch while the replica is behind"
 assert_contains "$(psql_q "SELECT held FROM phasegate.runs")" "replica lag over max_replica_lag" "the hold is recorded"
 assert_exit 0 phg status "$T/plan.yaml"
 assert_file_contains "$T/out" "held:     replica lag over max_replica_lag"

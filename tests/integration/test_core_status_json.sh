@@ -9,10 +9,8 @@ source "$PHG_TEST_LIB"
 
 new_db status_json
 psql_q "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, v2 int);
-	INSERT INTO t SELECT g, g FROM generate_series(1, 3000) g;
-	CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS
-	  \$\$ BEGIN PERFORM pg_sleep(0.05); RETURN NULL; END \$\$;
-	CREATE TRIGGER slow AFTER UPDATE ON t FOR EACH STATEMENT EXECUTE FUNCTION slow()" >/dev/null
+	INSERT INTO t SELECT g, g FROM generate_series(1, 3000) g" >/dev/null
+slow_updates t 0.05
 cat >"$T/plan.yaml" <<'YAML'
 version: 1
 name: status-shape
@@ -55,8 +53,7 @@ assert s["checks"] == {} and s["run_id"] is None and s["locked"] is False, s' "$
 # kill -9 mid-backfill: the run and its running phase are interrupted
 bg_run apply "$PHASEGATE" apply "$T/plan.yaml"
 pid=$BG_PID
-batches_ge() { [[ $(psql_q "SELECT coalesce(max(bf_batches), 0) FROM phasegate.steps") -ge $1 ]]; }
-wait_for -t 20 batches_ge 2
+wait_for -t 20 bf_batches_ge 2
 kill -KILL "$pid"
 wait "$pid" 2>/dev/null || true
 # the server notices the closed socket, and with it the plan's lock
