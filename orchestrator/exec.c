@@ -891,12 +891,16 @@ static void bf_pace(phg_exec_t *x)
 			snprintf(pace, sizeof(pace), "sleeping %" PRIu64 " ms between batches", d.sleep_ms);
 		else
 			snprintf(pace, sizeof(pace), "no sleep between batches");
+		char watch[128] = "";
+
+		if (d.watch_ms > d.watch_budget_ms && d.watch_budget_ms > 0)
+			snprintf(watch, sizeof(watch), ", watch checks over theirs (%" PRIu64 " ms > %" PRIu64
+			         " ms)", d.watch_ms, d.watch_budget_ms);
 		snprintf(msg, sizeof(msg),
 		         "latency budget: probe p99 %.2f ms %s budget %.2f ms (baseline %.2f ms)%s: %s, "
 		         "batches of at most %" PRIu64 " rows",
-		         (double)d.p99_us / 1000.0, d.over > 0 ? "over" : "within",
-		         (double)d.budget_us / 1000.0, (double)d.baseline_us / 1000.0,
-		         d.watch_ms && d.watch_ms > d.watch_budget_ms ? ", watch checks slow" : "", pace,
+		         (double)d.p99_us / 1000.0, d.p99_us > d.budget_us ? "over" : "within",
+		         (double)d.budget_us / 1000.0, (double)d.baseline_us / 1000.0, watch, pace,
 		         x->bf_cap);
 		phg_log(d.over > 0 ? PHG_LOG_INFO : PHG_LOG_DEBUG, &x->log, "%s", msg);
 		throttle_event(x, "throttle", &d, msg);
