@@ -24,6 +24,8 @@ typedef struct cmd_s {
 	const char *help;
 	unsigned opts; /* OPT_* accepted */
 	int needs_plan;
+	const char *exits; /* the exit codes it can return (README "Exit codes") */
+	const char *summary; /* one line for the top-level help */
 } cmd_t;
 
 #define OPT_ENV 0x01u
@@ -37,53 +39,87 @@ static const cmd_t commands[] = {
 	{"validate", "phasegate validate PLAN.yaml",
 	 "Parse and lint the plan; touch nothing. Errors are printed as FILE:LINE:COL: message\n"
 	 "with the source line and a caret (exit 2); lint warnings do not fail (exit 0).\n",
-	 0, 1},
+	 0, 1,
+	 "0 valid (lint warnings do not fail), 2 invalid plan or bad invocation",
+	 "parse and lint the plan; touch nothing"},
 	{"plan", "phasegate plan PLAN.yaml [--env E]",
 	 "Print every SQL statement and action of the plan, in order, with the lock settings\n"
 	 "they run under; connects to nothing.\n",
-	 OPT_ENV, 1},
+	 OPT_ENV, 1,
+	 "0, 2 invalid plan or bad invocation",
+	 "print every SQL statement and action, in order; connect to nothing"},
 	{"apply", "phasegate apply PLAN.yaml [--env E] [--to PHASE] [--dry-run] [--yes]",
 	 "Apply the plan's phases in order, gating each one; resumable: run it again after a\n"
 	 "crash, kill -9 or Ctrl-C and it continues from the last checkpoint.\n"
 	 "  --to PHASE   stop after PHASE (apply continues later)\n"
 	 "  --dry-run    show the current state and what apply would run; change nothing\n"
 	 "  --yes        a protected environment without asking (CI; no terminal: required)\n",
-	 OPT_ENV | OPT_TO | OPT_DRY | OPT_YES, 1},
+	 OPT_ENV | OPT_TO | OPT_DRY | OPT_YES, 1,
+	 "0 done, 1 runtime error (database unreachable, connection lost), 2 bad invocation/plan/unset variable/drift, 3 failed and rolled back, 4 rollback failed or on_failure stop, 5 plan locked by another run, 130 interrupted",
+	 "apply the phases in order, gated; resumable"},
 	{"status", "phasegate status PLAN.yaml [--env E] [--json]",
 	 "Show the plan's last run on the database: its state and each phase's and step's.\n", OPT_ENV | OPT_JSON,
-	 1},
+	 1,
+	 "0, 1 database unreachable, 2 bad invocation or plan",
+	 "the plan's last run on the database, phase by phase"},
 	{"rollback", "phasegate rollback PLAN.yaml [--env E] [--to PHASE] [--yes]",
 	 "Revert applied phases in reverse order: all of them, or down to (and excluding)\n"
 	 "--to PHASE. Refuses before touching anything when a step cannot be reverted (exit 4).\n"
 	 "  --yes        a protected environment without asking (CI; no terminal: required)\n",
-	 OPT_ENV | OPT_TO | OPT_YES, 1},
+	 OPT_ENV | OPT_TO | OPT_YES, 1,
+	 "0 done, 1 runtime error, 2 bad invocation or plan, 4 cannot be reverted or revert failed, 5 plan locked, 130 interrupted",
+	 "revert applied phases in reverse order"},
 	{"promote", "phasegate promote PLAN.yaml --from ENV --to ENV [--yes]",
 	 "Apply the plan to --to only if --from has a completed run of the same plan checksum.\n"
 	 "  --yes        a protected --to environment without asking\n",
-	 OPT_FROM | OPT_TO | OPT_YES, 1},
+	 OPT_FROM | OPT_TO | OPT_YES, 1,
+	 "0 promoted, 1 runtime error, 2 bad invocation, 3/4/5/130 as apply, 6 promotion refused",
+	 "apply to one environment what another completed"},
 	{"pause", "phasegate pause PLAN.yaml [--env E]",
 	 "Pause the plan's running apply, from any machine that reaches the database: it stops\n"
 	 "after its current backfill batch and waits, keeping its lock (recorded in the state\n"
 	 "schema; status shows it).\n",
-	 OPT_ENV, 1},
+	 OPT_ENV, 1,
+	 "0 paused, 1 no unfinished run or database unreachable, 2 bad invocation or plan",
+	 "pause the running apply between backfill batches"},
 	{"resume", "phasegate resume PLAN.yaml [--env E]",
-	 "Let a paused apply go on.\n", OPT_ENV, 1},
+	 "Let a paused apply go on.\n", OPT_ENV, 1,
+	 "0 resumed, 1 no unfinished run or database unreachable, 2 bad invocation or plan",
+	 "let a paused apply go on"},
 	{"history", "phasegate history [PLAN.yaml] [--env E] [--json]",
 	 "List the runs recorded in the database (of PLAN, when given; else every plan, using\n"
 	 "$DATABASE_URL). --env keeps the runs of that environment.\n",
-	 OPT_ENV | OPT_JSON, 0},
-	{NULL, NULL, NULL, 0, 0},
+	 OPT_ENV | OPT_JSON, 0,
+	 "0, 1 database unreachable, 2 bad invocation or plan",
+	 "the runs recorded in the database"},
+	{NULL, NULL, NULL, 0, 0, NULL, NULL},
 };
+
+/* `CMD --help` and `help CMD`: usage, what it does, every option, the exit codes */
+static void print_help(const cmd_t *c)
+{
+	printf("usage: %s\n\n%s", c->usage, c->help);
+	printf("\nOptions of every command: -v/--verbose (debug log; -vv every state change), "
+	       "-q/--quiet (errors only), -h/--help.\n");
+	if (c->opts & OPT_ENV)
+		printf("  --env E      the plan's environment E (its database variable must be set)\n");
+	if (c->opts & OPT_JSON)
+		printf("  --json       one JSON document on stdout\n");
+	printf("\nExit codes: %s.\n", c->exits);
+}
 
 static void usage_all(FILE *f)
 {
 	fputs("phasegate - zero-downtime PostgreSQL schema changes, phase by phase, gated on\n"
 	      "health checks and verified backups, rolled back automatically when a gate fails.\n\n"
-	      "Usage:\n",
+	      "Commands:\n",
 	      f);
 	for (const cmd_t *c = commands; c->name != NULL; c++)
+		fprintf(f, "  %-10s %s\n", c->name, c->summary);
+	fputs("\nUsage:\n", f);
+	for (const cmd_t *c = commands; c->name != NULL; c++)
 		fprintf(f, "  %s\n", c->usage);
-	fputs("  phasegate --version | --help | COMMAND --help\n\n"
+	fputs("  phasegate --version | --help | COMMAND --help | help COMMAND\n\n"
 	      "Options for every command: -v/--verbose (debug log; -vv every state change),\n"
 	      "-q/--quiet (errors only).\n"
 	      "The database comes from the variable the plan names (target.url_env, default\n"
@@ -262,7 +298,7 @@ int phg_cli_main(int argc, char **argv)
 		/* `phasegate help CMD` is `phasegate CMD --help` */
 		for (const cmd_t *k = commands; k->name != NULL; k++)
 			if (strcmp(k->name, argv[2]) == 0) {
-				printf("usage: %s\n\n%s", k->usage, k->help);
+				print_help(k);
 				return PHG_EXIT_OK;
 			}
 		return usage_error(NULL, "unknown command \"%s\"", argv[2]);
@@ -283,7 +319,7 @@ int phg_cli_main(int argc, char **argv)
 		unsigned need = 0;
 
 		if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-			printf("usage: %s\n\n%s", c->usage, c->help);
+			print_help(c);
 			return PHG_EXIT_OK;
 		} else if (strcmp(a, "-v") == 0 || strcmp(a, "--verbose") == 0) {
 			/* -v: decisions and statements; -vv (or -v -v): every state change */

@@ -215,6 +215,12 @@ assert_file_contains "$T/err" 'cannot promote from "staging" to itself'
 # `help CMD` is `CMD --help`
 assert_exit 0 phg help rollback
 assert_file_contains "$T/out" "usage: phasegate rollback PLAN.yaml"
+assert_file_contains "$T/out" "Exit codes: 0 done"
+assert_file_contains "$T/out" "-v/--verbose"
+assert_exit 0 phg status --help
+assert_file_contains "$T/out" "--json"
+assert_exit 0 phg --help
+assert_file_contains "$T/out" "  rollback   revert applied phases in reverse order"
 assert_exit 2 phg help nosuch
 assert_file_contains "$T/err" 'unknown command "nosuch"'
 
