@@ -6,6 +6,7 @@
 #include "cli.h"
 
 #include <inttypes.h>
+#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -277,99 +278,114 @@ static int cmd_dry_run(phg_plan_t *plan, const phg_run_opts_t *o)
 
 /* ---- main ---- */
 
+/* The options, GNU style (getopt_long): anywhere on the line, --env=prod or
+ * --env prod, -vv, and -- ends them.  Which ones a command takes is checked
+ * once the command is known (cmd_t.opts). */
+static const struct option long_opts[] = {
+	{"help", no_argument, NULL, 'h'},     {"version", no_argument, NULL, 'V'},
+	{"verbose", no_argument, NULL, 'v'},  {"quiet", no_argument, NULL, 'q'},
+	{"env", required_argument, NULL, 'e'}, {"to", required_argument, NULL, 't'},
+	{"from", required_argument, NULL, 'f'}, {"dry-run", no_argument, NULL, 'n'},
+	{"yes", no_argument, NULL, 'y'},      {"json", no_argument, NULL, 'j'},
+	{NULL, 0, NULL, 0},
+};
+
 int phg_cli_main(int argc, char **argv)
 {
 	const cmd_t *c = NULL;
-	const char *file = NULL;
+	const char *file = NULL, *cmd = NULL;
 	phg_run_opts_t o;
 	phg_plan_t *plan = NULL;
 	phg_err_t err;
 	const char *from = NULL;
-	int rc;
+	unsigned seen = 0, bad_need = 0;
+	int help = 0, version = 0, verbose = 0, quiet = 0, ch, rc;
+	char badbuf[64];
 
 	memset(&o, 0, sizeof(o));
-	if (argc < 2)
-		return usage_error(NULL, "%s", "missing command");
-	if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-V") == 0) {
+	optind = 0; /* a full reset: phg_cli_main may run more than once */
+	opterr = 0;
+	while ((ch = getopt_long(argc, argv, ":hVvqy", long_opts, NULL)) != -1) {
+		const char *name = argv[optind - 1];
+
+		switch (ch) {
+		case 'h': help = 1; break;
+		case 'V': version = 1; break;
+		case 'v': verbose++; break;
+		case 'q': quiet = 1; break;
+		case 'e': o.env = optarg; seen |= OPT_ENV; break;
+		case 't': o.to_phase = optarg; seen |= OPT_TO; break;
+		case 'f': from = optarg; seen |= OPT_FROM; break;
+		case 'n': o.dry_run = 1; seen |= OPT_DRY; break;
+		case 'y': o.yes = 1; seen |= OPT_YES; break;
+		case 'j': o.json = 1; seen |= OPT_JSON; break;
+		case ':':
+			return usage_error(NULL, "option \"%s\" needs a value", name);
+		default:
+			if (optopt != 0)
+				snprintf(badbuf, sizeof(badbuf), "-%c", optopt);
+			else
+				snprintf(badbuf, sizeof(badbuf), "%s", name);
+			return usage_error(NULL, "unknown option \"%s\"", badbuf);
+		}
+		if ((ch == 'e' || ch == 't' || ch == 'f') && optarg[0] == '\0')
+			return usage_error(NULL, "option \"%s\" needs a value", name);
+	}
+	if (verbose > 0)
+		phg_log_set_level(verbose > 1 ? PHG_LOG_TRACE : PHG_LOG_DEBUG);
+	if (quiet)
+		phg_log_set_level(PHG_LOG_ERROR);
+	if (version) {
 		printf("phasegate %s\n", PHG_VERSION);
 		return PHG_EXIT_OK;
 	}
-	if (strcmp(argv[1], "help") == 0 && argc > 2) {
-		/* `phasegate help CMD` is `phasegate CMD --help` */
-		for (const cmd_t *k = commands; k->name != NULL; k++)
-			if (strcmp(k->name, argv[2]) == 0) {
-				print_help(k);
-				return PHG_EXIT_OK;
-			}
-		return usage_error(NULL, "unknown command \"%s\"", argv[2]);
-	}
-	if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
-	    strcmp(argv[1], "help") == 0) {
+	if (optind < argc)
+		cmd = argv[optind++];
+	if (cmd == NULL && help) {
 		usage_all(stdout);
 		return PHG_EXIT_OK;
 	}
+	if (cmd == NULL)
+		return usage_error(NULL, "%s", "missing command");
+	if (strcmp(cmd, "help") == 0) {
+		/* `phasegate help CMD` is `phasegate CMD --help` */
+		if (optind >= argc) {
+			usage_all(stdout);
+			return PHG_EXIT_OK;
+		}
+		for (const cmd_t *k = commands; k->name != NULL; k++)
+			if (strcmp(k->name, argv[optind]) == 0) {
+				print_help(k);
+				return PHG_EXIT_OK;
+			}
+		return usage_error(NULL, "unknown command \"%s\"", argv[optind]);
+	}
 	for (const cmd_t *k = commands; k->name != NULL; k++)
-		if (strcmp(k->name, argv[1]) == 0)
+		if (strcmp(k->name, cmd) == 0)
 			c = k;
 	if (c == NULL)
-		return usage_error(NULL, "unknown command \"%s\"", argv[1]);
-	for (int i = 2; i < argc; i++) {
-		const char *a = argv[i];
-		const char **val = NULL;
-		unsigned need = 0;
-
-		if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-			print_help(c);
-			return PHG_EXIT_OK;
-		} else if (strcmp(a, "-v") == 0 || strcmp(a, "--verbose") == 0) {
-			/* -v: decisions and statements; -vv (or -v -v): every state change */
-			phg_log_set_level(phg_log_get_level() <= PHG_LOG_DEBUG ? PHG_LOG_TRACE
-			                                                       : PHG_LOG_DEBUG);
-			continue;
-		} else if (strcmp(a, "-vv") == 0) {
-			phg_log_set_level(PHG_LOG_TRACE);
-			continue;
-		} else if (strcmp(a, "-q") == 0 || strcmp(a, "--quiet") == 0) {
-			phg_log_set_level(PHG_LOG_ERROR);
-			continue;
-		} else if (strcmp(a, "--env") == 0) {
-			val = &o.env;
-			need = OPT_ENV;
-		} else if (strcmp(a, "--to") == 0) {
-			val = &o.to_phase;
-			need = OPT_TO;
-		} else if (strcmp(a, "--from") == 0) {
-			val = &from;
-			need = OPT_FROM;
-		} else if (strcmp(a, "--dry-run") == 0) {
-			if (!(c->opts & OPT_DRY))
-				return usage_error(c, "option \"%s\" is not valid here", a);
-			o.dry_run = 1;
-			continue;
-		} else if (strcmp(a, "--yes") == 0 || strcmp(a, "-y") == 0) {
-			if (!(c->opts & OPT_YES))
-				return usage_error(c, "option \"%s\" is not valid here", a);
-			o.yes = 1;
-			continue;
-		} else if (strcmp(a, "--json") == 0) {
-			if (!(c->opts & OPT_JSON))
-				return usage_error(c, "option \"%s\" is not valid here", a);
-			o.json = 1;
-			continue;
-		} else if (a[0] == '-' && a[1] != '\0') {
-			return usage_error(c, "unknown option \"%s\"", a);
-		} else if (file == NULL) {
-			file = a;
-			continue;
-		} else {
-			return usage_error(c, "unexpected argument \"%s\"", a);
-		}
-		if (!(c->opts & need))
-			return usage_error(c, "option \"%s\" is not valid here", a);
-		if (i + 1 >= argc || argv[i + 1][0] == '\0')
-			return usage_error(c, "option \"%s\" needs a value", a);
-		*val = argv[++i];
+		return usage_error(NULL, "unknown command \"%s\"", cmd);
+	if (help) {
+		print_help(c);
+		return PHG_EXIT_OK;
 	}
+	/* an option the command does not take */
+	bad_need = seen & ~c->opts;
+	if (bad_need != 0) {
+		static const struct {
+			unsigned bit;
+			const char *name;
+		} names[] = {{OPT_ENV, "--env"}, {OPT_TO, "--to"},   {OPT_FROM, "--from"},
+		             {OPT_DRY, "--dry-run"}, {OPT_YES, "--yes"}, {OPT_JSON, "--json"}};
+
+		for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+			if (bad_need & names[i].bit)
+				return usage_error(c, "option \"%s\" is not valid here", names[i].name);
+	}
+	if (optind < argc)
+		file = argv[optind++];
+	if (optind < argc)
+		return usage_error(c, "unexpected argument \"%s\"", argv[optind]);
 	if (file == NULL && c->needs_plan)
 		return usage_error(c, "%s", "missing PLAN.yaml");
 	if (strcmp(c->name, "promote") == 0 && (from == NULL || o.to_phase == NULL))

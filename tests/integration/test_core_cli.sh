@@ -212,6 +212,13 @@ assert_file_contains "$T/err" "nosuch"
 assert_exit 2 phg promote "$T/promote.yaml" --from staging --to nosuch
 assert_exit 2 phg promote "$T/promote.yaml" --from staging --to staging
 assert_file_contains "$T/err" 'cannot promote from "staging" to itself'
+# GNU-style options: anywhere, --opt=value, -vv, and -- ends them
+assert_exit 0 phg -v status "$T/promote.yaml" --env=staging
+assert_exit 0 phg status --env staging -- "$T/promote.yaml"
+assert_exit 2 phg status "$T/promote.yaml" --env
+assert_file_contains "$T/err" 'option "--env" needs a value'
+assert_exit 2 phg validate "$T/promote.yaml" --json
+assert_file_contains "$T/err" 'option "--json" is not valid here'
 # `help CMD` is `CMD --help`
 assert_exit 0 phg help rollback
 assert_file_contains "$T/out" "usage: phasegate rollback PLAN.yaml"
