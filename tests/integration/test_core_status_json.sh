@@ -57,7 +57,11 @@ wait_for -t 20 bf_batches_ge 2
 kill -KILL "$pid"
 wait "$pid" 2>/dev/null || true
 # the server notices the closed socket, and with it the plan's lock
-unlocked() { [[ $(psql_q "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0 ]]; }
+# (pg_locks is the cluster's: only this database's, other tests run beside)
+unlocked() {
+	[[ $(psql_q "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'
+		AND database = (SELECT oid FROM pg_database WHERE datname = current_database())") == 0 ]]
+}
 wait_for -t 10 unlocked
 assert_exit 0 phg status "$T/plan.yaml" --json
 cp "$T/out" "$T/killed.json"
