@@ -49,7 +49,7 @@ bg_run apply "$PHASEGATE" apply "$T/plan.yaml"
 pid=$BG_PID
 wait_for -t 30 has_ev throttle_baseline
 probe_seen() {
-	[[ $(psql_q "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT 1 FROM %t% WHERE (%id%) >= (\$1)%'") -gt 0 ]]
+	[[ $(psql_q "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'SELECT 1 FROM %t% WHERE (%id%) >= (\$1)%'") -gt 0 ]]
 }
 wait_for -t 10 probe_seen
 kill "$pid"
