@@ -496,13 +496,6 @@ static void fail_reset(phg_exec_t *x, const phg_err_t *err)
 	reset_session(x, PHG_X_FAIL_RESET);
 }
 
-/* A key problem ends the op; the session's timeouts are reset first. */
-static void bf_keys_fail(phg_exec_t *x, const phg_err_t *e)
-{
-	phg_err_copy(&x->op_err, e);
-	reset_session(x, PHG_X_FAIL_RESET);
-}
-
 static void bf_keys_done(phg_exec_t *x, PGresult *res)
 {
 	const phg_backfill_spec_t *bf = cur_op(x)->backfill;
@@ -516,14 +509,14 @@ static void bf_keys_done(phg_exec_t *x, PGresult *res)
 		            bf->table);
 		phg_err_hint(&e, "Give the backfill step a `key`: column(s) covered by a unique "
 		                 "index on NOT NULL columns.");
-		bf_keys_fail(x, &e);
+		fail_reset(x, &e); /* a key problem ends the op */
 		return;
 	}
 	for (int i = 0; i < n; i++) {
 		if (PQgetisnull(res, i, 1)) {
 			phg_err_set(&e, PHG_ESTEP, "key column \"%s\" of table \"%s\" does not exist",
 			            PQgetvalue(res, i, 0), bf->table);
-			bf_keys_fail(x, &e);
+			fail_reset(x, &e);
 			return;
 		}
 		if (strcmp(PQgetvalue(res, i, 2), "t") != 0) {
@@ -533,7 +526,7 @@ static void bf_keys_done(phg_exec_t *x, PGresult *res)
 			            bf->table);
 			phg_err_detail(&e, "Batches are taken in key order; a key that is not unique "
 			                   "and not null could skip or repeat rows.");
-			bf_keys_fail(x, &e);
+			fail_reset(x, &e);
 			return;
 		}
 		phg_strv_push(&x->key_names, PQgetvalue(res, i, 0));
@@ -543,7 +536,7 @@ static void bf_keys_done(phg_exec_t *x, PGresult *res)
 		phg_err_set(&e, PHG_ESTATE, "backfill checkpoint of table \"%s\" has %zu key values, "
 		                            "the key has %zu columns",
 		            bf->table, x->bf_last.n, x->key_names.n);
-		bf_keys_fail(x, &e);
+		fail_reset(x, &e);
 		return;
 	}
 	x->bf_started_ms = x->bf_logged_ms = now_ms();
@@ -831,13 +824,20 @@ static void bf_pause(phg_exec_t *x, int first)
 
 /* ---- between two batches: the latency budget and the replicas ---- */
 
-static void bf_sleep_fire(uv_timer_t *t)
+static void bf_lag(phg_exec_t *x);
+
+/* The end of a wait between batches: the budget's sleep (the next batch)
+ * or a replica's lag (ask again). */
+static void bf_wait_fire(uv_timer_t *t)
 {
 	phg_exec_t *x = t->data;
 
 	if (stop_now(x))
 		return;
-	bf_batch(x);
+	if (x->st == PHG_X_BF_LAG_WAIT)
+		bf_lag(x);
+	else
+		bf_batch(x);
 }
 
 static void throttle_event(phg_exec_t *x, const char *kind, const phg_throttle_decision_t *d,
@@ -907,7 +907,7 @@ static void bf_pace(phg_exec_t *x)
 	}
 	if (d.sleep_ms > 0) {
 		exec_state(x, PHG_X_BF_SLEEP);
-		uv_timer_start(&x->backoff_timer, bf_sleep_fire, d.sleep_ms, 0);
+		uv_timer_start(&x->backoff_timer, bf_wait_fire, d.sleep_ms, 0);
 		return;
 	}
 	bf_batch(x);
@@ -928,15 +928,6 @@ static void bf_lag(phg_exec_t *x)
 	phg_store_replica_lag_sql(&b, x->schema_q);
 	exec_send(x, PHG_X_BF_LAG, b.data, 3, params);
 	phg_buf_free(&b);
-}
-
-static void bf_lag_fire(uv_timer_t *t)
-{
-	phg_exec_t *x = t->data;
-
-	if (stop_now(x))
-		return;
-	bf_lag(x);
 }
 
 static void bf_lag_done(phg_exec_t *x, PGresult *res)
@@ -968,7 +959,7 @@ static void bf_lag_done(phg_exec_t *x, PGresult *res)
 				x->on_event(x, "replica_lag", msg, data);
 		}
 		exec_state(x, PHG_X_BF_LAG_WAIT);
-		uv_timer_start(&x->backoff_timer, bf_lag_fire, PHG_PAUSE_POLL_MS, 0);
+		uv_timer_start(&x->backoff_timer, bf_wait_fire, PHG_PAUSE_POLL_MS, 0);
 		return;
 	}
 	if (x->lag_held) {

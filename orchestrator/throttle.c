@@ -171,12 +171,10 @@ static void probe_fire(uv_timer_t *h);
 
 static void baseline_end(phg_throttle_t *t)
 {
-	uint64_t *v = phg_calloc(RING, sizeof(*v));
-	uint64_t w[WATCH_RING];
+	uint64_t v[RING], w[WATCH_RING];
 
 	t->baseline_n = recent(t, 0, 0, 0, v);
 	t->baseline_us = phg_percentile(v, t->baseline_n, 99);
-	free(v);
 	t->watch_base_n = t->wn;
 	for (size_t i = 0; i < t->wn; i++)
 		w[i] = t->watch[i].ms;
@@ -372,7 +370,7 @@ static uint64_t watch_recent(const phg_throttle_t *t)
 
 void phg_throttle_decide(phg_throttle_t *t, phg_throttle_decision_t *d)
 {
-	uint64_t *v = phg_calloc(RING + 1, sizeof(*v));
+	uint64_t v[RING + 1];
 	size_t k = recent(t, WINDOW_MS, t->changed_ms, 0, v), ki;
 	uint64_t prev = t->sleep_ms;
 
@@ -387,7 +385,6 @@ void phg_throttle_decide(phg_throttle_t *t, phg_throttle_decision_t *d)
 	/* the probes no batch overlapped: slow too, it is not the backfill */
 	ki = recent(t, IDLE_WINDOW_MS, 0, 1, v);
 	d->idle_p99_us = phg_percentile(v, ki, 99);
-	free(v);
 	if (t->st == T_RUNNING && k >= MIN_SAMPLES) {
 		if (d->p99_us > d->budget_us)
 			d->over = 1;

@@ -28,11 +28,14 @@ static void key_list(phg_build_t *qb, const phg_strv_t *keys, phg_buf_t *b, cons
 	}
 }
 
-/* ($first, $first+1, ...) for the @n key values */
-static void key_params(phg_buf_t *b, size_t n, size_t first)
+/* (keys) OP ($first, $first+1, ...): the key against parameters */
+static void key_cmp(phg_build_t *qb, const phg_strv_t *keys, phg_buf_t *b, const char *op,
+                    size_t first)
 {
 	phg_buf_adds(b, "(");
-	for (size_t i = 0; i < n; i++)
+	key_list(qb, keys, b, "", NULL);
+	phg_buf_printf(b, ") %s (", op);
+	for (size_t i = 0; i < keys->n; i++)
 		phg_buf_printf(b, "%s$%zu", i ? ", " : "", first + i);
 	phg_buf_adds(b, ")");
 }
@@ -40,10 +43,8 @@ static void key_params(phg_buf_t *b, size_t n, size_t first)
 void phg_backfill_count_sql(phg_build_t *qb, const phg_backfill_spec_t *bf,
                             const phg_strv_t *keys, phg_buf_t *b)
 {
-	phg_buf_printf(b, "SELECT NULL::text, count(*) FROM %s WHERE (", phg_qtable(qb, bf->table));
-	key_list(qb, keys, b, "", NULL);
-	phg_buf_adds(b, ") <= ");
-	key_params(b, keys->n, 1);
+	phg_buf_printf(b, "SELECT NULL::text, count(*) FROM %s WHERE ", phg_qtable(qb, bf->table));
+	key_cmp(qb, keys, b, "<=", 1);
 }
 
 void phg_backfill_max_key_sql(phg_build_t *qb, const phg_backfill_spec_t *bf,
@@ -61,10 +62,8 @@ void phg_backfill_max_key_sql(phg_build_t *qb, const phg_backfill_spec_t *bf,
 void phg_backfill_probe_sql(phg_build_t *qb, const phg_backfill_spec_t *bf,
                             const phg_strv_t *keys, phg_buf_t *b)
 {
-	phg_buf_printf(b, "SELECT 1 FROM %s WHERE (", phg_qtable(qb, bf->table));
-	key_list(qb, keys, b, "", NULL);
-	phg_buf_adds(b, ") >= ");
-	key_params(b, keys->n, 1);
+	phg_buf_printf(b, "SELECT 1 FROM %s WHERE ", phg_qtable(qb, bf->table));
+	key_cmp(qb, keys, b, ">=", 1);
 	phg_buf_adds(b, " ORDER BY ");
 	key_list(qb, keys, b, "", NULL);
 	phg_buf_adds(b, " LIMIT 1");
@@ -73,10 +72,8 @@ void phg_backfill_probe_sql(phg_build_t *qb, const phg_backfill_spec_t *bf,
 /* ($K+1 OR (keys) > ($1..$K)): after the last key done, or the first batch */
 static void after_cursor(phg_build_t *qb, const phg_strv_t *keys, phg_buf_t *b)
 {
-	phg_buf_printf(b, "($%zu::boolean OR (", keys->n + 1);
-	key_list(qb, keys, b, "", NULL);
-	phg_buf_adds(b, ") > ");
-	key_params(b, keys->n, 1);
+	phg_buf_printf(b, "($%zu::boolean OR ", keys->n + 1);
+	key_cmp(qb, keys, b, ">", 1);
 	phg_buf_adds(b, ")");
 }
 
@@ -100,10 +97,8 @@ void phg_backfill_batch_sql(phg_build_t *qb, const phg_backfill_spec_t *bf,
 	phg_buf_printf(b, " FROM %s WHERE ", t);
 	after_cursor(qb, keys, b);
 	/* the key range was fixed when the backfill started */
-	phg_buf_adds(b, " AND (");
-	key_list(qb, keys, b, "", NULL);
-	phg_buf_adds(b, ") <= ");
-	key_params(b, k, k + 5);
+	phg_buf_adds(b, " AND ");
+	key_cmp(qb, keys, b, "<=", k + 5);
 	if (bf->where != NULL)
 		phg_buf_printf(b, " AND (%s)", bf->where);
 	phg_buf_adds(b, " ORDER BY ");
