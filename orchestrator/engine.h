@@ -46,7 +46,8 @@ typedef struct phg_run_opts_s {
  *	code = phg_engine_free(e);       the exit code of SPEC section 1
  *
  * phg_engine_new() returns NULL with *@exit_code set (2: an unknown --to
- * phase) and touches nothing then.  @plan and @o must outlive the engine.
+ * phase, or an environment selected whose database variable is unset) and
+ * touches nothing then.  @plan and @o must outlive the engine.
  * Nothing is called back: the engine is done when the loop has nothing of
  * it left.
  */

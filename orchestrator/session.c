@@ -480,6 +480,7 @@ int phg_eng_init(engine_t *e, uv_loop_t *loop, engine_mode_t mode, phg_plan_t *p
 {
 	const char *url;
 	char *q;
+	phg_err_t terr;
 
 	memset(e, 0, sizeof(*e));
 	e->mode = mode;
@@ -498,8 +499,15 @@ int phg_eng_init(engine_t *e, uv_loop_t *loop, engine_mode_t mode, phg_plan_t *p
 		e->st = &e->own_settings;
 		e->url_env = o->db_env ? o->db_env : "DATABASE_URL";
 	}
-	url = phg_target_url(plan, e->url_env, NULL);
-	e->conninfo = phg_strdup(url ? url : "");
+	/* never the wrong database: an engine made directly (engine.h) is held
+	 * to the same rule as the commands */
+	phg_err_clear(&terr);
+	url = phg_target_url(plan, e->url_env, &terr);
+	if (url == NULL) {
+		phg_log_err(PHG_LOG_ERROR, &e->log, &terr);
+		return PHG_EUSAGE;
+	}
+	e->conninfo = phg_strdup(url);
 	/* the state schema name is a validated identifier */
 	q = phg_asprintf("\"%s\"", e->st->state_schema);
 	e->schema_q = q;
@@ -539,16 +547,16 @@ phg_engine_t *phg_engine_new(uv_loop_t *loop, phg_engine_mode_t mode, phg_plan_t
                              const phg_run_opts_t *o, int *exit_code)
 {
 	engine_t *e;
-	int to = mode == PHG_ENGINE_APPLY ? (int)plan->nphases - 1 : -1;
+	int to = mode == PHG_ENGINE_APPLY ? (int)plan->nphases - 1 : -1, rc;
 
 	if (o->to_phase != NULL && phg_eng_to_phase(plan, o->to_phase, &to) != 0) {
 		*exit_code = PHG_EXIT_USAGE;
 		return NULL;
 	}
 	e = phg_calloc(1, sizeof(*e));
-	if (phg_eng_init(e, loop, mode, plan, o) != 0) {
+	if ((rc = phg_eng_init(e, loop, mode, plan, o)) != 0) {
 		free(e);
-		*exit_code = PHG_EXIT_RUNTIME;
+		*exit_code = rc == PHG_EUSAGE ? PHG_EXIT_USAGE : PHG_EXIT_RUNTIME;
 		return NULL;
 	}
 	e->to_idx = to;

@@ -166,6 +166,37 @@ static void test_unknown_to_phase_touches_nothing(void **state)
 	phg_plan_free(a);
 }
 
+/* An engine made directly is held to "never the wrong database": with an
+ * environment selected whose variable is unset, none is made. */
+static void test_unset_environment_variable_makes_no_engine(void **state)
+{
+	static const char text[] = "version: 1\n"
+	                           "name: env-unset\n"
+	                           "environments:\n"
+	                           "  staging: { url_env: PHG_TEST_UNSET_STAGING_URL }\n"
+	                           "phases:\n"
+	                           "  - name: one\n"
+	                           "    steps:\n"
+	                           "      - add_column: { table: jobs, column: c, type: int }\n";
+	phg_plan_t *p = load("env.yaml", text);
+	uv_loop_t loop;
+	phg_run_opts_t o;
+	phg_err_t err;
+	int code = 0;
+
+	(void)state;
+	unsetenv("PHG_TEST_UNSET_STAGING_URL");
+	phg_err_clear(&err);
+	assert_int_equal(phg_plan_select_env(p, "staging", &err), 0);
+	memset(&o, 0, sizeof(o));
+	o.env = "staging";
+	assert_int_equal(uv_loop_init(&loop), 0);
+	assert_null(phg_engine_new(&loop, PHG_ENGINE_APPLY, p, &o, &code));
+	assert_int_equal(code, 2);
+	assert_int_equal(uv_loop_close(&loop), 0);
+	phg_plan_free(p);
+}
+
 static int group_setup(void **state)
 {
 	static const char seed[] = "CREATE TABLE jobs (id int PRIMARY KEY, v int NOT NULL);"
@@ -196,6 +227,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_two_engines_on_one_loop),
 	    cmocka_unit_test(test_unknown_to_phase_touches_nothing),
+	    cmocka_unit_test(test_unset_environment_variable_makes_no_engine),
 	};
 
 	phg_log_set_level(PHG_LOG_WARN);
