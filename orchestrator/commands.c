@@ -241,14 +241,14 @@ int phg_cmd_promote(phg_plan_t *plan, const char *from, const char *to, int yes)
 	}
 	state = json_string_value(json_object_get(st, "state"));
 	sum = json_string_value(json_object_get(st, "checksum"));
-	if (strcmp(state, "completed") != 0 || strcmp(sum, plan->checksum) != 0) {
+	if (strcmp(state, "completed") != 0 || !phg_plan_checksum_is(plan, sum)) {
 		json_t *id = json_object_get(st, "run_id");
 
 		phg_log(PHG_LOG_ERROR, NULL, "promotion of plan \"%s\" from \"%s\" to \"%s\" refused",
 		        plan->name, from, to);
 		if (!json_is_integer(id))
 			fprintf(stderr, "  DETAIL: Environment \"%s\" has no run of this plan.\n", from);
-		else if (strcmp(sum, plan->checksum) != 0)
+		else if (!phg_plan_checksum_is(plan, sum))
 			fprintf(stderr,
 			        "  DETAIL: The last run in \"%s\" (run %lld, %s) was of checksum %s; this "
 			        "file has %s.\n",

@@ -498,7 +498,7 @@ static void apply_have_run(engine_t *e)
 		return;
 	}
 	phg_eng_ctx(e, -1, -1);
-	if (strcmp(e->run_checksum, e->plan->checksum) != 0) {
+	if (!phg_plan_checksum_is(e->plan, e->run_checksum)) {
 		phg_eng_drift(e, e->run_state == PHG_RUN_COMPLETED ? "completed" : "started");
 		return;
 	}
@@ -583,7 +583,7 @@ static void rollback_have_run(engine_t *e)
 		phg_eng_exit_ok(e);
 		return;
 	}
-	if (strcmp(e->run_checksum, e->plan->checksum) != 0) {
+	if (!phg_plan_checksum_is(e->plan, e->run_checksum)) {
 		phg_eng_drift(e, "was applied");
 		return;
 	}

@@ -211,14 +211,17 @@ typedef struct phg_phase_s {
 	phg_strv_t verify;      /* check names (validated to exist) */
 	phg_strv_t watch;
 	int backup;             /* backup: true */
-	char checksum[72];      /* "sha256:" + hex of the phase's source text */
+	char checksum[72];      /* "sha256:" + hex of the phase's canonical form */
 } phg_phase_t;
 
 typedef struct phg_plan_s {
 	char *file;             /* path as given */
 	char *source;           /* whole file, NUL-terminated */
 	size_t source_len;
-	char checksum[72];      /* "sha256:" + 64 hex digits of the file bytes */
+	char checksum[72];      /* "sha256:" + 64 hex digits of the canonical form */
+	char file_checksum[72]; /* the same over the file's bytes (what runs before
+	                         * the canonical checksum recorded; still accepted) */
+	char *canonical;        /* the plan as data: one line of JSON (plan_load.c) */
 	uint64_t version;       /* 1 */
 	char *name;
 	char *description;
@@ -294,6 +297,10 @@ int phg_parse_budget(const char *s, phg_budget_t *out);
  * in @err (exit 2) otherwise.  Without one, unset means "" -- the PG*
  * variables and libpq's defaults, as psql does it. */
 const char *phg_target_url(const phg_plan_t *plan, const char *url_env, phg_err_t *err);
+
+/* Whether a checksum recorded with a run is this plan's: its canonical
+ * checksum, or (for runs recorded before the canonical form) the file's. */
+int phg_plan_checksum_is(const phg_plan_t *plan, const char *sum);
 /* Strict decimal unsigned integer, no sign, no spaces. 0, PHG_EINVAL or PHG_ETOOBIG. */
 int phg_parse_uint(const char *s, uint64_t *out);
 /* Strict decimal signed integer (optional '-', digits, nothing else) within

@@ -25,6 +25,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <jansson.h>
 #include <openssl/evp.h>
 #include <yaml.h>
 
@@ -159,6 +160,73 @@ static const char *found(const node_t *n, quote_t *q)
 		break;
 	}
 	return "an invalid node";
+}
+
+/* ------------------------------------------------------------------ */
+/* the canonical form                                                 */
+/* ------------------------------------------------------------------ */
+
+static void sha256_hex(const void *data, size_t len, char out[72])
+{
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0;
+	static const char hex[] = "0123456789abcdef";
+	char *o = out;
+
+	out[0] = '\0';
+	if (!EVP_Digest(data, len, md, &mdlen, EVP_sha256(), NULL))
+		return;
+	memcpy(o, "sha256:", 7);
+	o += 7;
+	for (unsigned i = 0; i < mdlen && i < 32; i++) {
+		*o++ = hex[md[i] >> 4];
+		*o++ = hex[md[i] & 15];
+	}
+	*o = '\0';
+}
+
+/*
+ * The plan as data, without its spelling: a mapping is a JSON object, a
+ * sequence an array, a plain null (empty, ~, null) is null, and every other
+ * scalar is a string, however it was quoted or folded.  Comments, layout,
+ * key order, quoting style, a BOM and line endings do not survive.
+ */
+static json_t *canon(const node_t *n)
+{
+	json_t *j;
+
+	if (is_null(n))
+		return json_null();
+	switch (n->type) {
+	case N_SCALAR:
+		return json_stringn(n->str, n->len);
+	case N_MAP:
+		j = json_object();
+		for (size_t i = 0; i < NPAIRS(n); i++)
+			json_object_setn_new(j, KEY(n, i)->str, KEY(n, i)->len, canon(VAL(n, i)));
+		return j;
+	case N_SEQ:
+		j = json_array();
+		for (size_t i = 0; i < n->n; i++)
+			json_array_append_new(j, canon(n->kids[i]));
+		return j;
+	case N_BAD:
+		break;
+	}
+	return json_null();
+}
+
+/* One line of JSON, keys sorted; also a valid YAML flow document, which is
+ * how a recorded plan is loaded again (phg_plan_load_buffer). */
+#define CANON_FLAGS (JSON_SORT_KEYS | JSON_INDENT(0) | JSON_ENCODE_ANY)
+
+static char *canon_text(const node_t *n)
+{
+	json_t *j = canon(n);
+	char *text = json_dumps(j, CANON_FLAGS);
+
+	json_decref(j);
+	return text;
 }
 
 typedef struct {
@@ -1562,25 +1630,13 @@ static void load_step(ld_t *ld, phg_phase_t *ph, size_t idx, const node_t *n,
 		step_free(st); /* kind checks and later steps never see half a step */
 }
 
-static void phase_checksum(ld_t *ld, phg_phase_t *ph, const node_t *n)
+static void phase_checksum(phg_phase_t *ph, const node_t *n)
 {
-	size_t a = phg_diag_offset(ld->d, n->pos), b = phg_diag_offset(ld->d, n->end);
-	unsigned char md[EVP_MAX_MD_SIZE];
-	unsigned int mdlen = 0;
-	static const char hex[] = "0123456789abcdef";
-	char *o = ph->checksum;
+	char *text = canon_text(n);
 
-	if (b < a)
-		b = a;
-	if (!EVP_Digest(ld->src + a, b - a, md, &mdlen, EVP_sha256(), NULL))
-		return;
-	memcpy(o, "sha256:", 7);
-	o += 7;
-	for (unsigned i = 0; i < mdlen && i < 32; i++) {
-		*o++ = hex[md[i] >> 4];
-		*o++ = hex[md[i] & 15];
-	}
-	*o = '\0';
+	if (text != NULL)
+		sha256_hex(text, strlen(text), ph->checksum);
+	free(text);
 }
 
 static void load_phase(ld_t *ld, size_t idx, const node_t *n)
@@ -1644,7 +1700,7 @@ static void load_phase(ld_t *ld, size_t idx, const node_t *n)
 		for (size_t i = 0; i < steps->n && !phg_diag_full(ld->d); i++)
 			load_step(ld, ph, i, steps->kids[i], where);
 	}
-	phase_checksum(ld, ph, n);
+	phase_checksum(ph, n);
 }
 
 static void load_phases(ld_t *ld, const node_t *n, phg_pos_t root_pos)
@@ -1772,24 +1828,6 @@ static int check_text(phg_diag_t *d, const unsigned char *s, size_t len)
 	return 0;
 }
 
-static void sha256_hex(const void *data, size_t len, char out[72])
-{
-	unsigned char md[EVP_MAX_MD_SIZE];
-	unsigned int mdlen = 0;
-	static const char hex[] = "0123456789abcdef";
-	char *o = out;
-
-	out[0] = '\0';
-	if (!EVP_Digest(data, len, md, &mdlen, EVP_sha256(), NULL))
-		return;
-	memcpy(o, "sha256:", 7);
-	o += 7;
-	for (unsigned i = 0; i < mdlen && i < 32; i++) {
-		*o++ = hex[md[i] >> 4];
-		*o++ = hex[md[i] & 15];
-	}
-	*o = '\0';
-}
 
 static void sync_own(phg_plan_t *plan)
 {
@@ -1835,7 +1873,7 @@ int phg_plan_load_buffer(const char *name, const char *data, size_t len, FILE *d
 	if (len > 0)
 		memcpy(plan->source, data, len);
 	plan->source_len = len;
-	sha256_hex(plan->source, len, plan->checksum);
+	sha256_hex(plan->source, len, plan->file_checksum);
 
 	/* positions and phase checksums refer to the text after a UTF-8 BOM */
 	src = plan->source;
@@ -1855,6 +1893,8 @@ int phg_plan_load_buffer(const char *name, const char *data, size_t len, FILE *d
 		               PHG_PLAN_MAX_FILE);
 	} else if (check_text(d, (const unsigned char *)src, srclen) == 0 &&
 	           build_tree(d, src, srclen, &root) == 0) {
+		if (root != NULL && (plan->canonical = canon_text(root)) != NULL)
+			sha256_hex(plan->canonical, strlen(plan->canonical), plan->checksum);
 		if (root == NULL || is_null(root))
 			phg_diag_error(d, (phg_pos_t){1, 1},
 			               "the plan is empty: expected a mapping with version, name and "
@@ -1957,6 +1997,7 @@ void phg_plan_free(phg_plan_t *plan)
 	free(plan->name);
 	free(plan->description);
 	free(plan->source);
+	free(plan->canonical);
 	free(plan->file);
 	free(plan);
 }

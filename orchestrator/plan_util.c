@@ -254,3 +254,9 @@ void phg_strv_clear(phg_strv_t *v)
 	v->v = NULL;
 	v->n = 0;
 }
+
+int phg_plan_checksum_is(const phg_plan_t *plan, const char *sum)
+{
+	return sum != NULL &&
+	       (strcmp(sum, plan->checksum) == 0 || strcmp(sum, plan->file_checksum) == 0);
+}

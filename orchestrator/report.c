@@ -291,7 +291,7 @@ static void status_run(report_t *r, PGresult *res)
 	json_object_set_new(r->out, "run_id", json_integer(r->run_id));
 	json_object_set_new(r->out, "checksum", json_string(PQgetvalue(res, 0, 1)));
 	json_object_set_new(r->out, "drift",
-	                    json_boolean(strcmp(PQgetvalue(res, 0, 1), r->plan->checksum) != 0));
+	                    json_boolean(!phg_plan_checksum_is(r->plan, PQgetvalue(res, 0, 1))));
 	json_object_set_new(r->out, "env", json_string(PQgetvalue(res, 0, 3)));
 	json_object_set_new(r->out, "state", json_string(state));
 	json_object_set_new(r->out, "action", json_string(PQgetvalue(res, 0, 4)));

@@ -241,15 +241,20 @@ assert_exit 0 phg apply "$T/promote.yaml" --env staging
 assert_eq "1|staging|completed" "$(psql -X -A -t -d "$staging_db" -c "SELECT count(*), max(env), max(state) FROM phasegate.runs")" \
 	"staging run recorded with its environment"
 
-# a different checksum (the file changed since staging ran it): refused
+# a different checksum (the plan changed since staging ran it): refused
 cp "$T/promote.yaml" "$T/promote.orig"
-printf '# edited after staging\n' >>"$T/promote.yaml"
+sed -i 's/default: "7"/default: "8"/' "$T/promote.yaml"
 assert_exit 6 phg promote "$T/promote.yaml" --from staging --to prod
 assert_file_contains "$T/err" "checksum"
 assert_eq "0 none" "$(has_c "$prod_db") $(state_schema "$prod_db")" "refused promotion (checksum) touched nothing"
 cp "$T/promote.orig" "$T/promote.yaml"
 
-# the same file: promoted
+# the same plan, re-spelled (a comment, CRLF line endings, other quoting): the
+# checksum is that of the parsed plan, so promotion goes ahead
+{ printf '# edited after staging: comments do not count\n'; sed "s/default: \"7\"/default: '7'/" "$T/promote.orig"; } |
+	sed 's/$/\r/' >"$T/promote.yaml"
+assert_exit 0 phg validate "$T/promote.yaml"
+assert_file_contains "$T/out" "$(psql -X -A -t -d "$staging_db" -c "SELECT checksum FROM phasegate.runs")"
 assert_exit 0 phg promote "$T/promote.yaml" --from staging --to prod
 assert_eq 1 "$(has_c "$prod_db")" "promoted to prod"
 assert_eq "$(psql -X -A -t -d "$staging_db" -c "SELECT checksum FROM phasegate.runs")|prod|completed" \

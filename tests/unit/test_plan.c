@@ -641,7 +641,6 @@ static void test_checksums(void **state)
 {
 	char *changed = strdup(spec_plan), *p, want[72];
 	phg_plan_t *a, *b;
-	const char *text, *end;
 
 	(void)state;
 	/* change only the backfill phase: batch_size 5000 -> 4000 */
@@ -652,6 +651,8 @@ static void test_checksums(void **state)
 	b = load_ok(changed);
 
 	sha256_of(spec_plan, strlen(spec_plan), want);
+	assert_string_equal(a->file_checksum, want);
+	sha256_of(a->canonical, strlen(a->canonical), want);
 	assert_string_equal(a->checksum, want);
 	assert_string_not_equal(a->checksum, b->checksum);
 	for (size_t i = 0; i < a->nphases; i++) {
@@ -660,11 +661,51 @@ static void test_checksums(void **state)
 		else
 			assert_string_equal(a->phases[i].checksum, b->phases[i].checksum);
 	}
-	/* a phase's checksum is that of its exact source text */
-	text = strstr(spec_plan, "name: enforce");
-	end = strstr(text, "new_status }") + strlen("new_status }");
-	sha256_of(text, (size_t)(end - text), want);
+	/* a phase's checksum is that of its canonical form: keys sorted, every
+	 * scalar a string however it was quoted */
+	sha256_of("{\"name\": \"enforce\", \"steps\": [{\"set_not_null\": {\"column\": "
+	          "\"new_status\", \"table\": \"jobs\"}}]}",
+	          strlen("{\"name\": \"enforce\", \"steps\": [{\"set_not_null\": {\"column\": "
+	                 "\"new_status\", \"table\": \"jobs\"}}]}"),
+	          want);
 	assert_string_equal(a->phases[3].checksum, want);
+
+	/* comments, layout, quoting, key order and CRLF line endings do not count */
+	{
+		const char *respelled =
+		    "# the same plan, spelled differently\r\n"
+		    "{version: 1, \"name\": 'jobs-status-rewrite', phases: [\r\n"
+		    "  {steps: [{add_column: {table: jobs, column: x, type: int}}], name: one}]}\r\n";
+		const char *plain =
+		    "version: 1\nname: jobs-status-rewrite\nphases:\n"
+		    "  - name: one   # first\n    steps:\n"
+		    "      - add_column:\n          table: jobs\n          column: x\n"
+		    "          type: \"int\"\n";
+		phg_plan_t *x = load_ok(respelled), *y = load_ok(plain), *z;
+
+		assert_string_equal(x->checksum, y->checksum);
+		assert_string_equal(x->phases[0].checksum, y->phases[0].checksum);
+		assert_string_not_equal(x->file_checksum, y->file_checksum);
+		assert_true(phg_plan_checksum_is(x, y->checksum));
+		assert_true(phg_plan_checksum_is(y, y->file_checksum));
+		assert_false(phg_plan_checksum_is(y, x->file_checksum));
+		/* the canonical form is itself a plan, with the same checksum */
+		z = load_ok(y->canonical);
+		assert_string_equal(z->checksum, y->checksum);
+		assert_string_equal(z->canonical, y->canonical);
+		phg_plan_free(x);
+		phg_plan_free(y);
+		phg_plan_free(z);
+	}
+	/* and so is the SPEC example's, escapes and block scalars included */
+	{
+		phg_plan_t *z = load_ok(a->canonical);
+
+		assert_string_equal(z->checksum, a->checksum);
+		for (size_t i = 0; i < a->nphases; i++)
+			assert_string_equal(z->phases[i].checksum, a->phases[i].checksum);
+		phg_plan_free(z);
+	}
 
 	/* the same text loads to the same checksums */
 	phg_plan_free(b);
