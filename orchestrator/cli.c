@@ -5,11 +5,13 @@
  */
 #include "cli.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <jansson.h>
 
@@ -35,6 +37,12 @@ typedef struct cmd_s {
 #define OPT_JSON 0x08u
 #define OPT_FROM 0x10u
 #define OPT_YES 0x20u
+#define OPT_URLENV 0x40u
+
+#define GONE_HELP                                                                            \
+	"  --url-env V  the plan file is gone: PLAN is the plan's name, the database comes\n"     \
+	"               from $V (default DATABASE_URL; with --env, required), and the plan\n"      \
+	"               is the one its last run recorded\n"
 
 static const cmd_t commands[] = {
 	{"validate", "phasegate validate PLAN.yaml",
@@ -58,16 +66,20 @@ static const cmd_t commands[] = {
 	 OPT_ENV | OPT_TO | OPT_DRY | OPT_YES, 1,
 	 "0 done, 1 runtime error (database unreachable, connection lost), 2 bad invocation/plan/unset variable/drift, 3 failed and rolled back, 4 rollback failed or on_failure stop, 5 plan locked by another run, 130 interrupted",
 	 "apply the phases in order, gated; resumable"},
-	{"status", "phasegate status PLAN.yaml [--env E] [--json]",
-	 "Show the plan's last run on the database: its state and each phase's and step's.\n", OPT_ENV | OPT_JSON,
-	 1,
+	{"status", "phasegate status PLAN.yaml [--env E] [--json] [--url-env V]",
+	 "Show the plan's last run on the database: its state and each phase's and step's.\n"
+	 "When the file differs from the plan as applied, the phases shown are the recorded\n"
+	 "ones (and drift is said).\n" GONE_HELP,
+	 OPT_ENV | OPT_JSON | OPT_URLENV, 1,
 	 "0, 1 database unreachable, 2 bad invocation or plan",
 	 "the plan's last run on the database, phase by phase"},
-	{"rollback", "phasegate rollback PLAN.yaml [--env E] [--to PHASE] [--yes]",
+	{"rollback", "phasegate rollback PLAN.yaml [--env E] [--to PHASE] [--yes] [--url-env V]",
 	 "Revert applied phases in reverse order: all of them, or down to (and excluding)\n"
 	 "--to PHASE. Refuses before touching anything when a step cannot be reverted (exit 4).\n"
-	 "  --yes        a protected environment without asking (CI; no terminal: required)\n",
-	 OPT_ENV | OPT_TO | OPT_YES, 1,
+	 "Works from the plan as the run recorded it when the file changed since (or is gone).\n"
+	 "  --yes        a protected environment without asking (CI; no terminal: required)\n"
+	 GONE_HELP,
+	 OPT_ENV | OPT_TO | OPT_YES | OPT_URLENV, 1,
 	 "0 done, 1 runtime error, 2 bad invocation or plan, 4 cannot be reverted or revert failed, 5 plan locked, 130 interrupted",
 	 "revert applied phases in reverse order"},
 	{"promote", "phasegate promote PLAN.yaml --from ENV --to ENV [--yes]",
@@ -87,10 +99,10 @@ static const cmd_t commands[] = {
 	 "Let a paused apply go on.\n", OPT_ENV, 1,
 	 "0 resumed, 1 no unfinished run or database unreachable, 2 bad invocation or plan",
 	 "let a paused apply go on"},
-	{"history", "phasegate history [PLAN.yaml] [--env E] [--json]",
+	{"history", "phasegate history [PLAN.yaml] [--env E] [--json] [--url-env V]",
 	 "List the runs recorded in the database (of PLAN, when given; else every plan, using\n"
-	 "$DATABASE_URL). --env keeps the runs of that environment.\n",
-	 OPT_ENV | OPT_JSON, 0,
+	 "$DATABASE_URL, or $V with --url-env V). --env keeps the runs of that environment.\n",
+	 OPT_ENV | OPT_JSON | OPT_URLENV, 0,
 	 "0, 1 database unreachable, 2 bad invocation or plan",
 	 "the runs recorded in the database"},
 	{NULL, NULL, NULL, 0, 0, NULL, NULL},
@@ -278,6 +290,42 @@ static int cmd_dry_run(phg_plan_t *plan, const phg_run_opts_t *o)
 
 /* ---- main ---- */
 
+/* The plan of a rollback or status whose file is gone: @name must be a plan
+ * name; a stand-in carries it and the database variable until the command
+ * reads the plan its last run recorded (phg_plan_as_recorded). */
+static int stand_in(const char *name, const char *url_env, const char *env, phg_plan_t **out)
+{
+	phg_buf_t y;
+	phg_err_t err;
+	size_t n = strlen(name);
+	int rc;
+
+	*out = NULL;
+	if (n == 0 || n > 63 || strspn(name, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+	                                     "0123456789_.-") != n) {
+		fprintf(stderr, "phasegate: cannot read \"%s\": %s\n", name, strerror(ENOENT));
+		return PHG_EXIT_USAGE;
+	}
+	if (env != NULL && url_env == NULL) {
+		fprintf(stderr, "phasegate: cannot read \"%s\": %s\n  HINT: Without its file, the "
+		                "database of environment \"%s\" is unknown: give --url-env VAR, the "
+		                "variable that holds it.\n",
+		        name, strerror(ENOENT), env);
+		return PHG_EXIT_USAGE;
+	}
+	phg_buf_init(&y, 256);
+	phg_buf_printf(&y, "version: 1\nname: \"%s\"\ntarget: { url_env: \"%s\" }\n"
+	                   "phases: [{name: recorded, steps: [{sql: {up: SELECT 1, down: SELECT 1}}]}]\n",
+	               name, url_env ? url_env : "DATABASE_URL");
+	phg_err_clear(&err);
+	rc = phg_plan_load_buffer(name, y.data, y.len, stderr, out, &err);
+	phg_buf_free(&y);
+	if (rc != 0)
+		return PHG_EXIT_USAGE; /* an invalid --url-env: said by the loader */
+	(*out)->stand_in = 1;
+	return 0;
+}
+
 /* The options, GNU style (getopt_long): anywhere on the line, --env=prod or
  * --env prod, -vv, and -- ends them.  Which ones a command takes is checked
  * once the command is known (cmd_t.opts). */
@@ -287,6 +335,7 @@ static const struct option long_opts[] = {
 	{"env", required_argument, NULL, 'e'}, {"to", required_argument, NULL, 't'},
 	{"from", required_argument, NULL, 'f'}, {"dry-run", no_argument, NULL, 'n'},
 	{"yes", no_argument, NULL, 'y'},      {"json", no_argument, NULL, 'j'},
+	{"url-env", required_argument, NULL, 'u'},
 	{NULL, 0, NULL, 0},
 };
 
@@ -297,7 +346,7 @@ int phg_cli_main(int argc, char **argv)
 	phg_run_opts_t o;
 	phg_plan_t *plan = NULL;
 	phg_err_t err;
-	const char *from = NULL;
+	const char *from = NULL, *url_env = NULL;
 	unsigned seen = 0, bad_need = 0;
 	int help = 0, version = 0, verbose = 0, quiet = 0, ch, rc;
 	char badbuf[64];
@@ -319,6 +368,7 @@ int phg_cli_main(int argc, char **argv)
 		case 'n': o.dry_run = 1; seen |= OPT_DRY; break;
 		case 'y': o.yes = 1; seen |= OPT_YES; break;
 		case 'j': o.json = 1; seen |= OPT_JSON; break;
+		case 'u': url_env = optarg; seen |= OPT_URLENV; break;
 		case ':':
 			return usage_error(NULL, "option \"%s\" needs a value", name);
 		default:
@@ -328,7 +378,7 @@ int phg_cli_main(int argc, char **argv)
 				snprintf(badbuf, sizeof(badbuf), "%s", name);
 			return usage_error(NULL, "unknown option \"%s\"", badbuf);
 		}
-		if ((ch == 'e' || ch == 't' || ch == 'f') && optarg[0] == '\0')
+		if ((ch == 'e' || ch == 't' || ch == 'f' || ch == 'u') && optarg[0] == '\0')
 			return usage_error(NULL, "option \"%s\" needs a value", name);
 	}
 	if (verbose > 0)
@@ -376,7 +426,8 @@ int phg_cli_main(int argc, char **argv)
 			unsigned bit;
 			const char *name;
 		} names[] = {{OPT_ENV, "--env"}, {OPT_TO, "--to"},   {OPT_FROM, "--from"},
-		             {OPT_DRY, "--dry-run"}, {OPT_YES, "--yes"}, {OPT_JSON, "--json"}};
+		             {OPT_DRY, "--dry-run"}, {OPT_YES, "--yes"}, {OPT_JSON, "--json"},
+		             {OPT_URLENV, "--url-env"}};
 
 		for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
 			if (bad_need & names[i].bit)
@@ -395,7 +446,17 @@ int phg_cli_main(int argc, char **argv)
 		                   from);
 
 	phg_err_clear(&err);
-	if (file != NULL) {
+	o.db_env = url_env;
+	if (file != NULL && (c->opts & OPT_URLENV) && c->needs_plan && access(file, F_OK) != 0 &&
+	    errno == ENOENT) {
+		/* rollback/status of a plan whose file is gone */
+		if ((rc = stand_in(file, url_env, o.env, &plan)) != 0)
+			return rc;
+	} else if (file != NULL && url_env != NULL && c->needs_plan) {
+		return usage_error(c, "--url-env is for a plan whose file is gone; \"%s\" exists (the "
+		                      "database comes from its url_env)",
+		                   file);
+	} else if (file != NULL) {
 		rc = phg_plan_load(file, stderr, &plan, &err);
 		if (rc == PHG_EIO) {
 			fprintf(stderr, "phasegate: %s\n", err.msg);

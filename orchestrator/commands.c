@@ -14,6 +14,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 static int env_preflight(const phg_plan_t *plan);
 
 /* A protected environment: --yes, or its name typed on a terminal.  This
@@ -208,9 +210,80 @@ int phg_cmd_apply(phg_plan_t *plan, const phg_run_opts_t *o)
 	return run_engine(plan, o, PHG_ENGINE_APPLY);
 }
 
+int phg_plan_as_recorded(const phg_plan_t *plan, const phg_run_opts_t *o, const char *what,
+                         phg_plan_t **rec)
+{
+	json_t *last = NULL;
+	const char *sum, *canon;
+	long long run;
+	phg_err_t err;
+	phg_buf_t diff;
+	int rc;
+
+	*rec = NULL;
+	if ((rc = phg_last_run_record(plan, o, &last)) != 0)
+		return rc;
+	if (last == NULL) {
+		if (!plan->stand_in)
+			return 0;
+		phg_log(PHG_LOG_ERROR, NULL, "plan file \"%s\" does not exist, and no plan of that "
+		                             "name has run on this database",
+		        plan->name);
+		fprintf(stderr, "  HINT: The database comes from $%s; give the plan file, or the "
+		                "name of a plan that ran here (`phasegate history` lists them).\n",
+		        plan->url_env);
+		return PHG_EXIT_USAGE;
+	}
+	sum = json_string_value(json_object_get(last, "checksum"));
+	canon = json_string_value(json_object_get(last, "plan_json"));
+	run = (long long)json_integer_value(json_object_get(last, "run_id"));
+	if (!plan->stand_in && phg_plan_checksum_is(plan, sum)) {
+		json_decref(last);
+		return 0; /* the file is the plan as applied */
+	}
+	if (canon == NULL && !plan->stand_in) {
+		json_decref(last);
+		return 0; /* an older run without its plan: the drift error says what to do */
+	}
+	phg_err_clear(&err);
+	if (phg_plan_load_recorded(canon, run, o->env, rec, &err) != 0) {
+		phg_log_err(PHG_LOG_ERROR, NULL, &err);
+		if (canon == NULL)
+			fprintf(stderr, "  HINT: Give the plan file as it was applied (checksum %s).\n", sum);
+		json_decref(last);
+		return PHG_EXIT_USAGE;
+	}
+	/* the same database as the file (or the stand-in) named */
+	(*rec)->url_env = plan->url_env;
+	phg_buf_init(&diff, 256);
+	if (plan->stand_in)
+		phg_log(PHG_LOG_INFO, NULL, "plan file \"%s\" does not exist: %s works from the plan "
+		                            "as run %lld recorded it (checksum %s)",
+		        plan->file, what, run, sum);
+	else if (phg_plan_diff_phases(*rec, plan, &diff) > 0)
+		phg_log(PHG_LOG_WARN, NULL, "plan file \"%s\" differs from the plan as run %lld "
+		                            "applied it (phases %s): %s works from the plan as recorded",
+		        plan->file, run, diff.data, what);
+	else
+		phg_log(PHG_LOG_WARN, NULL, "plan file \"%s\" differs from the plan as run %lld "
+		                            "applied it (not in its phases): %s works from the plan as "
+		                            "recorded",
+		        plan->file, run, what);
+	phg_buf_free(&diff);
+	json_decref(last);
+	return 0;
+}
+
 int phg_cmd_rollback(phg_plan_t *plan, const phg_run_opts_t *o)
 {
-	return run_engine(plan, o, PHG_ENGINE_ROLLBACK);
+	phg_plan_t *rec = NULL;
+	int rc = phg_plan_as_recorded(plan, o, "rollback", &rec);
+
+	if (rc != 0)
+		return rc;
+	rc = run_engine(rec ? rec : plan, o, PHG_ENGINE_ROLLBACK);
+	phg_plan_free(rec);
+	return rc;
 }
 
 int phg_cmd_promote(phg_plan_t *plan, const char *from, const char *to, int yes)

@@ -477,15 +477,37 @@ void phg_eng_run_created(engine_t *e)
 
 void phg_eng_drift(engine_t *e, const char *what)
 {
-	phg_err_t err;
+	phg_err_t err, lerr;
+	phg_plan_t *was = NULL;
+	phg_buf_t b;
 
 	phg_err_clear(&err);
+	phg_err_clear(&lerr);
+	phg_buf_init(&b, 256);
 	phg_err_set(&err, PHG_EDRIFT, "plan \"%s\" changed since run %lld %s", e->plan->name,
 	            e->run_id, what);
-	phg_err_detail(&err, "The run was recorded with checksum %s; the file has %s.",
-	               e->run_checksum, e->plan->checksum);
-	phg_err_hint(&err, "Restore the plan file as it was, or roll the run back first. A new "
-	                   "change to an applied plan needs a plan of its own (a new name).");
+	if (phg_plan_load_recorded(e->run_plan, e->run_id, NULL, &was, &lerr) == 0 &&
+	    phg_plan_diff_phases(was, e->plan, &b) > 0)
+		phg_err_detail(&err, "Phases that differ from the plan as applied: %s. The run was "
+		                     "recorded with checksum %s; the file has %s.",
+		               b.data, e->run_checksum, e->plan->checksum);
+	else
+		phg_err_detail(&err, "%sThe run was recorded with checksum %s; the file has %s.",
+		               was != NULL ? "No phase differs: the order of the phases or the rest of "
+		                             "the plan (settings, checks, environments) changed. "
+		                           : "",
+		               e->run_checksum, e->plan->checksum);
+	if (e->run_state == PHG_RUN_COMPLETED)
+		phg_err_hint(&err, "The run is completed: a new change needs a plan of its own (a new "
+		                   "name). To undo the applied one, `phasegate rollback` works from the "
+		                   "plan as recorded.");
+	else
+		phg_err_hint(&err, "To continue this run, restore the plan file as it was applied (the "
+		                   "checksum above). Or roll it back first: `phasegate rollback` works "
+		                   "from the plan as recorded, whatever the file says now; then apply "
+		                   "the new file.");
+	phg_plan_free(was);
+	phg_buf_free(&b);
 	phg_eng_fatal(e, PHG_EXIT_USAGE, &err);
 }
 

@@ -32,6 +32,8 @@ typedef struct phg_run_opts_s {
 	const char *db_env;   /* history without a plan: variable holding the URL */
 	int yes;              /* --yes: a protected environment without asking */
 	const char *promoted_from; /* promote: the source run, recorded with the new one */
+	const phg_plan_t *file_plan; /* status: the plan file, when the plan shown is the
+	                              * recorded one (drift, or the file is gone) */
 } phg_run_opts_t;
 
 /*
@@ -64,6 +66,15 @@ int phg_cmd_status(phg_plan_t *plan, const phg_run_opts_t *o);
 /* status as a JSON object (the caller json_decref()s it); exit code. */
 struct json_t;
 int phg_status_json(phg_plan_t *plan, const phg_run_opts_t *o, struct json_t **out);
+/* The newest run of the plan on its database: {run_id, checksum, state,
+ * plan_json (the plan as applied, or null)}; *out NULL when it never ran. */
+int phg_last_run_record(const phg_plan_t *plan, const phg_run_opts_t *o, struct json_t **out);
+/* rollback and status: the plan as the last run recorded it, in *rec, when
+ * the file differs from it or is gone (plan->stand_in); *rec NULL when the
+ * file is that plan (or there is no run, or it has no recorded plan).  Says
+ * which plan @what ("rollback") works from.  0, or an exit code. */
+int phg_plan_as_recorded(const phg_plan_t *plan, const phg_run_opts_t *o, const char *what,
+                         phg_plan_t **rec);
 /* Apply to environment @to only if environment @from holds a completed run
  * of this plan's checksum (exit 6 otherwise). */
 int phg_cmd_promote(phg_plan_t *plan, const char *from, const char *to, int yes);

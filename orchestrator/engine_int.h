@@ -115,6 +115,7 @@ struct engine_s {
 	int run_state;
 	char run_action[16];
 	char run_checksum[80];
+	char *run_plan;   /* the plan as the run recorded it (canonical), or NULL */
 	phase_rt_t *ph;
 	size_t nph;
 	int to_idx;   /* apply: last phase to apply; rollback: keep phases <= to_idx */

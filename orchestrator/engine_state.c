@@ -81,6 +81,7 @@ void phg_eng_create_run(engine_t *e)
 	char *l_env = phg_eng_lit(e, e->o->env ? e->o->env : ""), *l_user, *l_host;
 	char *l_target = phg_eng_lit(e, e->target);
 	char *l_from = e->o->promoted_from ? phg_eng_lit(e, e->o->promoted_from) : phg_strdup("NULL");
+	char *l_canon = phg_eng_lit(e, e->plan->canonical);
 	char **names, **sums;
 
 	snprintf(e->run_action, sizeof(e->run_action), "apply");
@@ -95,7 +96,7 @@ void phg_eng_create_run(engine_t *e)
 	}
 	phg_buf_init(&b, SQL_MAX);
 	phg_store_create_run_sql(&b, e->schema_q, e->plan, l_plan, l_sum, l_env, l_user, l_host,
-	                         l_target, l_from, (int)getpid(), (const char *const *)names,
+	                         l_target, l_from, l_canon, (int)getpid(), (const char *const *)names,
 	                         (const char *const *)sums);
 	for (size_t p = 0; p < e->plan->nphases; p++) {
 		free(names[p]);
@@ -110,6 +111,7 @@ void phg_eng_create_run(engine_t *e)
 	free(l_host);
 	free(l_target);
 	free(l_from);
+	free(l_canon);
 	phg_eng_queryb(e, &b, phg_eng_run_created);
 }
 
@@ -124,6 +126,8 @@ int phg_eng_last_run_read(engine_t *e)
 	snprintf(e->run_checksum, sizeof(e->run_checksum), "%s", PQgetvalue(e->res, 0, 1));
 	e->run_state = phg_run_state_parse(PQgetvalue(e->res, 0, 2));
 	snprintf(e->run_action, sizeof(e->run_action), "%s", PQgetvalue(e->res, 0, 3));
+	free(e->run_plan);
+	e->run_plan = PQgetisnull(e->res, 0, 4) ? NULL : phg_strdup(PQgetvalue(e->res, 0, 4));
 	return 1;
 }
 

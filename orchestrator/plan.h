@@ -222,6 +222,8 @@ typedef struct phg_plan_s {
 	char file_checksum[72]; /* the same over the file's bytes (what runs before
 	                         * the canonical checksum recorded; still accepted) */
 	char *canonical;        /* the plan as data: one line of JSON (plan_load.c) */
+	int stand_in;           /* the file is gone: only the name and url_env are real,
+	                         * and the recorded plan is read from the run (cli.c) */
 	uint64_t version;       /* 1 */
 	char *name;
 	char *description;
@@ -301,6 +303,19 @@ const char *phg_target_url(const phg_plan_t *plan, const char *url_env, phg_err_
 /* Whether a checksum recorded with a run is this plan's: its canonical
  * checksum, or (for runs recorded before the canonical form) the file's. */
 int phg_plan_checksum_is(const phg_plan_t *plan, const char *sum);
+
+/* Load the plan a run recorded (its canonical form, runs.plan_json) and
+ * select environment @env (NULL: none) in it.  0, or an error in @err. */
+int phg_plan_load_recorded(const char *canonical, long long run, const char *env,
+                           phg_plan_t **out, phg_err_t *err);
+
+/* The phases that differ between the plan as applied (@was) and now (@now),
+ * appended to @out as `"name" (changed), "x" (added), "y" (removed)`.  The
+ * number of them: 0 when only the order of phases or the rest of the plan
+ * (settings, checks, environments ...) changed. */
+struct phg_buf_s;
+size_t phg_plan_diff_phases(const phg_plan_t *was, const phg_plan_t *now,
+                            struct phg_buf_s *out);
 /* Strict decimal unsigned integer, no sign, no spaces. 0, PHG_EINVAL or PHG_ETOOBIG. */
 int phg_parse_uint(const char *s, uint64_t *out);
 /* Strict decimal signed integer (optional '-', digits, nothing else) within

@@ -260,3 +260,54 @@ int phg_plan_checksum_is(const phg_plan_t *plan, const char *sum)
 	return sum != NULL &&
 	       (strcmp(sum, plan->checksum) == 0 || strcmp(sum, plan->file_checksum) == 0);
 }
+
+int phg_plan_load_recorded(const char *canonical, long long run, const char *env,
+                           phg_plan_t **out, phg_err_t *err)
+{
+	char name[64];
+	int rc;
+
+	*out = NULL;
+	if (canonical == NULL || canonical[0] == '\0')
+		return phg_err_set(err, PHG_ESTATE, "run %lld has no recorded plan (it was recorded "
+		                                    "by an older phasegate)",
+		                   run);
+	snprintf(name, sizeof(name), "run %lld (as recorded)", run);
+	rc = phg_plan_load_buffer(name, canonical, strlen(canonical), NULL, out, err);
+	if (rc != 0)
+		return phg_err_set(err, PHG_ESTATE, "the plan recorded with run %lld does not load", run);
+	if ((rc = phg_plan_select_env(*out, env, err)) != 0) {
+		phg_plan_free(*out);
+		*out = NULL;
+	}
+	return rc;
+}
+
+static const phg_phase_t *phase_named(const phg_plan_t *plan, const char *name)
+{
+	for (size_t i = 0; i < plan->nphases; i++)
+		if (strcmp(plan->phases[i].name, name) == 0)
+			return &plan->phases[i];
+	return NULL;
+}
+
+size_t phg_plan_diff_phases(const phg_plan_t *was, const phg_plan_t *now, phg_buf_t *out)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < now->nphases; i++) {
+		const phg_phase_t *p = &now->phases[i], *q = phase_named(was, p->name);
+		const char *what = NULL;
+
+		if (q == NULL)
+			what = "added";
+		else if (strcmp(p->checksum, q->checksum) != 0)
+			what = "changed";
+		if (what != NULL)
+			phg_buf_printf(out, "%s\"%s\" (%s)", n++ ? ", " : "", p->name, what);
+	}
+	for (size_t i = 0; i < was->nphases; i++)
+		if (phase_named(now, was->phases[i].name) == NULL)
+			phg_buf_printf(out, "%s\"%s\" (removed)", n++ ? ", " : "", was->phases[i].name);
+	return n;
+}

@@ -36,7 +36,7 @@ struct report_s {
 	rk_t k;
 	json_t *out; /* status object / history array being built */
 	long long run_id;
-	int history;  /* 0 status, 1 history, 2 pause, 3 resume */
+	int history;  /* 0 status, 1 history, 2 pause, 3 resume, 4 the last run's record */
 	json_t **keep; /* status: hand the object to the caller instead of printing */
 	const char *url_env; /* the variable the database comes from */
 	int interrupted;     /* the run shows as interrupted: so do its running parts */
@@ -127,9 +127,13 @@ static void status_print(report_t *r)
 
 		printf("plan:     %s\n", json_string_value(json_object_get(o, "plan")));
 		printf("checksum: %s\n", json_string_value(json_object_get(o, "checksum")));
-		if (json_is_true(json_object_get(o, "drift")))
-			printf("          (the plan file now has %s)\n",
-			       json_string_value(json_object_get(o, "file_checksum")));
+		if (json_is_true(json_object_get(o, "drift")) &&
+		    json_is_null(json_object_get(o, "file_checksum")))
+			printf("          (the plan file is gone; shown: the plan as the run recorded it)\n");
+		else if (json_is_true(json_object_get(o, "drift")))
+			printf("          (the plan file now has %s%s)\n",
+			       json_string_value(json_object_get(o, "file_checksum")),
+			       r->o->file_plan ? "; shown: the plan as the run recorded it" : "");
 		if (json_string_length(json_object_get(o, "env")) > 0)
 			printf("env:      %s\n", json_string_value(json_object_get(o, "env")));
 		printf("state:    %s", json_string_value(json_object_get(o, "state")));
@@ -291,8 +295,11 @@ static void status_run(report_t *r, PGresult *res)
 	json_object_set_new(r->out, "run_id", json_integer(r->run_id));
 	json_object_set_new(r->out, "checksum", json_string(PQgetvalue(res, 0, 1)));
 	json_object_set_new(r->out, "drift",
-	                    json_boolean(!phg_plan_checksum_is(r->plan, PQgetvalue(res, 0, 1))));
-	json_object_set_new(r->out, "env", json_string(PQgetvalue(res, 0, 3)));
+	                    json_boolean(!phg_plan_checksum_is(r->o->file_plan ? r->o->file_plan : r->plan,
+	                                                       PQgetvalue(res, 0, 1))));
+	json_object_set_new(r->out, "env", PQgetvalue(res, 0, 3)[0] == '\0'
+	                                       ? json_null() /* recorded '' : no --env */
+	                                       : json_string(PQgetvalue(res, 0, 3)));
 	json_object_set_new(r->out, "state", json_string(state));
 	json_object_set_new(r->out, "action", json_string(PQgetvalue(res, 0, 4)));
 	json_object_set_new(r->out, "started_at", jstr_or_null(res, 0, 5));
@@ -370,7 +377,10 @@ static void status_start(report_t *r)
 	r->out = json_object();
 	json_object_set_new(r->out, "plan", json_string(r->plan->name));
 	json_object_set_new(r->out, "checksum", json_string(r->plan->checksum));
-	json_object_set_new(r->out, "file_checksum", json_string(r->plan->checksum));
+	json_object_set_new(r->out, "file_checksum",
+	                    r->o->file_plan == NULL ? json_string(r->plan->checksum)
+	                    : r->o->file_plan->stand_in ? json_null()
+	                                                : json_string(r->o->file_plan->checksum));
 	/* one shape before and after the first run (docs/status-json.md) */
 	json_object_set_new(r->out, "env", r->o->env ? json_string(r->o->env) : json_null());
 	json_object_set_new(r->out, "state", json_string("not_started"));
@@ -538,6 +548,33 @@ static void pause_schema(report_t *r, PGresult *res)
 	phg_buf_free(&b);
 }
 
+/* ---- the last run's record: checksum and plan as applied ---- */
+
+static void recorded_row(report_t *r, PGresult *res)
+{
+	if (PQntuples(res) > 0)
+		*r->keep = json_pack("{s:I,s:s,s:s,s:o}", "run_id",
+		                     (json_int_t)phg_db_num(PQgetvalue(res, 0, 0), 1, LLONG_MAX, 0, NULL),
+		                     "checksum", PQgetvalue(res, 0, 1), "state", PQgetvalue(res, 0, 2),
+		                     "plan_json", jstr_or_null(res, 0, 4));
+	report_end(r, PHG_EXIT_OK);
+}
+
+static void recorded_schema(report_t *r, PGresult *res)
+{
+	phg_buf_t b;
+	const char *p[1] = {r->plan->name};
+
+	if (PQgetisnull(res, 0, 0)) {
+		report_end(r, PHG_EXIT_OK); /* never run here */
+		return;
+	}
+	phg_buf_init(&b, 256);
+	phg_store_last_run_sql(&b, r->schema_q);
+	rq(r, b.data, 1, p, recorded_row);
+	phg_buf_free(&b);
+}
+
 static void report_connected(phg_pg_t *pg, int status, const phg_err_t *err)
 {
 	report_t *r = pg->data;
@@ -549,7 +586,7 @@ static void report_connected(phg_pg_t *pg, int status, const phg_err_t *err)
 	if (r->history >= 2) {
 		const char *p[1] = {r->schema};
 
-		rq(r, PHG_STORE_EXISTS_SQL, 1, p, pause_schema);
+		rq(r, PHG_STORE_EXISTS_SQL, 1, p, r->history == 4 ? recorded_schema : pause_schema);
 	} else if (r->history) {
 		history_start(r);
 	} else {
@@ -621,13 +658,30 @@ static int report_run(const phg_plan_t *plan, const phg_run_opts_t *o, int histo
 
 int phg_cmd_status(phg_plan_t *plan, const phg_run_opts_t *o)
 {
-	return report_run(plan, o, 0, NULL);
+	phg_plan_t *rec = NULL;
+	phg_run_opts_t ro = *o;
+	int rc = phg_plan_as_recorded(plan, o, "status", &rec);
+
+	if (rc != 0)
+		return rc;
+	if (rec == NULL)
+		return report_run(plan, o, 0, NULL);
+	ro.file_plan = plan;
+	rc = report_run(rec, &ro, 0, NULL);
+	phg_plan_free(rec);
+	return rc;
 }
 
 int phg_status_json(phg_plan_t *plan, const phg_run_opts_t *o, json_t **out)
 {
 	*out = NULL;
 	return report_run(plan, o, 0, out);
+}
+
+int phg_last_run_record(const phg_plan_t *plan, const phg_run_opts_t *o, json_t **out)
+{
+	*out = NULL;
+	return report_run(plan, o, 4, out);
 }
 
 int phg_cmd_history(phg_plan_t *plan, const phg_run_opts_t *o)

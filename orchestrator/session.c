@@ -536,7 +536,8 @@ int phg_eng_release(engine_t *e)
 	phg_eng_rt_free(e);
 	free(e->conninfo);
 	free(e->schema_q);
-	e->conninfo = e->schema_q = NULL;
+	free(e->run_plan);
+	e->conninfo = e->schema_q = e->run_plan = NULL;
 	phg_settings_clear(&e->own_settings);
 	return e->exit_code;
 }

@@ -274,11 +274,16 @@ void phg_store_sweep_sql(phg_buf_t *out, const char *schema_q, long long run, in
 
 /* ---- runs ---- */
 
+/* A column of runs r added by a later version: read without failing on a
+ * state schema that an older phasegate made and no apply has upgraded yet
+ * (status and history never change the schema); NULL when missing. */
+#define COL(c) "(to_jsonb(r) ->> '" c "')"
+
 void phg_store_last_run_sql(phg_buf_t *out, const char *schema_q)
 {
 	phg_buf_printf(out,
-	               "SELECT id, checksum, state, action FROM %s.runs WHERE plan = $1 "
-	               "ORDER BY id DESC LIMIT 1",
+	               "SELECT id, checksum, state, action, " COL("plan_json") " FROM %s.runs r "
+	               "WHERE plan = $1 ORDER BY id DESC LIMIT 1",
 	               schema_q);
 }
 
@@ -297,19 +302,20 @@ void phg_store_load_run_sql(phg_buf_t *out, const char *schema_q, long long run)
 void phg_store_create_run_sql(phg_buf_t *b, const char *schema_q, const phg_plan_t *plan,
                               const char *plan_lit, const char *sum_lit, const char *env_lit,
                               const char *user_lit, const char *host_lit,
-                              const char *target_lit, const char *from_lit, int pid,
-                              const char *const *names, const char *const *sums)
+                              const char *target_lit, const char *from_lit,
+                              const char *canon_lit, int pid, const char *const *names,
+                              const char *const *sums)
 {
 	int first = 1;
 
 	phg_buf_printf(b,
 	               "BEGIN; WITH r AS (INSERT INTO %s.runs (plan, checksum, env, action, state, who, "
-	               "host, target, promoted_from, pid, version) VALUES (%s, %s, %s, 'apply', "
-	               "'running', %s, %s, %s, %s, %d, '%s') "
+	               "host, target, promoted_from, plan_json, pid, version) VALUES (%s, %s, %s, "
+	               "'apply', 'running', %s, %s, %s, %s, %s, %d, '%s') "
 	               "RETURNING id), p AS (INSERT INTO %s.phases (run_id, idx, name, checksum, state) "
 	               "SELECT r.id, v.idx, v.name, v.sum, 'pending' FROM r, (VALUES ",
-	               schema_q, plan_lit, sum_lit, env_lit, user_lit, host_lit, target_lit, from_lit, pid,
-	               PHG_VERSION,
+	               schema_q, plan_lit, sum_lit, env_lit, user_lit, host_lit, target_lit, from_lit,
+	               canon_lit, pid, PHG_VERSION,
 	               schema_q);
 	for (size_t p = 0; p < plan->nphases; p++)
 		phg_buf_printf(b, "%s(%zu, %s, %s)", p ? ", " : "", p, names[p], sums[p]);
@@ -363,10 +369,6 @@ void phg_store_backup_sql(phg_buf_t *out, const char *schema_q, long long run,
 /* a timestamp as UTC ISO 8601 text */
 #define TS(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
 
-/* A column of runs r added by a later version: read without failing on a
- * state schema that an older phasegate made and no apply has upgraded yet
- * (status and history never change the schema); NULL when missing. */
-#define COL(c) "(to_jsonb(r) ->> '" c "')"
 
 void phg_store_status_run_sql(phg_buf_t *out, const char *schema_q)
 {
@@ -495,7 +497,8 @@ void phg_store_schema_sql(phg_buf_t *o, const char *s)
 	               "  held text,\n"
 	               "  held_at timestamptz,\n"
 	               "  target text,\n"
-	               "  promoted_from text);\n"
+	               "  promoted_from text,\n"
+	               "  plan_json text);\n"
 	               "CREATE INDEX IF NOT EXISTS runs_plan_idx ON %s.runs (plan, id);\n",
 	               s, s);
 	phg_buf_printf(o,
@@ -561,6 +564,12 @@ void phg_store_schema_sql(phg_buf_t *o, const char *s)
 	               "DO $phg$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = "
 	               "'%s.runs'::regclass AND attname = 'promoted_from') THEN "
 	               "ALTER TABLE %s.runs ADD COLUMN promoted_from text; END IF; END $phg$;\n",
+	               s, s);
+	/* a state schema from before the recorded plan */
+	phg_buf_printf(o,
+	               "DO $phg$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = "
+	               "'%s.runs'::regclass AND attname = 'plan_json') THEN "
+	               "ALTER TABLE %s.runs ADD COLUMN plan_json text; END IF; END $phg$;\n",
 	               s, s);
 	phg_buf_printf(o,
 	               "CREATE TABLE IF NOT EXISTS %s.events (\n"

@@ -149,7 +149,8 @@ void phg_store_sweep_sql(phg_buf_t *out, const char *schema_q, long long run, in
 
 /* ---- runs ---- */
 
-/* The newest run of plan $1: id, checksum, state, action. */
+/* The newest run of plan $1: id, checksum, state, action, the plan as
+ * applied (canonical form; NULL for runs of an older phasegate). */
 void phg_store_last_run_sql(phg_buf_t *out, const char *schema_q);
 /* Every phase of @run with its steps: p.idx, p.state, s.idx, the step
  * columns, and whether a verified backup of the phase's attempt exists. */
@@ -161,7 +162,8 @@ void phg_store_load_run_sql(phg_buf_t *out, const char *schema_q, long long run)
 void phg_store_create_run_sql(phg_buf_t *out, const char *schema_q, const phg_plan_t *plan,
                               const char *plan_lit, const char *sum_lit, const char *env_lit,
                               const char *user_lit, const char *host_lit,
-                              const char *target_lit, const char *from_lit, int pid,
+                              const char *target_lit, const char *from_lit,
+                              const char *canon_lit, int pid,
                               const char *const *phase_name_lits,
                               const char *const *phase_sum_lits);
 /* The newest run of plan $1, for the message of a locked plan: id, state,

@@ -84,7 +84,7 @@ s = json.load(open(sys.argv[1]))
 st = s["phases"][1]["steps"][0]
 assert st["kind"] == "backfill" and st["rows"] == 3000 and st["updated_at"].endswith("Z"), st
 assert s["phases"][0]["steps"][0]["rows"] is None, s
-assert s["state"] == "completed" and s["target"].startswith("database "), s' "$T/after.json" ||
+assert s["state"] == "completed" and s["target"].startswith("database ") and s["env"] is None, s' "$T/after.json" ||
 	fail "status --json after the run"
 
 # a state schema an older phasegate made (no apply has upgraded it yet):
