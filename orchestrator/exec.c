@@ -27,7 +27,7 @@ static const char *const exec_state_names[] = {
 	"st_mark", "st_run", "st_reset", "st_fail_guard", "st_fail_cleanup", "fail_reset",
 	"bf_set", "bf_keys", "bf_high", "bf_batch", "bf_pass2", "bf_paused", "bf_poll", "bf_baseline",
 	"bf_sleep", "bf_lag", "bf_lag_wait", "http", "unmark",
-	"record", "done",
+	"record", "noop_check", "done",
 };
 
 static void exec_next(phg_exec_t *x);
@@ -368,6 +368,29 @@ static void tx_send(phg_exec_t *x)
 	if (op->flags & PHG_OPF_DDL)
 		probe_start(x);
 	exec_sendf(x, PHG_X_TX, &b);
+}
+
+/* The step is so already (op->noop_sql said true): its memo and every op
+ * done are recorded in one transaction, and nothing else runs. */
+static void noop_record(phg_exec_t *x)
+{
+	const phg_op_t *op = cur_op(x);
+	phg_buf_t b;
+
+	phg_log(PHG_LOG_INFO, &x->log, "%s", op->noop_note);
+	if (x->on_event != NULL)
+		x->on_event(x, "step_noop", op->noop_note, NULL);
+	phg_buf_init(&b, 4096);
+	phg_buf_adds(&b, "BEGIN;\n");
+	if (op->memo_sql != NULL) {
+		phg_store_memo_sql(&b, x->schema_q, x->run_id, x->phase_idx, x->step_idx,
+		                   op->memo_sql);
+		phg_buf_adds(&b, ";\n");
+	}
+	x->next = x->ops->n - 1; /* the record says every op is done */
+	progress_sql(x, &b);
+	phg_buf_adds(&b, ";\nCOMMIT;");
+	exec_sendf(x, PHG_X_RECORD, &b);
 }
 
 /* ---- PHG_OP_STMT ---- */
@@ -1157,7 +1180,10 @@ static void exec_op_start(phg_exec_t *x)
 	phg_err_clear(&x->op_err);
 	switch (op->kind) {
 	case PHG_OP_TX:
-		tx_send(x);
+		if (op->noop_sql != NULL)
+			exec_send(x, PHG_X_NOOP_CHECK, op->noop_sql, 0, NULL);
+		else
+			tx_send(x);
 		break;
 	case PHG_OP_STMT:
 		st_set(x);
@@ -1255,6 +1281,16 @@ static void exec_on_result(phg_pg_t *pg, int status, PGresult *res, const phg_er
 		return;
 	case PHG_X_TX_ROLLBACK:
 		after_failure(x);
+		return;
+	case PHG_X_NOOP_CHECK:
+		if (status != 0) {
+			fail_op(x, PHG_ESTEP, err);
+			return;
+		}
+		if (PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0)
+			noop_record(x);
+		else
+			tx_send(x);
 		return;
 
 	case PHG_X_ST_SET:

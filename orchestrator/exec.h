@@ -93,6 +93,7 @@ typedef enum phg_exec_state_e {
 	PHG_X_HTTP,
 	PHG_X_UNMARK,
 	PHG_X_RECORD,
+	PHG_X_NOOP_CHECK, /* asking whether the step is done already (op->noop_sql) */
 	PHG_X_DONE,
 } phg_exec_state_t;
 

@@ -189,6 +189,8 @@ void phg_ops_free(phg_ops_t *ops)
 			free(op->sql[j]);
 		free(op->sql);
 		free(op->memo_sql);
+		free(op->noop_sql);
+		free(op->noop_note);
 		free(op->guard_sql);
 		free(op->cleanup_sql);
 		free(op->violation);
@@ -250,6 +252,10 @@ void phg_ops_render(const phg_ops_t *ops, const phg_settings_t *st, phg_buf_t *o
 		phg_buf_printf(out, "-- %s\n", op->label);
 		switch (op->kind) {
 		case PHG_OP_TX:
+			if (op->noop_sql != NULL)
+				phg_buf_printf(out, "-- first: %s\n-- (when true, the step is recorded done "
+				                    "and nothing below runs: %s)\n",
+				               op->noop_sql, op->noop_note);
 			phg_buf_adds(out, "BEGIN;\n");
 			if (op->flags & PHG_OPF_DDL)
 				phg_buf_printf(out, "SET LOCAL lock_timeout = '%" PRIu64 "ms';\n",

@@ -34,6 +34,15 @@ static int set_not_null_build(phg_build_t *b)
 		    "SELECT jsonb_build_object('was_notnull', attnotnull) FROM pg_attribute "
 		    "WHERE attrelid = %s AND attname = %s AND NOT attisdropped",
 		    phg_regclass(b, a->table), phg_qlit(b, a->column));
+		/* already NOT NULL (by the app's own schema, or a second step):
+		 * no CHECK, no scan, no lock; recorded, and kept by the revert */
+		op->noop_sql = phg_asprintf(
+		    "SELECT coalesce((SELECT attnotnull FROM pg_attribute WHERE attrelid = %s AND "
+		    "attname = %s AND NOT attisdropped), false)",
+		    phg_regclass(b, a->table), phg_qlit(b, a->column));
+		op->noop_note = phg_asprintf("column %s of %s is already NOT NULL: nothing to do (no "
+		                             "check, no scan); a rollback keeps it NOT NULL",
+		                             c, t);
 		phg_op_sql(op, "ALTER TABLE %s ADD CONSTRAINT %s CHECK (%s IS NOT NULL) NOT VALID",
 		           t, chk, c);
 		op = phg_op_new(b, PHG_OP_TX, PHG_OPF_DDL | PHG_OPF_SCAN,
@@ -54,6 +63,13 @@ static int set_not_null_build(phg_build_t *b)
 	case PHG_DIR_REVERT:
 		if (b->progress == 0)
 			break;
+		if (b->progress >= 3 && phg_memo_bool(b->memo, "was_notnull") == 1) {
+			/* NOT NULL was there before the plan: nothing to undo, and no lock */
+			phg_op_new(b, PHG_OP_TX, 0, "keep NOT NULL on %s of %s: it was NOT NULL before "
+			                            "the plan",
+			           c, t);
+			break;
+		}
 		op = phg_op_new(b, PHG_OP_TX, PHG_OPF_DDL, "relax NOT NULL on %s of %s", c, t);
 		if (b->progress >= 3 && phg_memo_bool(b->memo, "was_notnull") != 1)
 			phg_op_sql(op, "ALTER TABLE %s ALTER COLUMN %s DROP NOT NULL", t, c);

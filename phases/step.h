@@ -66,6 +66,13 @@ typedef struct phg_op_s {
 	/* TX: a query returning one jsonb value, run first in the transaction;
 	 * its object is merged into the step's memo in the same transaction. */
 	char *memo_sql;
+	/* TX: a query returning one boolean, run before the op: true when what
+	 * the rest of the step would do is so already (set_not_null of a column
+	 * that is NOT NULL).  Then no op of the step runs: the memo and the
+	 * step's progress (every op done) are recorded in one transaction, and
+	 * @noop_note is logged and recorded as a `step_noop` event. */
+	char *noop_sql;
+	char *noop_note;
 	/* STMT: a query returning one row, one text column: NULL when the object
 	 * the statement creates does not exist, 'valid' or 'invalid'. */
 	char *guard_sql;

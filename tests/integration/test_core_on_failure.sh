@@ -97,6 +97,31 @@ assert_file_contains "$T/err" 'SELECT count(*) FROM "nn" WHERE "v" IS NULL'
 assert_file_contains "$T/err" "The server said:"
 assert_eq 0 "$(nconstraints nn)" "set_not_null over NULLs: no NOT VALID check left"
 
+# set_not_null of a column that is NOT NULL already: a recorded no-op (no
+# CHECK, no scan: the sequential-scan counter of the table does not move),
+# and its rollback keeps NOT NULL without claiming to relax it
+psql_q "CREATE TABLE nn2 (id int PRIMARY KEY, v int NOT NULL); INSERT INTO nn2 SELECT g, g FROM generate_series(1, 100) g" >/dev/null
+sed -e 's/table: nn,/table: nn2,/' -e 's/name: on-failure-nn/name: on-failure-nn2/' "$T/nn.yaml" >"$T/nn2.yaml"
+assert_exit 0 phg plan "$T/nn2.yaml"
+assert_file_contains "$T/out" "when true, the step is recorded done and nothing below runs"
+psql_q "SELECT pg_stat_force_next_flush()" >/dev/null
+scans_before=$(psql_q "SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'nn2'")
+assert_exit 0 phg apply "$T/nn2.yaml"
+assert_file_contains "$T/err" 'column "v" of "nn2" is already NOT NULL: nothing to do (no check, no scan)'
+assert_file_not_contains "$T/err" "validate"
+assert_eq "applied 3 true" "$(psql_q "SELECT s.state, s.progress, s.memo->>'was_notnull' FROM phasegate.steps s JOIN phasegate.runs r ON r.id = s.run_id WHERE r.plan = 'on-failure-nn2'" | tr '|' ' ')" \
+	"the no-op is recorded: the step applied, every op done, NOT NULL was there"
+assert_eq 1 "$(psql_q "SELECT count(*) FROM phasegate.events e JOIN phasegate.runs r ON r.id = e.run_id WHERE r.plan = 'on-failure-nn2' AND e.kind = 'step_noop'")" \
+	"a step_noop event"
+psql_q "SELECT pg_stat_force_next_flush()" >/dev/null
+assert_eq "$scans_before" "$(psql_q "SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'nn2'")" \
+	"no scan of the table"
+assert_exit 0 phg rollback "$T/nn2.yaml"
+assert_file_contains "$T/err" 'keep NOT NULL on "v" of "nn2": it was NOT NULL before the plan'
+assert_file_not_contains "$T/err" "relax"
+assert_eq "t" "$(psql_q "SELECT attnotnull FROM pg_attribute WHERE attrelid = 'nn2'::regclass AND attname = 'v'")" \
+	"the rollback kept NOT NULL"
+
 # a backfill without `down`: the rollback says its updates were not undone
 psql_q "CREATE TABLE bk (id int PRIMARY KEY, v int NOT NULL, v2 int); INSERT INTO bk SELECT g, g FROM generate_series(1, 50) g" >/dev/null
 cat >"$T/bk.yaml" <<'YAML'
