@@ -27,7 +27,7 @@ static const char *const exec_state_names[] = {
 	"st_mark", "st_run", "st_reset", "st_fail_guard", "st_fail_cleanup", "fail_reset",
 	"bf_set", "bf_keys", "bf_high", "bf_batch", "bf_pass2", "bf_paused", "bf_poll", "bf_baseline",
 	"bf_sleep", "bf_lag", "bf_lag_wait", "http", "unmark",
-	"record", "noop_check", "done",
+	"record", "noop_check", "violation", "done",
 };
 
 static void exec_next(phg_exec_t *x);
@@ -261,18 +261,68 @@ static int retriable(const phg_err_t *e)
 	       strcmp(e->sqlstate, "40001") == 0;
 }
 
+/* A check violation said as what it means, not by the check's internal
+ * name; @n: the offending rows counted (NULL: not counted); @undone: the
+ * previous op's work was undone (1), could not be (-1), or there is none (0). */
+static void violation_fail(phg_exec_t *x, const phg_op_t *op, int status, const phg_err_t *err,
+                           const char *n, int undone)
+{
+	const char *v = op->violation, *at = strstr(v, "{n}");
+	char num[32];
+
+	snprintf(num, sizeof(num), "%s", n != NULL ? n : "some");
+	if (at != NULL)
+		phg_err_set(&x->err, err->code ? err->code : status, "%.*s%s%s", (int)(at - v), v, num,
+		            at + 3);
+	else
+		phg_err_set(&x->err, err->code ? err->code : status, "%s", v);
+	memcpy(x->err.sqlstate, err->sqlstate, sizeof(x->err.sqlstate));
+	if (undone < 0)
+		phg_err_detail(&x->err, "The server said: %s. Undoing the step's previous op (%s) "
+		                        "failed too: it is still in place.",
+		               err->msg, (op - 1)->label);
+	else
+		phg_err_detail(&x->err, "The server said: %s.", err->msg);
+	if (op->violation_hint != NULL)
+		phg_err_hint(&x->err, "%s", op->violation_hint);
+	exec_finish(x, status);
+}
+
+static void violation_start(phg_exec_t *x, int status, const phg_err_t *err)
+{
+	const phg_op_t *op = cur_op(x);
+	phg_buf_t b;
+
+	x->violation_err = *err;
+	x->violation_status = status;
+	x->violation_failed = 0;
+	phg_buf_init(&b, 4096);
+	if (op->violation_undo_sql != NULL && x->next > 0) {
+		/* undone and recorded not done, together */
+		phg_buf_printf(&b, "BEGIN; SET LOCAL lock_timeout = '%" PRIu64 "ms'; %s; ",
+		               x->settings->lock_timeout_ms, op->violation_undo_sql);
+		phg_store_progress_sql(&b, x->schema_q, x->run_id, x->phase_idx, x->step_idx,
+		                       (int)x->dir, x->next - 1);
+		phg_buf_adds(&b, "; COMMIT; ");
+	}
+	if (op->violation_count_sql != NULL)
+		phg_buf_adds(&b, op->violation_count_sql); /* last: its result is the one read */
+	else
+		phg_buf_adds(&b, "SELECT NULL");
+	exec_sendf(x, PHG_X_VIOLATION, &b);
+}
+
 static void fail_op(phg_exec_t *x, int status, const phg_err_t *err)
 {
 	const phg_op_t *op = cur_op(x);
 
 	if (op->violation != NULL && err != NULL && strcmp(err->sqlstate, "23514") == 0) {
-		/* what the check means, not its internal name */
-		phg_err_set(&x->err, err->code ? err->code : status, "%s", op->violation);
-		memcpy(x->err.sqlstate, err->sqlstate, sizeof(x->err.sqlstate));
-		phg_err_detail(&x->err, "The server said: %s.", err->msg);
-		if (op->violation_hint != NULL)
-			phg_err_hint(&x->err, "%s", op->violation_hint);
-		exec_finish(x, status);
+		if (x->st != PHG_X_VIOLATION &&
+		    (op->violation_count_sql != NULL || op->violation_undo_sql != NULL)) {
+			violation_start(x, status, err);
+			return;
+		}
+		violation_fail(x, op, status, err, NULL, 0);
 		return;
 	}
 	phg_err_copy(&x->err, err);
@@ -1282,6 +1332,29 @@ static void exec_on_result(phg_pg_t *pg, int status, PGresult *res, const phg_er
 	case PHG_X_TX_ROLLBACK:
 		after_failure(x);
 		return;
+	case PHG_X_VIOLATION: {
+		/* the last result is the count; a failure (of the undo or of the
+		 * count) ends the transaction, if any, with a ROLLBACK first */
+		int undo = op->violation_undo_sql != NULL && x->next > 0;
+		const char *n = NULL;
+
+		if (status != 0 && !x->violation_failed) {
+			phg_log_err(PHG_LOG_WARN, &x->log, err);
+			x->violation_failed = 1;
+			exec_send(x, PHG_X_VIOLATION, "ROLLBACK", 0, NULL);
+			return;
+		}
+		if (x->violation_failed) {
+			violation_fail(x, op, x->violation_status, &x->violation_err, NULL, undo ? -1 : 0);
+			return;
+		}
+		if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 0))
+			n = PQgetvalue(res, 0, 0);
+		if (undo)
+			x->next--; /* recorded not done: the undone op runs again next time */
+		violation_fail(x, op, x->violation_status, &x->violation_err, n, undo ? 1 : 0);
+		return;
+	}
 	case PHG_X_NOOP_CHECK:
 		if (status != 0) {
 			fail_op(x, PHG_ESTEP, err);

@@ -94,6 +94,7 @@ typedef enum phg_exec_state_e {
 	PHG_X_UNMARK,
 	PHG_X_RECORD,
 	PHG_X_NOOP_CHECK, /* asking whether the step is done already (op->noop_sql) */
+	PHG_X_VIOLATION,  /* after a check violation: undo the previous op, count the rows */
 	PHG_X_DONE,
 } phg_exec_state_t;
 
@@ -126,6 +127,9 @@ struct phg_exec_s {
 
 	/* outputs */
 	phg_err_t err;
+	phg_err_t violation_err; /* PHG_X_VIOLATION: the server's error, while it runs */
+	int violation_status;
+	int violation_failed;    /* the undo or the count failed: rolling back */
 
 	/* private */
 	phg_exec_state_t st;

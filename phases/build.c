@@ -195,6 +195,8 @@ void phg_ops_free(phg_ops_t *ops)
 		free(op->cleanup_sql);
 		free(op->violation);
 		free(op->violation_hint);
+		free(op->violation_count_sql);
+		free(op->violation_undo_sql);
 		if (op->backfill != NULL) {
 			free(op->backfill->table);
 			free(op->backfill->set);

@@ -207,6 +207,20 @@ static int drop_column_build(phg_build_t *b)
 		                "restore NOT NULL of %s: validate (rows written while it was "
 		                "hidden must have a value)", c);
 		phg_op_sql(op, "ALTER TABLE %s VALIDATE CONSTRAINT %s", t, chk);
+		/* rows without a value (written while hidden, no default to give
+		 * them): the check goes again, so the app's inserts that omit the
+		 * column keep working, and the revert stops saying what is left */
+		op->violation = phg_asprintf("{n} row(s) of %s written while %s was hidden have no "
+		                             "value: its NOT NULL cannot come back",
+		                             t, c);
+		op->violation_hint = phg_asprintf(
+		    "The column is back under its name, nullable%s, so the application can write. "
+		    "Find the rows with: SELECT * FROM %s WHERE %s IS NULL; give them a value, then "
+		    "run rollback again: it finishes by restoring NOT NULL.",
+		    def != NULL ? " and with its default" : "", t, c);
+		op->violation_count_sql = phg_asprintf("SELECT count(*) FROM %s WHERE %s IS NULL", t, c);
+		op->violation_undo_sql = phg_asprintf("ALTER TABLE %s DROP CONSTRAINT IF EXISTS %s", t,
+		                                      chk);
 		op = phg_op_new(b, PHG_OP_TX, PHG_OPF_DDL, "restore NOT NULL of %s", c);
 		phg_op_sql(op, "ALTER TABLE %s ALTER COLUMN %s SET NOT NULL", t, c);
 		phg_op_sql(op, "ALTER TABLE %s DROP CONSTRAINT %s", t, chk);

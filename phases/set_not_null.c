@@ -48,9 +48,10 @@ static int set_not_null_build(phg_build_t *b)
 		op = phg_op_new(b, PHG_OP_TX, PHG_OPF_DDL | PHG_OPF_SCAN,
 		                "validate %s: scans %s, writes continue", chk, t);
 		phg_op_sql(op, "ALTER TABLE %s VALIDATE CONSTRAINT %s", t, chk);
-		op->violation = phg_asprintf("column %s of %s has NULL values: NOT NULL cannot be "
-		                             "enforced",
+		op->violation = phg_asprintf("column %s of %s has {n} NULL value(s): NOT NULL cannot "
+		                             "be enforced",
 		                             c, t);
+		op->violation_count_sql = phg_asprintf("SELECT count(*) FROM %s WHERE %s IS NULL", t, c);
 		op->violation_hint = phg_asprintf(
 		    "Count them with: SELECT count(*) FROM %s WHERE %s IS NULL; fill them (a backfill "
 		    "step before this one, or the application) and apply again.",

@@ -84,6 +84,13 @@ typedef struct phg_op_s {
 	 * to find the rows, instead of the server's internal constraint name */
 	char *violation;
 	char *violation_hint;
+	/* after such a failure, both optional: a query counting the offending
+	 * rows (its number replaces "{n}" in @violation), and statements that
+	 * undo the previous op of the step (drop the NOT VALID check it added),
+	 * committed with that op recorded not done, so the app is not left with
+	 * a half-made constraint and a later run redoes the op */
+	char *violation_count_sql;
+	char *violation_undo_sql;
 } phg_op_t;
 
 typedef struct phg_ops_s {

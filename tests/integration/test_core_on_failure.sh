@@ -92,7 +92,7 @@ phases:
       - set_not_null: { table: nn, column: v }
 YAML
 assert_exit 3 phg apply "$T/nn.yaml"
-assert_file_contains "$T/err" 'column "v" of "nn" has NULL values: NOT NULL cannot be enforced'
+assert_file_contains "$T/err" 'column "v" of "nn" has 1 NULL value(s): NOT NULL cannot be enforced'
 assert_file_contains "$T/err" 'SELECT count(*) FROM "nn" WHERE "v" IS NULL'
 assert_file_contains "$T/err" "The server said:"
 assert_eq 0 "$(nconstraints nn)" "set_not_null over NULLs: no NOT VALID check left"
