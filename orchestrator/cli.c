@@ -101,7 +101,9 @@ static const cmd_t commands[] = {
 	 "let a paused apply go on"},
 	{"history", "phasegate history [PLAN.yaml] [--env E] [--json] [--url-env V]",
 	 "List the runs recorded in the database (of PLAN, when given; else every plan, using\n"
-	 "$DATABASE_URL, or $V with --url-env V). --env keeps the runs of that environment.\n",
+	 "$DATABASE_URL, or $V with --url-env V). --env keeps the runs of that environment.\n"
+	 "An apply and a later rollback of its run are entries of their own. PLAN may be the\n"
+	 "name of a plan whose file is gone (then --url-env V as for status).\n",
 	 OPT_ENV | OPT_JSON | OPT_URLENV, 0,
 	 "0, 1 database unreachable, 2 bad invocation or plan",
 	 "the runs recorded in the database"},
@@ -447,12 +449,11 @@ int phg_cli_main(int argc, char **argv)
 
 	phg_err_clear(&err);
 	o.db_env = url_env;
-	if (file != NULL && (c->opts & OPT_URLENV) && c->needs_plan && access(file, F_OK) != 0 &&
-	    errno == ENOENT) {
-		/* rollback/status of a plan whose file is gone */
+	if (file != NULL && (c->opts & OPT_URLENV) && access(file, F_OK) != 0 && errno == ENOENT) {
+		/* rollback/status/history of a plan whose file is gone */
 		if ((rc = stand_in(file, url_env, o.env, &plan)) != 0)
 			return rc;
-	} else if (file != NULL && url_env != NULL && c->needs_plan) {
+	} else if (file != NULL && url_env != NULL) {
 		return usage_error(c, "--url-env is for a plan whose file is gone; \"%s\" exists (the "
 		                      "database comes from its url_env)",
 		                   file);

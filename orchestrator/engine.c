@@ -231,10 +231,19 @@ void phg_eng_set_state(engine_t *e, level_t lvl, int pi, int si, int new_state,
 	phg_buf_init(&b, 64 * 1024);
 	switch (lvl) {
 	case PHG_LVL_RUN: {
-		char *n = note != NULL ? phg_eng_lit(e, note) : NULL;
+		char *n = note != NULL ? phg_eng_lit(e, note) : NULL, *lw = NULL, *lh = NULL;
 
-		phg_store_run_state_sql(&b, e->schema_q, e->run_id, new_state, e->run_action, n);
+		if (strcmp(e->run_action, "rollback") == 0) {
+			char user[128], host[256];
+
+			phg_whoami(user, sizeof(user), host, sizeof(host));
+			lw = phg_eng_lit(e, user);
+			lh = phg_eng_lit(e, host);
+		}
+		phg_store_run_state_sql(&b, e->schema_q, e->run_id, new_state, e->run_action, n, lw, lh);
 		free(n);
+		free(lw);
+		free(lh);
 		break;
 	}
 	case PHG_LVL_PHASE:

@@ -434,7 +434,9 @@ static void history_rows(report_t *r, PGresult *res)
 		json_object_set_new(o, "run_id", json_integer(phg_db_num(PQgetvalue(res, i, 0), LLONG_MIN, LLONG_MAX, 0, NULL)));
 		json_object_set_new(o, "plan", json_string(PQgetvalue(res, i, 1)));
 		json_object_set_new(o, "checksum", json_string(PQgetvalue(res, i, 2)));
-		json_object_set_new(o, "env", json_string(PQgetvalue(res, i, 3)));
+		json_object_set_new(o, "env", PQgetvalue(res, i, 3)[0] == '\0'
+		                                  ? json_null()
+		                                  : json_string(PQgetvalue(res, i, 3)));
 		json_object_set_new(o, "action", json_string(PQgetvalue(res, i, 4)));
 		json_object_set_new(o, "state", json_string(PQgetvalue(res, i, 5)));
 		json_object_set_new(o, "started_at", jstr_or_null(res, i, 6));

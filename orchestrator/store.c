@@ -159,18 +159,36 @@ void phg_store_step_select_sql(phg_buf_t *out, const char *schema_q, long long r
 
 /* ---- transitions ---- */
 
+/* a timestamp as UTC ISO 8601 text */
+#define TS(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+
 void phg_store_run_state_sql(phg_buf_t *out, const char *schema_q, long long run, int state,
-                             const char *action, const char *note_lit)
+                             const char *action, const char *note_lit, const char *who_lit,
+                             const char *host_lit)
 {
 	const char *n = note_lit ? note_lit : "NULL";
 	int final = state == PHG_RUN_COMPLETED || state == PHG_RUN_ROLLED_BACK ||
 	            state == PHG_RUN_FAILED;
 
+	phg_buf_printf(out, "UPDATE %s.runs r SET ", schema_q);
+	if (strcmp(action, "rollback") == 0)
+		/* a rollback takes the run over from its apply: what the apply had
+		 * come to is kept, so history shows the two as entries of their own
+		 * (every SET expression reads the row as it was) */
+		phg_buf_printf(out,
+		               "apply_outcome = CASE WHEN action = 'apply' THEN jsonb_build_object("
+		               "'state', state, 'finished_at', " TS("finished_at") ", 'phases_applied', "
+		               "(SELECT count(*) FROM %s.phases p WHERE p.run_id = r.id AND p.state = "
+		               "'applied'), 'note', note, 'error', error) ELSE apply_outcome END, "
+		               "rollback_start = CASE WHEN action = 'apply' THEN jsonb_build_object("
+		               "'started_at', " TS("now()") ", 'who', %s::text, 'host', %s::text) ELSE "
+		               "rollback_start END, ",
+		               schema_q, who_lit ? who_lit : "NULL", host_lit ? host_lit : "NULL");
 	phg_buf_printf(out,
-	               "UPDATE %s.runs SET state = '%s', action = '%s', note = %s, "
+	               "state = '%s', action = '%s', note = %s, "
 	               "error = %s, updated_at = now(), finished_at = %s WHERE id = %lld "
 	               "RETURNING state",
-	               schema_q, phg_run_state_name(state), action, n,
+	               phg_run_state_name(state), action, n,
 	               state == PHG_RUN_FAILED ? n : state == PHG_RUN_RUNNING ? "NULL" : "error",
 	               final ? "now()" : "NULL", run);
 }
@@ -367,7 +385,6 @@ void phg_store_backup_sql(phg_buf_t *out, const char *schema_q, long long run,
 /* ---- status and history ---- */
 
 /* a timestamp as UTC ISO 8601 text */
-#define TS(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
 
 
 void phg_store_status_run_sql(phg_buf_t *out, const char *schema_q)
@@ -404,18 +421,37 @@ void phg_store_status_checks_sql(phg_buf_t *out, const char *schema_q, long long
 	               schema_q, run);
 }
 
+#define HISTORY_COUNTS                                                                       \
+	"(SELECT count(*) FROM %1$s.phases p WHERE p.run_id = r.id), "                           \
+	"(SELECT count(*) FROM %1$s.backups k WHERE k.run_id = r.id), "
+
 void phg_store_history_sql(phg_buf_t *out, const char *schema_q)
 {
-	phg_buf_printf(out,
-	               "SELECT r.id, r.plan, r.checksum, r.env, r.action, r.state, "
-	               TS("r.started_at") ", " TS("r.finished_at") ", r.who, r.host, "
-	               "(SELECT count(*) FROM %s.phases p WHERE p.run_id = r.id AND p.state = 'applied'), "
-	               "(SELECT count(*) FROM %s.phases p WHERE p.run_id = r.id), "
-	               "(SELECT count(*) FROM %s.backups k WHERE k.run_id = r.id), r.note, r.error, "
-	               COL("target") ", " COL("promoted_from") " "
-	               "FROM %s.runs r WHERE ($1::text IS NULL OR r.plan = $1) AND "
-	               "($2::text IS NULL OR r.env = $2) ORDER BY r.id",
-	               schema_q, schema_q, schema_q, schema_q);
+	/* one entry per apply and per later rollback of a run: a run a rollback
+	 * took over kept its apply's outcome (apply_outcome) */
+	const char *filter = "($1::text IS NULL OR r.plan = $1) AND ($2::text IS NULL OR r.env = $2)";
+
+	phg_buf_adds(out, "SELECT * FROM (SELECT r.id, r.plan, r.checksum, r.env, 'apply'::text, "
+	                  "a->>'state', " TS("r.started_at") ", a->>'finished_at', r.who, r.host, "
+	                  "(a->>'phases_applied')::bigint, ");
+	phg_buf_printf(out, HISTORY_COUNTS, schema_q);
+	phg_buf_printf(out, "a->>'note', a->>'error', " COL("target") ", " COL("promoted_from") ", 1 "
+	                    "AS part FROM %s.runs r CROSS JOIN LATERAL (SELECT to_jsonb(r) -> "
+	                    "'apply_outcome' AS a) x WHERE jsonb_typeof(a) = 'object' AND %s "
+	                    "UNION ALL ",
+	               schema_q, filter);
+	phg_buf_printf(out, "SELECT r.id, r.plan, r.checksum, r.env, r.action, r.state, "
+	                    "coalesce(b->>'started_at', " TS("r.started_at") "), " TS("r.finished_at")
+	                    ", coalesce(b->>'who', r.who), coalesce(b->>'host', r.host), "
+	                    "(SELECT count(*) FROM %s.phases p WHERE p.run_id = r.id AND p.state = "
+	                    "'applied'), ",
+	               schema_q);
+	phg_buf_printf(out, HISTORY_COUNTS, schema_q);
+	phg_buf_printf(out, "r.note, r.error, " COL("target") ", " COL("promoted_from") ", 2 FROM "
+	                    "%s.runs r CROSS JOIN LATERAL (SELECT CASE WHEN jsonb_typeof(to_jsonb(r) "
+	                    "-> 'rollback_start') = 'object' THEN to_jsonb(r) -> 'rollback_start' "
+	                    "END AS b) y WHERE %s) h ORDER BY 1, 18",
+	               schema_q, filter);
 }
 
 void phg_store_paused_expr(phg_buf_t *out, const char *schema_q, int p)
@@ -498,7 +534,9 @@ void phg_store_schema_sql(phg_buf_t *o, const char *s)
 	               "  held_at timestamptz,\n"
 	               "  target text,\n"
 	               "  promoted_from text,\n"
-	               "  plan_json text);\n"
+	               "  plan_json text,\n"
+	               "  apply_outcome jsonb,\n"
+	               "  rollback_start jsonb);\n"
 	               "CREATE INDEX IF NOT EXISTS runs_plan_idx ON %s.runs (plan, id);\n",
 	               s, s);
 	phg_buf_printf(o,
@@ -564,6 +602,14 @@ void phg_store_schema_sql(phg_buf_t *o, const char *s)
 	               "DO $phg$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = "
 	               "'%s.runs'::regclass AND attname = 'promoted_from') THEN "
 	               "ALTER TABLE %s.runs ADD COLUMN promoted_from text; END IF; END $phg$;\n",
+	               s, s);
+	/* a state schema from before history's entries of their own for an
+	 * apply and its later rollback */
+	phg_buf_printf(o,
+	               "DO $phg$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = "
+	               "'%s.runs'::regclass AND attname = 'apply_outcome') THEN "
+	               "ALTER TABLE %s.runs ADD COLUMN apply_outcome jsonb, ADD COLUMN rollback_start "
+	               "jsonb; END IF; END $phg$;\n",
 	               s, s);
 	/* a state schema from before the recorded plan */
 	phg_buf_printf(o,

@@ -107,9 +107,13 @@ void phg_store_step_select_sql(phg_buf_t *out, const char *schema_q, long long r
 /* ---- transitions (each RETURNs the row it wrote) ---- */
 
 /* A run's new state; @note_lit is an SQL literal (or NULL for NULL).  A
- * failed run keeps the note as its error; running clears the error. */
+ * failed run keeps the note as its error; running clears the error.  When
+ * @action is rollback and the run's was apply, the apply's outcome is kept
+ * (apply_outcome) and the rollback's start, by @who_lit @host_lit
+ * (rollback_start): history shows them as two entries. */
 void phg_store_run_state_sql(phg_buf_t *out, const char *schema_q, long long run, int state,
-                             const char *action, const char *note_lit);
+                             const char *action, const char *note_lit, const char *who_lit,
+                             const char *host_lit);
 /* A phase's new state; RETURNs state and whether a verified backup of this
  * attempt at the phase is recorded. */
 void phg_store_phase_state_sql(phg_buf_t *out, const char *schema_q, long long run, int pi,

@@ -147,7 +147,7 @@ hist=$(python3 -I -S -c '
 import json, sys
 h = json.load(open(sys.argv[1]))
 print(" ".join("%s:%s:%s:%s" % (r["run_id"], r["plan"], r["action"], r["state"]) for r in h))' "$T/out")
-assert_eq "1:cli-plan:rollback:rolled_back 2:cli-plan:apply:interrupted" "$hist" "history --json"
+assert_eq "1:cli-plan:apply:completed 1:cli-plan:rollback:rolled_back 2:cli-plan:apply:interrupted" "$hist" "history --json: the apply and its rollback are entries of their own"
 assert_exit 0 phg history "$T/plan.yaml"
 assert_file_contains "$T/out" "cli-plan"
 

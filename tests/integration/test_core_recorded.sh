@@ -105,6 +105,17 @@ psql_q "UPDATE phasegate.runs SET plan_json = NULL, checksum = 'sha256:$(sha256s
 assert_exit 0 phg apply "$T/plan.yaml"
 assert_eq "t_b_idx,t_pkey completed" "$(indexes) $(psql_q "SELECT state FROM phasegate.runs WHERE id = 2")" \
 	"an older run resumed with its own file"
+# history: an apply and its later rollback are entries of their own (run 1:
+# applied completely, then rolled back in two goes by one rollback entry)
+assert_exit 0 phg history recorded-plan --url-env DATABASE_URL --json
+assert_eq "1 apply completed 2/2|1 rollback rolled_back 0/2|2 apply completed 2/2|None" "$(python3 -I -S -c '
+import json, sys
+h = json.load(open(sys.argv[1]))
+print("|".join("%d %s %s %d/%d" % (e["run_id"], e["action"], e["state"], e["phases_applied"], e["phases"]) for e in h) + "|" + str(h[0]["env"]))' "$T/out")" \
+	"history: one entry per apply and per rollback"
+assert_exit 0 phg history "$T/plan.yaml"
+assert_eq "apply rollback" "$(grep -E '^1 +recorded-plan +' "$T/out" | awk '{print $3}' | xargs)" \
+	"history text: run 1 has an apply entry and a rollback entry"
 printf '# edited\n' >>"$T/plan.yaml"
 sed -i 's/t_b_idx/t_b_idx3/' "$T/plan.yaml"
 assert_exit 2 phg rollback "$T/plan.yaml"
