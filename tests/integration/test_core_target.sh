@@ -10,7 +10,7 @@
 # `protected: true` needs --yes without a terminal (exit 2, nothing
 # touched) and its name typed on one.  An unset ${VAR} is reported once.
 # An invalid connection string is exit 2, an unknown database or role
-# exit 1, neither retried.
+# exit 1, a wrong password exit 1, none retried; a password is never shown.
 # shellcheck source=/dev/null
 source "$PHG_TEST_LIB"
 
@@ -121,6 +121,31 @@ export DATABASE_URL="postgresql:///${other_db}?host=${PGHOST}&port=${PGPORT}&use
 assert_exit 1 phg apply "$T/plan.yaml"
 assert_file_contains "$T/err" 'role "phg_no_such_role" does not exist'
 assert_file_not_contains "$T/err" "attempt 1/"
+# a wrong password (28P01; the harness makes members of phg_pw_users log in
+# with scram-sha-256): said as what it is, not retried, never printed; the
+# right one works
+pw_role="phg_pw_$$"
+psql -X -q -d postgres -c "DO \$\$ BEGIN CREATE ROLE phg_pw_users NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END \$\$" \
+	-c "CREATE ROLE $pw_role LOGIN SUPERUSER PASSWORD 'right-Secret-42' IN ROLE phg_pw_users"
+on_exit "psql -X -q -d postgres -c 'DROP ROLE IF EXISTS $pw_role' >/dev/null 2>&1"
+export DATABASE_URL="postgresql://${pw_role}:wrong-Secret-17@/${other_db}?host=${PGHOST}&port=${PGPORT}"
+assert_exit 1 phg apply "$T/plan.yaml"
+assert_file_contains "$T/err" "password authentication failed"
+assert_file_not_contains "$T/err" "attempt 1/"
+assert_file_not_contains "$T/err" "wrong-Secret-17"
+assert_exit 1 phg status "$T/plan.yaml"
+assert_file_contains "$T/err" "password authentication failed"
+assert_file_not_contains "$T/err" "wrong-Secret-17"
+export DATABASE_URL="postgresql://${pw_role}:right-Secret-42@/${other_db}?host=${PGHOST}&port=${PGPORT}"
+assert_exit 0 phg apply "$T/plan.yaml"
+assert_file_contains "$T/err" "as ${pw_role}"
+assert_file_not_contains "$T/err" "right-Secret-42"
+assert_exit 0 phg history "$T/plan.yaml" --json
+assert_file_not_contains "$T/out" "right-Secret-42"
+assert_exit 0 phg rollback "$T/plan.yaml"
+assert_file_not_contains "$T/err" "right-Secret-42"
+[[ $(psql -X -A -t -d "$other_db" -c "SELECT count(*) FROM phasegate.runs WHERE target LIKE '%Secret%' OR who LIKE '%Secret%'") == 0 ]] ||
+	fail "a password reached the state tables"
 unset DATABASE_URL
 
 # an unset ${VAR} is reported once, with every place that uses it
