@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,7 @@
 #include <jansson.h>
 
 #include "buf.h"
+#include "diag.h"
 #include "engine.h"
 #include "log.h"
 #include "plan.h"
@@ -38,6 +40,9 @@ typedef struct cmd_s {
 #define OPT_FROM 0x10u
 #define OPT_YES 0x20u
 #define OPT_URLENV 0x40u
+#define OPT_FORMAT 0x80u
+#define OPT_RUN 0x100u
+#define OPT_FOLLOW 0x200u
 
 #define GONE_HELP                                                                            \
 	"  --url-env V  the plan file is gone: PLAN is the plan's name, the database comes\n"     \
@@ -45,10 +50,13 @@ typedef struct cmd_s {
 	"               is the one its last run recorded\n"
 
 static const cmd_t commands[] = {
-	{"validate", "phasegate validate PLAN.yaml",
+	{"validate", "phasegate validate PLAN.yaml [--format text|json|github]",
 	 "Parse and lint the plan; touch nothing. Errors are printed as FILE:LINE:COL: message\n"
-	 "with the source line and a caret (exit 2); lint warnings do not fail (exit 0).\n",
-	 0, 1,
+	 "with the source line and a caret (exit 2); lint warnings do not fail (exit 0).\n"
+	 "  --format json    one JSON document on stdout: {file, valid, plan, checksum, phases,\n"
+	 "                   diagnostics: [{severity, file, line, col, message}]}\n"
+	 "  --format github  GitHub Actions annotations on stdout (::error file=,line=,col=::)\n",
+	 OPT_FORMAT, 1,
 	 "0 valid (lint warnings do not fail), 2 invalid plan or bad invocation",
 	 "parse and lint the plan; touch nothing"},
 	{"plan", "phasegate plan PLAN.yaml [--env E]",
@@ -99,6 +107,17 @@ static const cmd_t commands[] = {
 	 "Let a paused apply go on.\n", OPT_ENV, 1,
 	 "0 resumed, 1 no unfinished run or database unreachable, 2 bad invocation or plan",
 	 "let a paused apply go on"},
+	{"events", "phasegate events PLAN.yaml [--env E] [--run N] [--follow] [--json] [--url-env V]",
+	 "Print the events recorded in the database for the plan's newest run (or run N):\n"
+	 "transitions, gate probes, backfill progress, lock retries, throttle and pause\n"
+	 "decisions, backups, oldest first. From any machine that reaches the database.\n"
+	 "  --run N      that run (history lists them)\n"
+	 "  --follow     keep printing new events while the run is running (Ctrl-C stops)\n"
+	 "  --json       one JSON object per line, as --log-format json prints them\n"
+	 GONE_HELP,
+	 OPT_ENV | OPT_JSON | OPT_RUN | OPT_FOLLOW | OPT_URLENV, 1,
+	 "0, 1 no such run or database unreachable, 2 bad invocation or plan, 130 interrupted",
+	 "the recorded events of a run; --follow watches it live"},
 	{"history", "phasegate history [PLAN.yaml] [--env E] [--json] [--url-env V]",
 	 "List the runs recorded in the database (of PLAN, when given; else every plan, using\n"
 	 "$DATABASE_URL, or $V with --url-env V). --env keeps the runs of that environment.\n"
@@ -115,7 +134,8 @@ static void print_help(const cmd_t *c)
 {
 	printf("usage: %s\n\n%s", c->usage, c->help);
 	printf("\nOptions of every command: -v/--verbose (debug log; -vv every state change), "
-	       "-q/--quiet (errors only), -h/--help.\n");
+	       "-q/--quiet (errors only), -h/--help,\n  --log-format text|json (json: one object "
+	       "per line on stderr: every log line, event and the exit; docs/events.md).\n");
 	if (c->opts & OPT_ENV)
 		printf("  --env E      the plan's environment E (its database variable must be set)\n");
 	if (c->opts & OPT_JSON)
@@ -136,7 +156,7 @@ static void usage_all(FILE *f)
 		fprintf(f, "  %s\n", c->usage);
 	fputs("  phasegate --version | --help | COMMAND --help | help COMMAND\n\n"
 	      "Options for every command: -v/--verbose (debug log; -vv every state change),\n"
-	      "-q/--quiet (errors only).\n"
+	      "-q/--quiet (errors only), --log-format text|json (docs/events.md).\n"
 	      "The database comes from the variable the plan names (target.url_env, default\n"
 	      "DATABASE_URL: a libpq URI or conninfo); PGHOST, PGUSER, PGPASSWORD, .pgpass ... work\n"
 	      "as in psql.\n\n"
@@ -149,10 +169,16 @@ static void usage_all(FILE *f)
 
 static int usage_error(const cmd_t *c, const char *fmt, const char *arg)
 {
-	fputs("phasegate: ", stderr);
-	fprintf(stderr, fmt, arg);
-	fputc('\n', stderr);
-	if (c != NULL)
+	char msg[1024];
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+	snprintf(msg, sizeof(msg), fmt, arg);
+#pragma GCC diagnostic pop
+	phg_log_plain(PHG_LOG_ERROR, "%s", msg);
+	if (phg_log_is_json())
+		phg_log_note("HINT", "usage: %s", c != NULL ? c->usage : "phasegate --help");
+	else if (c != NULL)
 		fprintf(stderr, "usage: %s\n", c->usage);
 	else
 		fputs("Try \"phasegate --help\".\n", stderr);
@@ -292,6 +318,46 @@ static int cmd_dry_run(phg_plan_t *plan, const phg_run_opts_t *o)
 
 /* ---- main ---- */
 
+/* validate --format json|github: the plan's diagnostics for a machine */
+static int validate_machine(const char *file, phg_diag_format_t f, json_t *diags)
+{
+	phg_plan_t *plan = NULL;
+	phg_err_t err;
+	int rc;
+
+	phg_err_clear(&err);
+	rc = phg_plan_load(file, stderr, &plan, &err);
+	if (rc == PHG_EIO) {
+		/* no position to annotate: the file itself */
+		if (f == PHG_DIAG_GITHUB)
+			printf("::error file=%s::%s\n", file, err.msg);
+		else
+			json_array_append_new(diags, json_pack("{s:s,s:s,s:n,s:n,s:s}", "severity", "error",
+			                                       "file", file, "line", "col", "message",
+			                                       err.msg));
+	}
+	if (f == PHG_DIAG_COLLECT) {
+		json_t *o = json_pack("{s:s,s:b}", "file", file, "valid", plan != NULL);
+		char *s;
+
+		json_object_set_new(o, "plan", plan ? json_string(plan->name) : json_null());
+		json_object_set_new(o, "checksum", plan ? json_string(plan->checksum) : json_null());
+		json_object_set_new(o, "phases", plan ? json_integer((json_int_t)plan->nphases)
+		                                      : json_null());
+		json_object_set_new(o, "diagnostics", json_incref(diags));
+		s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+		printf("%s\n", s);
+		free(s);
+		json_decref(o);
+	} else if (plan != NULL) {
+		printf("::notice file=%s::plan \"%s\" is valid: %zu phase(s), checksum %s\n", file,
+		       plan->name, plan->nphases, plan->checksum);
+	}
+	rc = plan != NULL ? PHG_EXIT_OK : PHG_EXIT_USAGE;
+	phg_plan_free(plan);
+	return rc;
+}
+
 /* The plan of a rollback or status whose file is gone: @name must be a plan
  * name; a stand-in carries it and the database variable until the command
  * reads the plan its last run recorded (phg_plan_as_recorded). */
@@ -305,14 +371,14 @@ static int stand_in(const char *name, const char *url_env, const char *env, phg_
 	*out = NULL;
 	if (n == 0 || n > 63 || strspn(name, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 	                                     "0123456789_.-") != n) {
-		fprintf(stderr, "phasegate: cannot read \"%s\": %s\n", name, strerror(ENOENT));
+		phg_log_plain(PHG_LOG_ERROR, "cannot read \"%s\": %s", name, strerror(ENOENT));
 		return PHG_EXIT_USAGE;
 	}
 	if (env != NULL && url_env == NULL) {
-		fprintf(stderr, "phasegate: cannot read \"%s\": %s\n  HINT: Without its file, the "
-		                "database of environment \"%s\" is unknown: give --url-env VAR, the "
-		                "variable that holds it.\n",
-		        name, strerror(ENOENT), env);
+		phg_log_plain(PHG_LOG_ERROR, "cannot read \"%s\": %s", name, strerror(ENOENT));
+		phg_log_note("HINT", "Without its file, the database of environment \"%s\" is unknown: "
+		                     "give --url-env VAR, the variable that holds it.",
+		             env);
 		return PHG_EXIT_USAGE;
 	}
 	phg_buf_init(&y, 256);
@@ -338,10 +404,27 @@ static const struct option long_opts[] = {
 	{"from", required_argument, NULL, 'f'}, {"dry-run", no_argument, NULL, 'n'},
 	{"yes", no_argument, NULL, 'y'},      {"json", no_argument, NULL, 'j'},
 	{"url-env", required_argument, NULL, 'u'},
+	{"log-format", required_argument, NULL, 'L'},
+	{"format", required_argument, NULL, 'F'},
+	{"run", required_argument, NULL, 'r'},
+	{"follow", no_argument, NULL, 'w'},
 	{NULL, 0, NULL, 0},
 };
 
+static int cli_main(int argc, char **argv);
+
 int phg_cli_main(int argc, char **argv)
+{
+	int rc;
+
+	phg_log_set_json(0);
+	phg_log_set_run(NULL, NULL, 0, NULL);
+	rc = cli_main(argc, argv);
+	phg_log_exit(rc); /* --log-format json: the outcome, as the last line */
+	return rc;
+}
+
+static int cli_main(int argc, char **argv)
 {
 	const cmd_t *c = NULL;
 	const char *file = NULL, *cmd = NULL;
@@ -349,6 +432,8 @@ int phg_cli_main(int argc, char **argv)
 	phg_plan_t *plan = NULL;
 	phg_err_t err;
 	const char *from = NULL, *url_env = NULL;
+	phg_diag_format_t vformat = PHG_DIAG_TEXT;
+	json_t *diags = NULL;
 	unsigned seen = 0, bad_need = 0;
 	int help = 0, version = 0, verbose = 0, quiet = 0, ch, rc;
 	char badbuf[64];
@@ -371,6 +456,30 @@ int phg_cli_main(int argc, char **argv)
 		case 'y': o.yes = 1; seen |= OPT_YES; break;
 		case 'j': o.json = 1; seen |= OPT_JSON; break;
 		case 'u': url_env = optarg; seen |= OPT_URLENV; break;
+		case 'r':
+			if (phg_parse_int64(optarg, 1, LLONG_MAX, &o.run) != 0)
+				return usage_error(NULL, "--run needs a run id (a positive number), not \"%s\"",
+				                   optarg);
+			seen |= OPT_RUN;
+			break;
+		case 'w': o.follow = 1; seen |= OPT_FOLLOW; break;
+		case 'F':
+			if (strcmp(optarg, "json") == 0)
+				vformat = PHG_DIAG_COLLECT;
+			else if (strcmp(optarg, "github") == 0)
+				vformat = PHG_DIAG_GITHUB;
+			else if (strcmp(optarg, "text") != 0)
+				return usage_error(NULL, "--format must be text, json or github, not \"%s\"",
+				                   optarg);
+			seen |= OPT_FORMAT;
+			break;
+		case 'L':
+			if (strcmp(optarg, "json") == 0)
+				phg_log_set_json(1);
+			else if (strcmp(optarg, "text") != 0)
+				return usage_error(NULL, "--log-format must be text or json, not \"%s\"",
+				                   optarg);
+			break;
 		case ':':
 			return usage_error(NULL, "option \"%s\" needs a value", name);
 		default:
@@ -429,7 +538,8 @@ int phg_cli_main(int argc, char **argv)
 			const char *name;
 		} names[] = {{OPT_ENV, "--env"}, {OPT_TO, "--to"},   {OPT_FROM, "--from"},
 		             {OPT_DRY, "--dry-run"}, {OPT_YES, "--yes"}, {OPT_JSON, "--json"},
-		             {OPT_URLENV, "--url-env"}};
+		             {OPT_URLENV, "--url-env"}, {OPT_FORMAT, "--format"},
+		             {OPT_RUN, "--run"}, {OPT_FOLLOW, "--follow"}};
 
 		for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
 			if (bad_need & names[i].bit)
@@ -449,6 +559,18 @@ int phg_cli_main(int argc, char **argv)
 
 	phg_err_clear(&err);
 	o.db_env = url_env;
+	if (vformat != PHG_DIAG_TEXT) {
+		diags = json_array();
+		phg_diag_set_format(vformat, diags);
+	} else if (phg_log_is_json()) {
+		phg_diag_set_format(PHG_DIAG_JSON, NULL);
+	}
+	if (vformat != PHG_DIAG_TEXT && file != NULL) {
+		rc = validate_machine(file, vformat, diags);
+		phg_diag_set_format(PHG_DIAG_TEXT, NULL);
+		json_decref(diags);
+		return rc;
+	}
 	if (file != NULL && (c->opts & OPT_URLENV) && access(file, F_OK) != 0 && errno == ENOENT) {
 		/* rollback/status/history of a plan whose file is gone */
 		if ((rc = stand_in(file, url_env, o.env, &plan)) != 0)
@@ -460,16 +582,16 @@ int phg_cli_main(int argc, char **argv)
 	} else if (file != NULL) {
 		rc = phg_plan_load(file, stderr, &plan, &err);
 		if (rc == PHG_EIO) {
-			fprintf(stderr, "phasegate: %s\n", err.msg);
+			phg_log_plain(PHG_LOG_ERROR, "%s", err.msg);
 			return PHG_EXIT_USAGE;
 		}
 		if (rc != 0)
 			return PHG_EXIT_USAGE;
 		if (o.env != NULL && strcmp(c->name, "promote") != 0 &&
 		    phg_plan_select_env(plan, o.env, &err) != 0) {
-			fprintf(stderr, "phasegate: %s\n", err.msg);
+			phg_log_plain(PHG_LOG_ERROR, "%s", err.msg);
 			if (err.detail[0])
-				fprintf(stderr, "DETAIL: %s\n", err.detail);
+				phg_log_note("DETAIL", "%s", err.detail);
 			phg_plan_free(plan);
 			return PHG_EXIT_USAGE;
 		}
@@ -489,6 +611,8 @@ int phg_cli_main(int argc, char **argv)
 		rc = phg_cmd_rollback(plan, &o);
 	} else if (strcmp(c->name, "history") == 0) {
 		rc = phg_cmd_history(plan, &o);
+	} else if (strcmp(c->name, "events") == 0) {
+		rc = phg_cmd_events(plan, &o);
 	} else if (strcmp(c->name, "pause") == 0 || strcmp(c->name, "resume") == 0) {
 		rc = phg_cmd_pause(plan, &o, c->name[0] == 'p');
 	} else {

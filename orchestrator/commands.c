@@ -34,7 +34,7 @@ static int confirm_protected(const phg_plan_t *plan, const phg_run_opts_t *o,
 		phg_log(PHG_LOG_ERROR, NULL, "environment \"%s\" is protected: %s needs --yes without a "
 		                             "terminal",
 		        plan->env->name, what);
-		fprintf(stderr, "  DETAIL: Target: %s. Nothing was changed.\n", target);
+		phg_log_note("DETAIL", "Target: %s. Nothing was changed.", target);
 		return 1;
 	}
 	fprintf(stderr,
@@ -101,11 +101,14 @@ static void missing_report(missing_t *m)
 	for (size_t i = 0; i < m->n; i++) {
 		phg_strv_t *pl = &m->v[i].places;
 
+		phg_buf_t b;
+
 		phg_log(PHG_LOG_ERROR, NULL, "%s", m->v[i].msg);
-		fprintf(stderr, "  DETAIL: In ");
+		phg_buf_init(&b, 256);
 		for (size_t k = 0; k < pl->n; k++)
-			fprintf(stderr, "%s%s", k == 0 ? "" : k + 1 == pl->n ? " and " : ", ", pl->v[k]);
-		fprintf(stderr, ". Nothing was changed.\n");
+			phg_buf_printf(&b, "%s%s", k == 0 ? "" : k + 1 == pl->n ? " and " : ", ", pl->v[k]);
+		phg_log_note("DETAIL", "In %s. Nothing was changed.", b.data);
+		phg_buf_free(&b);
 		phg_strv_clear(pl);
 	}
 	m->n = 0;
@@ -229,9 +232,9 @@ int phg_plan_as_recorded(const phg_plan_t *plan, const phg_run_opts_t *o, const 
 		phg_log(PHG_LOG_ERROR, NULL, "plan file \"%s\" does not exist, and no plan of that "
 		                             "name has run on this database",
 		        plan->name);
-		fprintf(stderr, "  HINT: The database comes from $%s; give the plan file, or the "
-		                "name of a plan that ran here (`phasegate history` lists them).\n",
-		        plan->url_env);
+		phg_log_note("HINT", "The database comes from $%s; give the plan file, or the name of a "
+		                     "plan that ran here (`phasegate history` lists them).",
+		             plan->url_env);
 		return PHG_EXIT_USAGE;
 	}
 	sum = json_string_value(json_object_get(last, "checksum"));
@@ -249,7 +252,7 @@ int phg_plan_as_recorded(const phg_plan_t *plan, const phg_run_opts_t *o, const 
 	if (phg_plan_load_recorded(canon, run, o->env, rec, &err) != 0) {
 		phg_log_err(PHG_LOG_ERROR, NULL, &err);
 		if (canon == NULL)
-			fprintf(stderr, "  HINT: Give the plan file as it was applied (checksum %s).\n", sum);
+			phg_log_note("HINT", "Give the plan file as it was applied (checksum %s).", sum);
 		json_decref(last);
 		return PHG_EXIT_USAGE;
 	}
@@ -299,9 +302,9 @@ int phg_cmd_promote(phg_plan_t *plan, const char *from, const char *to, int yes)
 	o.yes = yes;
 	phg_err_clear(&err);
 	if (phg_plan_select_env(plan, from, &err) != 0 || phg_plan_select_env(plan, to, &err) != 0) {
-		fprintf(stderr, "phasegate: %s\n", err.msg);
+		phg_log_plain(PHG_LOG_ERROR, "%s", err.msg);
 		if (err.detail[0])
-			fprintf(stderr, "DETAIL: %s\n", err.detail);
+			phg_log_note("DETAIL", "%s", err.detail);
 		return PHG_EXIT_USAGE;
 	}
 	phg_plan_select_env(plan, from, &err);
@@ -320,17 +323,16 @@ int phg_cmd_promote(phg_plan_t *plan, const char *from, const char *to, int yes)
 		phg_log(PHG_LOG_ERROR, NULL, "promotion of plan \"%s\" from \"%s\" to \"%s\" refused",
 		        plan->name, from, to);
 		if (!json_is_integer(id))
-			fprintf(stderr, "  DETAIL: Environment \"%s\" has no run of this plan.\n", from);
+			phg_log_note("DETAIL", "Environment \"%s\" has no run of this plan.", from);
 		else if (!phg_plan_checksum_is(plan, sum))
-			fprintf(stderr,
-			        "  DETAIL: The last run in \"%s\" (run %lld, %s) was of checksum %s; this "
-			        "file has %s.\n",
-			        from, (long long)json_integer_value(id), state, sum, plan->checksum);
+			phg_log_note("DETAIL",
+			             "The last run in \"%s\" (run %lld, %s) was of checksum %s; this file "
+			             "has %s.",
+			             from, (long long)json_integer_value(id), state, sum, plan->checksum);
 		else
-			fprintf(stderr,
-			        "  DETAIL: The last run in \"%s\" (run %lld) is %s, not completed.\n", from,
-			        (long long)json_integer_value(id), state);
-		fprintf(stderr, "  HINT: Apply this exact plan file to \"%s\" first.\n", from);
+			phg_log_note("DETAIL", "The last run in \"%s\" (run %lld) is %s, not completed.",
+			             from, (long long)json_integer_value(id), state);
+		phg_log_note("HINT", "Apply this exact plan file to \"%s\" first.", from);
 		json_decref(st);
 		return PHG_EXIT_PROMOTE_REFUSED;
 	}

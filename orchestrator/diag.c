@@ -9,7 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "buf.h"
+#include "log.h"
 
 /* Diagnostics kept at most: past it they are counted, not kept. */
 #define DIAG_MAX_ENTRIES 1000
@@ -298,6 +301,68 @@ static void print_source_line(const phg_diag_t *d, phg_pos_t pos, FILE *out)
 	fputs("^\n", out);
 }
 
+static phg_diag_format_t diag_format = PHG_DIAG_TEXT;
+static json_t *diag_collect;
+
+void phg_diag_set_format(phg_diag_format_t f, json_t *collect)
+{
+	diag_format = f;
+	diag_collect = collect;
+}
+
+/* GitHub's workflow commands: %, CR and LF escaped in the message; also
+ * , and : in properties */
+static void gh_escape(FILE *f, const char *s, int prop)
+{
+	for (; *s; s++) {
+		if (*s == '%')
+			fputs("%25", f);
+		else if (*s == '\r')
+			fputs("%0D", f);
+		else if (*s == '\n')
+			fputs("%0A", f);
+		else if (prop && *s == ':')
+			fputs("%3A", f);
+		else if (prop && *s == ',')
+			fputs("%2C", f);
+		else
+			fputc(*s, f);
+	}
+}
+
+/* One diagnostic in a machine-readable form (not TEXT). */
+static void print_machine(const phg_diag_t *d, const diag_entry_t *e)
+{
+	json_t *o;
+
+	switch (diag_format) {
+	case PHG_DIAG_GITHUB:
+		printf("::%s file=", e->warn ? "warning" : "error");
+		gh_escape(stdout, d->file, 1);
+		if (e->pos.line >= 1)
+			printf(",line=%d,col=%d", e->pos.line, e->pos.col);
+		fputs("::", stdout);
+		gh_escape(stdout, e->msg, 0);
+		fputc('\n', stdout);
+		return;
+	case PHG_DIAG_JSON:
+		phg_log_diagnostic(e->warn, d->file, e->pos.line >= 1 ? e->pos.line : 0, e->pos.col,
+		                   e->msg);
+		return;
+	case PHG_DIAG_COLLECT:
+		o = json_pack("{s:s,s:s,s:s}", "severity", e->warn ? "warning" : "error", "file",
+		              d->file, "message", e->msg);
+		json_object_set_new(o, "line", e->pos.line >= 1 ? json_integer(e->pos.line) : json_null());
+		json_object_set_new(o, "col", e->pos.line >= 1 ? json_integer(e->pos.col) : json_null());
+		if (diag_collect != NULL)
+			json_array_append(diag_collect, o);
+		json_decref(o);
+		return;
+	case PHG_DIAG_TEXT:
+		break;
+	}
+}
+
 void phg_diag_print(phg_diag_t *d, FILE *out)
 {
 	size_t shown = 0, left_out = 0;
@@ -319,6 +384,10 @@ void phg_diag_print(phg_diag_t *d, FILE *out)
 		}
 		if (!e->warn)
 			shown++;
+		if (diag_format != PHG_DIAG_TEXT) {
+			print_machine(d, e);
+			continue;
+		}
 		if (e->pos.line < 1) {
 			fprintf(out, "%s: %s%s\n", d->file, e->warn ? "warning: " : "", e->msg);
 			continue;
@@ -327,7 +396,7 @@ void phg_diag_print(phg_diag_t *d, FILE *out)
 		        e->warn ? "warning: " : "", e->msg);
 		print_source_line(d, e->pos, out);
 	}
-	if (left_out > 0 || d->nerrors + d->nwarnings > d->n)
+	if ((left_out > 0 || d->nerrors + d->nwarnings > d->n) && diag_format == PHG_DIAG_TEXT)
 		fprintf(out, "%s: too many errors; only the first %d are shown\n", d->file,
 		        PHG_DIAG_MAX_ERRORS);
 	fflush(out);

@@ -40,6 +40,15 @@ int phg_diag_full(const phg_diag_t *d);
  * nothing printed). */
 void phg_diag_print(phg_diag_t *d, FILE *out);
 
+/* How phg_diag_print writes (for every load after it is set):
+ *   TEXT    FILE:LINE:COL: message, the source line and a caret (default)
+ *   JSON    one log object per diagnostic on stderr (--log-format json)
+ *   GITHUB  ::error file=F,line=L,col=C::message on stdout (validate --format github)
+ *   COLLECT appended to the array given (validate --format json) */
+typedef enum { PHG_DIAG_TEXT, PHG_DIAG_JSON, PHG_DIAG_GITHUB, PHG_DIAG_COLLECT } phg_diag_format_t;
+struct json_t;
+void phg_diag_set_format(phg_diag_format_t f, struct json_t *collect);
+
 /* Position of the byte at @offset of the source (1-based line and column). */
 phg_pos_t phg_diag_pos_at(const phg_diag_t *d, size_t offset);
 /* Byte offset of @pos in the source (clamped to the source length). */

@@ -31,6 +31,26 @@
 #include <string.h>
 #include <unistd.h>
 
+void phg_eng_event_json(engine_t *e, const char *kind, const char *msg, json_t *data)
+{
+	char *text = data != NULL ? json_dumps(data, JSON_COMPACT | JSON_REAL_PRECISION(6)) : NULL;
+
+	phg_eng_event(e, kind, msg, text);
+	free(text);
+	json_decref(data);
+}
+
+json_t *phg_eng_err_json(const phg_err_t *err)
+{
+	json_t *o = json_object();
+
+	json_object_set_new(o, "error", json_string(err->msg));
+	json_object_set_new(o, "sqlstate", err->sqlstate[0] ? json_string(err->sqlstate) : json_null());
+	json_object_set_new(o, "detail", err->detail[0] ? json_string(err->detail) : json_null());
+	json_object_set_new(o, "hint", err->hint[0] ? json_string(err->hint) : json_null());
+	return o;
+}
+
 static void exec_event(phg_exec_t *x, const char *kind, const char *message, const char *data);
 static int *state_ref(engine_t *e, level_t lvl, int pi, int si);
 static void set_state_done(engine_t *e);
@@ -92,6 +112,7 @@ void phg_eng_event(engine_t *e, const char *kind, const char *msg, const char *d
 	char run[32], step[16];
 	const char *p[6];
 
+	phg_log_event(&e->log, kind, msg, data); /* --log-format json */
 	if (!e->have_schema || e->run_id <= 0 || !e->ctl_open || e->ctl.state == PHG_PG_BROKEN)
 		return;
 	snprintf(run, sizeof(run), "%lld", e->run_id);
@@ -188,8 +209,17 @@ static void set_state_done(engine_t *e)
 	         lvl == PHG_LVL_RUN ? "run" : lvl == PHG_LVL_PHASE ? "phase" : "step",
 	         phg_level_state_name(lvl, e->tr.old_state), phg_level_state_name(lvl, e->tr.new_state));
 	phg_log(ll, &e->log, "%s", msg);
-	phg_eng_event(e, lvl == PHG_LVL_RUN ? "run_state" : lvl == PHG_LVL_PHASE ? "phase_state" : "step_state", msg,
-	      NULL);
+	{
+		char data[160];
+
+		snprintf(data, sizeof(data), "{\"from\": \"%s\", \"to\": \"%s\", \"action\": \"%s\"}",
+		         phg_level_state_name(lvl, e->tr.old_state),
+		         phg_level_state_name(lvl, e->tr.new_state), e->run_action);
+		phg_eng_event(e, lvl == PHG_LVL_RUN     ? "run_state"
+		                 : lvl == PHG_LVL_PHASE ? "phase_state"
+		                                        : "step_state",
+		              msg, data);
+	}
 	phg_eng_act(e, ACT_IDLE);
 	k(e);
 }
@@ -473,6 +503,7 @@ void phg_eng_run_created(engine_t *e)
 		return;
 	}
 	phg_fault("run:created");
+	phg_log_set_run(e->plan->name, e->plan->checksum, e->run_id, e->o->env);
 	phg_eng_rt_alloc(e);
 	e->run_state = PHG_RUN_RUNNING;
 	phg_eng_ctx(e, -1, -1);
@@ -637,9 +668,14 @@ int phg_eng_to_phase(phg_plan_t *plan, const char *name, int *out)
 		}
 	}
 	phg_log(PHG_LOG_ERROR, NULL, "unknown phase \"%s\" for --to", name);
-	fputs("  HINT: The plan's phases are:", stderr);
-	for (size_t i = 0; i < plan->nphases; i++)
-		fprintf(stderr, "%s \"%s\"", i ? "," : "", plan->phases[i].name);
-	fputs(".\n", stderr);
+	{
+		phg_buf_t b;
+
+		phg_buf_init(&b, 256);
+		for (size_t i = 0; i < plan->nphases; i++)
+			phg_buf_printf(&b, "%s \"%s\"", i ? "," : "", plan->phases[i].name);
+		phg_log_note("HINT", "The plan's phases are:%s.", b.data);
+		phg_buf_free(&b);
+	}
 	return PHG_EUSAGE;
 }

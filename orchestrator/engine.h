@@ -32,6 +32,8 @@ typedef struct phg_run_opts_s {
 	const char *db_env;   /* history without a plan: variable holding the URL */
 	int yes;              /* --yes: a protected environment without asking */
 	const char *promoted_from; /* promote: the source run, recorded with the new one */
+	long long run;        /* events --run N (0: the newest run) */
+	int follow;           /* events --follow */
 	const phg_plan_t *file_plan; /* status: the plan file, when the plan shown is the
 	                              * recorded one (drift, or the file is gone) */
 } phg_run_opts_t;
@@ -80,6 +82,9 @@ int phg_plan_as_recorded(const phg_plan_t *plan, const phg_run_opts_t *o, const 
 int phg_cmd_promote(phg_plan_t *plan, const char *from, const char *to, int yes);
 /* @plan may be NULL: then the database comes from o->db_env (DATABASE_URL). */
 int phg_cmd_history(phg_plan_t *plan, const phg_run_opts_t *o);
+/* `events`: the recorded events of a run, oldest first; --follow polls
+ * until the run is no longer running. */
+int phg_cmd_events(phg_plan_t *plan, const phg_run_opts_t *o);
 /* Pause (@pause 1) or resume the newest unfinished run of @plan: recorded in
  * the state schema; a running apply stops after its current backfill batch
  * and waits, keeping its lock, until resumed.  Exit 0, or 1 when there is no

@@ -176,7 +176,8 @@ static void verify_done(phg_gate_t *g, int status, const phg_err_t *err)
 	phg_eng_ctx(e, e->pi, -1);
 	if (status == 0) {
 		phg_log(PHG_LOG_INFO, &e->log, "verify gate passed");
-		phg_eng_event(e, "gate_passed", "verify gate passed", NULL);
+		phg_eng_event_json(e, "gate_passed", "verify gate passed",
+		                   json_pack("{s:s}", "gate", "verify"));
 	} else {
 		phg_err_clear(&e->gate_err);
 		phg_err_copy(&e->gate_err, err);
@@ -249,7 +250,11 @@ static void backup_cb(phg_backup_job_t *job, int status, const phg_backup_result
 
 		snprintf(msg, sizeof(msg), "backup %s (%" PRIu64 " bytes, %s)", res->path, res->size,
 		         res->sha256);
-		phg_eng_event(e, "backup", msg, NULL);
+		phg_eng_event_json(e, "backup", msg,
+		                   json_pack("{s:s,s:I,s:s,s:I,s:b}", "path", res->path, "size",
+		                             (json_int_t)res->size, "sha256", res->sha256, "duration_ms",
+		                             (json_int_t)res->duration_ms, "whole_database",
+		                             e->plan->backup.scope == PHG_BACKUP_SCOPE_DATABASE));
 	}
 	l_path = phg_eng_lit(e, res->path);
 	l_phase = phg_eng_lit(e, ph->name);
@@ -329,6 +334,6 @@ void phg_eng_gate_failed(engine_t *e)
 		phg_err_set(&e->step_err, PHG_EGATE, "gate failed");
 	e->failed_status = PHG_EGATE;
 	phg_eng_report(e, PHG_LOG_ERROR, &e->step_err);
-	phg_eng_event(e, "gate_failed", e->step_err.msg, NULL);
+	phg_eng_event_json(e, "gate_failed", e->step_err.msg, phg_eng_err_json(&e->step_err));
 	phg_eng_fail(e, e->pi, -1);
 }

@@ -173,6 +173,10 @@ uint64_t phg_eng_now_ms(void);
 void phg_eng_ctx(engine_t *e, int pi, int si);
 /* Queue an event on the control connection (never waits for it). */
 void phg_eng_event(engine_t *e, const char *kind, const char *msg, const char *data);
+/* The same with the data as a JSON object (taken; may be NULL). */
+void phg_eng_event_json(engine_t *e, const char *kind, const char *msg, json_t *data);
+/* An error as event data: {error, sqlstate, detail, hint}. */
+json_t *phg_eng_err_json(const phg_err_t *err);
 void phg_eng_report(engine_t *e, phg_log_level_t lvl, const phg_err_t *err);
 /* The one transition function: check, persist, reload, fault point, @k. */
 void phg_eng_set_state(engine_t *e, level_t lvl, int pi, int si, int new_state,

@@ -128,6 +128,7 @@ int phg_eng_last_run_read(engine_t *e)
 	snprintf(e->run_action, sizeof(e->run_action), "%s", PQgetvalue(e->res, 0, 3));
 	free(e->run_plan);
 	e->run_plan = PQgetisnull(e->res, 0, 4) ? NULL : phg_strdup(PQgetvalue(e->res, 0, 4));
+	phg_log_set_run(e->plan->name, e->run_checksum, e->run_id, e->o->env);
 	return 1;
 }
 

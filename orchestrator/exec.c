@@ -168,8 +168,11 @@ static void probe_result(phg_pg_t *pg, int status, PGresult *res, const phg_err_
 		if (x->on_event != NULL)
 			x->on_event(x, "autovacuum_canceled", msg, NULL);
 	}
-	if (!PQgetisnull(res, 0, 0))
+	if (!PQgetisnull(res, 0, 0)) {
 		snprintf(x->blockers, sizeof(x->blockers), "%s", PQgetvalue(res, 0, 0));
+		if (PQnfields(res) > 3 && strlen(PQgetvalue(res, 0, 3)) < sizeof(x->blockers_json))
+			snprintf(x->blockers_json, sizeof(x->blockers_json), "%s", PQgetvalue(res, 0, 3));
+	}
 }
 
 static void probe_fire(uv_timer_t *t)
@@ -201,7 +204,11 @@ static void probe_fire(uv_timer_t *t)
 	              "coalesce(date_trunc('second', now() - b.xact_start)::text, '?')), '; '), "
 	              "(SELECT count(*) FROM c WHERE ok), "
 	              "coalesce((SELECT string_agg(left(b.query, 80), '; ') FROM b "
-	              " WHERE b.pid IN (SELECT pid FROM c WHERE ok)), '') "
+	              " WHERE b.pid IN (SELECT pid FROM c WHERE ok)), ''), "
+	              "coalesce(jsonb_agg(jsonb_build_object('pid', b.pid, 'application_name', "
+	              "b.application_name, 'user', b.usename, 'backend_type', b.backend_type, "
+	              "'state', b.state, 'xact_age_s', round(extract(epoch FROM now() - "
+	              "b.xact_start)::numeric, 3))), '[]')::text "
 	              "FROM b",
 	              1, params, probe_result, x);
 }
@@ -209,6 +216,7 @@ static void probe_fire(uv_timer_t *t)
 static void probe_start(phg_exec_t *x)
 {
 	x->blockers[0] = '\0';
+	snprintf(x->blockers_json, sizeof(x->blockers_json), "[]");
 	x->probe_n = 0;
 	if (x->ctl == NULL)
 		return;
@@ -383,8 +391,18 @@ static void after_failure(phg_exec_t *x)
 		         x->attempt, x->settings->lock_retries, x->op_err.sqlstate, op->label,
 		         x->blockers[0] ? x->blockers : "an unknown session", d);
 		phg_log(PHG_LOG_WARN, &x->log, "%s", msg);
-		if (x->on_event != NULL)
-			x->on_event(x, "lock_retry", msg, NULL);
+		if (x->on_event != NULL) {
+			char data[sizeof(x->blockers_json) + 512];
+
+			snprintf(data, sizeof(data),
+			         "{\"attempt\": %" PRIu64 ", \"max_attempts\": %" PRIu64 ", \"sqlstate\": "
+			         "\"%s\", \"lock_timeout_ms\": %" PRIu64 ", \"retry_in_ms\": %" PRIu64
+			         ", \"blockers\": %s}",
+			         x->attempt, x->settings->lock_retries, x->op_err.sqlstate,
+			         x->settings->lock_timeout_ms, d,
+			         x->blockers_json[0] ? x->blockers_json : "[]");
+			x->on_event(x, "lock_retry", msg, data);
+		}
 		exec_state(x, PHG_X_BACKOFF);
 		uv_timer_start(&x->backoff_timer, backoff_fire, d, 0);
 	}
@@ -797,7 +815,10 @@ static void bf_progress(phg_exec_t *x, int final)
 	long long done = x->bf_rows - x->bf_rows_at_start;
 	double avg = secs > 0 ? (double)done / secs : 0;
 	double rate = bf_window_rate(x);
-	char msg[512], data[320];
+	char msg[512], data[480];
+	double eta = -1;
+	long long pct = -1;
+	char pct_s[32] = "null", eta_s[48] = "null";
 
 	if (!final && now - x->bf_logged_ms < 2000)
 		return;
@@ -808,25 +829,36 @@ static void bf_progress(phg_exec_t *x, int final)
 	} else if (x->bf_pass == 1 && x->est_rows > 0 && rate > 0) {
 		/* of the range fixed at the start, at the pace of the recent batches */
 		long long left = x->est_rows - x->bf_scanned;
-		long long pct = x->bf_scanned * 100 / x->est_rows;
+
+		pct = x->bf_scanned * 100 / x->est_rows;
+		if (pct > 99)
+			pct = 99;
+		eta = left > 0 ? (double)left / rate : 0.0;
 
 		snprintf(msg, sizeof(msg),
 		         "backfill of %s: %lld rows (~%lld%%) in %lld batches of %" PRIu64
 		         ", %.0f rows/s, ETA %.0f s",
-		         bf->table, x->bf_rows, pct > 99 ? 99 : pct, x->bf_batches, x->bf_sent_limit, rate,
-		         left > 0 ? (double)left / rate : 0.0);
+		         bf->table, x->bf_rows, pct, x->bf_batches, x->bf_sent_limit, rate, eta);
 	} else {
 		snprintf(msg, sizeof(msg), "backfill of %s: %lld rows in %lld batches, %.0f rows/s%s",
 		         bf->table, x->bf_rows, x->bf_batches, rate > 0 ? rate : avg,
 		         x->bf_pass == 2 ? " (final sweep)" : "");
 	}
 	phg_log(PHG_LOG_INFO, &x->log, "%s", msg);
+	if (final) {
+		pct = 100;
+		eta = 0;
+	}
+	if (pct >= 0)
+		snprintf(pct_s, sizeof(pct_s), "%lld", pct);
+	if (eta >= 0)
+		snprintf(eta_s, sizeof(eta_s), "%.1f", eta);
 	snprintf(data, sizeof(data),
 	         "{\"rows\": %lld, \"batches\": %lld, \"rows_per_s\": %.0f, \"estimate\": %lld, "
 	         "\"scanned\": %lld, \"pass\": %d, \"batch_size\": %" PRIu64 ", \"sleep_ms\": %" PRIu64
-	         "}",
+	         ", \"percent\": %s, \"eta_s\": %s, \"elapsed_s\": %.1f}",
 	         x->bf_rows, x->bf_batches, rate > 0 ? rate : avg, x->est_rows, x->bf_scanned,
-	         x->bf_pass, x->bf_sent_limit, x->bf_sleep_ms);
+	         x->bf_pass, x->bf_sent_limit, x->bf_sleep_ms, pct_s, eta_s, secs);
 	if (x->on_event != NULL)
 		x->on_event(x, final ? "backfill_done" : "backfill_progress", msg, data);
 }

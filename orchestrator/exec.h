@@ -127,6 +127,7 @@ struct phg_exec_s {
 
 	/* outputs */
 	phg_err_t err;
+	char blockers_json[2048]; /* the blockers as a JSON array (lock_retry events) */
 	phg_err_t violation_err; /* PHG_X_VIOLATION: the server's error, while it runs */
 	int violation_status;
 	int violation_failed;    /* the undo or the count failed: rolling back */

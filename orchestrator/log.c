@@ -4,8 +4,10 @@
 #include "log.h"
 
 #include <stdlib.h>
+#include <string.h>
 #include <uv.h>
 
+#include <jansson.h>
 #include <stdio.h>
 #include <time.h>
 #include <unistd.h>
@@ -14,6 +16,189 @@ static phg_log_level_t log_level = PHG_LOG_INFO;
 
 static const char *const level_names[] = {"trace", "debug", "info", "warning", "error"};
 static int log_iso = -1; /* ISO time stamps: stderr is not a terminal */
+static int log_json;      /* --log-format json */
+static struct {
+	char plan[72];
+	char checksum[80];
+	long long run_id;
+	char env[64];
+} log_run;
+
+void phg_log_set_json(int on)
+{
+	log_json = on;
+}
+
+int phg_log_is_json(void)
+{
+	return log_json;
+}
+
+void phg_log_set_run(const char *plan, const char *checksum, long long run_id, const char *env)
+{
+	snprintf(log_run.plan, sizeof(log_run.plan), "%s", plan ? plan : "");
+	snprintf(log_run.checksum, sizeof(log_run.checksum), "%s", checksum ? checksum : "");
+	log_run.run_id = run_id;
+	snprintf(log_run.env, sizeof(log_run.env), "%s", env ? env : "");
+}
+
+/* ISO 8601 with milliseconds and the UTC offset */
+static void iso_now(char *out, size_t n)
+{
+	struct timespec ts;
+	struct tm tm;
+	long off;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	localtime_r(&ts.tv_sec, &tm);
+	off = tm.tm_gmtoff / 60;
+	snprintf(out, n, "%04d-%02d-%02dT%02d:%02d:%02d.%03ld%c%02ld:%02ld", tm.tm_year + 1900,
+	         tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000,
+	         off < 0 ? '-' : '+', labs(off) / 60, labs(off) % 60);
+}
+
+static json_t *str_or_null(const char *s)
+{
+	return s != NULL && s[0] != '\0' ? json_string(s) : json_null();
+}
+
+/* The common part of every JSON line: when, what, and about which run. */
+static json_t *json_line(const char *type, const char *level, const phg_logctx_t *ctx)
+{
+	char ts[128];
+	json_t *o = json_object();
+
+	iso_now(ts, sizeof(ts));
+	json_object_set_new(o, "ts", json_string(ts));
+	json_object_set_new(o, "type", json_string(type));
+	if (level != NULL)
+		json_object_set_new(o, "level", json_string(level));
+	json_object_set_new(o, "plan", str_or_null(ctx && ctx->plan ? ctx->plan : log_run.plan));
+	json_object_set_new(o, "checksum", str_or_null(log_run.checksum));
+	json_object_set_new(o, "run_id", log_run.run_id > 0 ? json_integer(log_run.run_id)
+	                                                    : json_null());
+	json_object_set_new(o, "env", str_or_null(log_run.env));
+	json_object_set_new(o, "phase", str_or_null(ctx ? ctx->phase : NULL));
+	json_object_set_new(o, "step", ctx && ctx->step > 0 ? json_integer(ctx->step) : json_null());
+	if (ctx != NULL && ctx->step_kind != NULL)
+		json_object_set_new(o, "step_kind", json_string(ctx->step_kind));
+	if (ctx != NULL && ctx->conn != NULL)
+		json_object_set_new(o, "conn", json_string(ctx->conn));
+	if (ctx != NULL && ctx->pid > 0)
+		json_object_set_new(o, "pid", json_integer(ctx->pid));
+	return o;
+}
+
+static void json_emit(json_t *o)
+{
+	char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII |
+	                            JSON_REAL_PRECISION(6));
+
+	if (s != NULL) {
+		fputs(s, stderr);
+		fputc('\n', stderr);
+		fflush(stderr);
+		free(s);
+	}
+	json_decref(o);
+}
+
+void phg_log_event(const phg_logctx_t *ctx, const char *kind, const char *message,
+                   const char *data)
+{
+	json_t *o, *d = NULL;
+
+	if (!log_json)
+		return;
+	o = json_line("event", NULL, ctx);
+	json_object_set_new(o, "kind", json_string(kind));
+	json_object_set_new(o, "message", json_string(message ? message : ""));
+	if (data != NULL) {
+		json_error_t jerr;
+
+		d = json_loads(data, JSON_DECODE_ANY, &jerr);
+	}
+	json_object_set_new(o, "data", d != NULL ? d : json_null());
+	json_emit(o);
+}
+
+void phg_log_diagnostic(int warn, const char *file, int line, int col, const char *msg)
+{
+	json_t *o;
+
+	if (!log_json || (warn ? PHG_LOG_WARN : PHG_LOG_ERROR) < log_level)
+		return;
+	o = json_line("log", warn ? "warning" : "error", NULL);
+	if (line > 0)
+		json_object_set_new(o, "message", json_sprintf("%s:%d:%d: %s", file, line, col, msg));
+	else
+		json_object_set_new(o, "message", json_sprintf("%s: %s", file, msg));
+	json_object_set_new(o, "file", json_string(file));
+	json_object_set_new(o, "line", line > 0 ? json_integer(line) : json_null());
+	json_object_set_new(o, "col", line > 0 ? json_integer(col) : json_null());
+	json_emit(o);
+}
+
+void phg_log_exit(int code)
+{
+	static const struct {
+		int code;
+		const char *outcome;
+	} outcomes[] = {
+	    {0, "success"},      {1, "runtime_error"},   {2, "usage_error"},
+	    {3, "rolled_back"},  {4, "rollback_failed"}, {5, "locked"},
+	    {6, "promotion_refused"}, {130, "interrupted"},
+	};
+	const char *what = "unknown";
+	json_t *o, *d;
+
+	if (!log_json)
+		return;
+	for (size_t i = 0; i < sizeof(outcomes) / sizeof(outcomes[0]); i++)
+		if (outcomes[i].code == code)
+			what = outcomes[i].outcome;
+	o = json_line("event", NULL, NULL);
+	json_object_set_new(o, "kind", json_string("exit"));
+	json_object_set_new(o, "message", json_string(what));
+	d = json_object();
+	json_object_set_new(d, "code", json_integer(code));
+	json_object_set_new(d, "outcome", json_string(what));
+	json_object_set_new(o, "data", d);
+	json_emit(o);
+}
+
+void phg_log_plain(phg_log_level_t level, const char *fmt, ...)
+{
+	va_list ap;
+	char msg[4096];
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (log_json) {
+		phg_log(level, NULL, "%s", msg);
+		return;
+	}
+	fprintf(stderr, "phasegate: %s\n", msg);
+}
+
+void phg_log_note(const char *tag, const char *fmt, ...)
+{
+	va_list ap;
+	char msg[4096];
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (log_json) {
+		json_t *o = json_line("log", strcmp(tag, "HINT") == 0 ? "hint" : "detail", NULL);
+
+		json_object_set_new(o, "message", json_string(msg));
+		json_emit(o);
+		return;
+	}
+	fprintf(stderr, "  %s: %s\n", tag, msg);
+}
 
 void phg_log_set_level(phg_log_level_t level)
 {
@@ -73,6 +258,15 @@ void phg_vlog(phg_log_level_t level, const phg_logctx_t *ctx, const char *fmt,
 {
 	if (level < log_level || level >= PHG_LOG_QUIET)
 		return;
+	if (log_json) {
+		char msg[8192];
+		json_t *o = json_line("log", level_names[level], ctx);
+
+		vsnprintf(msg, sizeof(msg), fmt, ap);
+		json_object_set_new(o, "message", json_string(msg));
+		json_emit(o);
+		return;
+	}
 	log_prefix(stderr, level, ctx);
 	vfprintf(stderr, fmt, ap);
 	fputc('\n', stderr);
@@ -93,6 +287,19 @@ void phg_log_err(phg_log_level_t level, const phg_logctx_t *ctx,
 {
 	if (err == NULL || err->code == 0)
 		return;
+	if (log_json) {
+		json_t *o;
+
+		if (level < log_level || level >= PHG_LOG_QUIET)
+			return;
+		o = json_line("log", level_names[level], ctx);
+		json_object_set_new(o, "message", json_string(err->msg));
+		json_object_set_new(o, "sqlstate", str_or_null(err->sqlstate));
+		json_object_set_new(o, "detail", str_or_null(err->detail));
+		json_object_set_new(o, "hint", str_or_null(err->hint));
+		json_emit(o);
+		return;
+	}
 	if (err->sqlstate[0] != '\0')
 		phg_log(level, ctx, "%s (SQLSTATE %s)", err->msg, err->sqlstate);
 	else

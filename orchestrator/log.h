@@ -37,6 +37,30 @@ typedef struct phg_logctx_s {
 void phg_log_set_level(phg_log_level_t level);
 phg_log_level_t phg_log_get_level(void);
 
+/* --log-format json: every log line, every event and the command's exit
+ * become one JSON object per line on stderr (docs/events.md). */
+void phg_log_set_json(int on);
+int phg_log_is_json(void);
+/* The run the lines are about (all may be NULL/0): copied. */
+void phg_log_set_run(const char *plan, const char *checksum, long long run_id, const char *env);
+/* An event (the kinds of docs/events.md), with its data as JSON text (may
+ * be NULL): a line of its own in JSON mode, nothing in text mode (the text
+ * log says it in words). */
+void phg_log_event(const phg_logctx_t *ctx, const char *kind, const char *message,
+                   const char *data);
+/* A plan diagnostic in JSON mode: a log object with file, line and col
+ * (line/col 0: none). */
+void phg_log_diagnostic(int warn, const char *file, int line, int col, const char *msg);
+/* The command's end: an `exit` event with the code and what it means. */
+void phg_log_exit(int code);
+/* A message of the command line itself ("phasegate: cannot read ..."):
+ * as such on a terminal, a log object in JSON. */
+void phg_log_plain(phg_log_level_t level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* A continuation of the previous line: "  DETAIL: ..." / "  HINT: ..." on
+ * a terminal, an object of its own (level "detail" / "hint") in JSON. */
+void phg_log_note(const char *tag, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 /* @ctx may be NULL. */
 void phg_log(phg_log_level_t level, const phg_logctx_t *ctx, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -619,7 +619,7 @@ void phg_eng_fail(engine_t *e, int pi, int si)
 		phg_eng_ctx(e, pi, si);
 		phg_eng_report(e, PHG_LOG_ERROR, &e->step_err);
 		phg_log(PHG_LOG_ERROR, &e->log, "%s failed", step_label(e, pi, si, lbl, sizeof(lbl)));
-		phg_eng_event(e, "step_failed", e->step_err.msg, NULL);
+		phg_eng_event_json(e, "step_failed", e->step_err.msg, phg_eng_err_json(&e->step_err));
 	}
 	e->watch_failed = 0; /* the rollback that follows must not be stopped by it */
 	e->goal = GOAL_FAIL;

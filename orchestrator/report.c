@@ -36,7 +36,11 @@ struct report_s {
 	rk_t k;
 	json_t *out; /* status object / history array being built */
 	long long run_id;
-	int history;  /* 0 status, 1 history, 2 pause, 3 resume, 4 the last run's record */
+	int history;  /* 0 status, 1 history, 2 pause, 3 resume, 4 the last run's record,
+	               * 5 events */
+	uv_timer_t poll;  /* events --follow */
+	long long last_event;
+	int nevents;
 	json_t **keep; /* status: hand the object to the caller instead of printing */
 	const char *url_env; /* the variable the database comes from */
 	int interrupted;     /* the run shows as interrupted: so do its running parts */
@@ -80,6 +84,8 @@ static void report_end(report_t *r, int code)
 		phg_pg_close(&r->pg, report_closed);
 	if (!uv_is_closing((uv_handle_t *)&r->sigint))
 		uv_close((uv_handle_t *)&r->sigint, report_sig_closed);
+	if (!uv_is_closing((uv_handle_t *)&r->poll))
+		uv_close((uv_handle_t *)&r->poll, report_sig_closed);
 }
 
 static void report_cb(phg_pg_t *pg, int status, PGresult *res, const phg_err_t *err, void *arg)
@@ -515,7 +521,7 @@ static void pause_done(report_t *r, PGresult *res)
 	if (PQntuples(res) == 0) {
 		phg_log(PHG_LOG_ERROR, NULL, "plan \"%s\" has no unfinished run to %s on this database",
 		        r->plan->name, pause ? "pause" : "resume");
-		fputs("  HINT: `phasegate status` shows its last run.\n", stderr);
+		phg_log_note("HINT", "`phasegate status` shows its last run.");
 		report_end(r, PHG_EXIT_RUNTIME);
 		return;
 	}
@@ -548,6 +554,126 @@ static void pause_schema(report_t *r, PGresult *res)
 	phg_store_pause_sql(&b, r->schema_q);
 	rq(r, b.data, 4, p, pause_done);
 	phg_buf_free(&b);
+}
+
+/* ---- events ---- */
+
+static void events_poll(report_t *r);
+
+static void events_timer(uv_timer_t *t)
+{
+	events_poll(t->data);
+}
+
+static void event_print(report_t *r, PGresult *res, int i)
+{
+	const char *phase = PQgetisnull(res, i, 2) ? NULL : PQgetvalue(res, i, 2);
+	const char *step = PQgetisnull(res, i, 3) ? NULL : PQgetvalue(res, i, 3);
+
+	if (r->o->json) {
+		json_t *o = json_object(), *d = NULL;
+		char *s;
+
+		json_object_set_new(o, "ts", json_string(PQgetvalue(res, i, 1)));
+		json_object_set_new(o, "type", json_string("event"));
+		json_object_set_new(o, "plan", json_string(r->plan->name));
+		json_object_set_new(o, "checksum", json_string(PQgetvalue(res, i, 7)));
+		json_object_set_new(o, "run_id",
+		                    json_integer(phg_db_num(PQgetvalue(res, i, 9), 1, LLONG_MAX, 0, NULL)));
+		json_object_set_new(o, "env", PQgetvalue(res, i, 8)[0] ? json_string(PQgetvalue(res, i, 8))
+		                                                       : json_null());
+		json_object_set_new(o, "phase", phase ? json_string(phase) : json_null());
+		json_object_set_new(o, "step", step ? json_integer(phg_db_num(step, 0, LLONG_MAX, 0, NULL))
+		                                    : json_null());
+		json_object_set_new(o, "kind", json_string(PQgetvalue(res, i, 4)));
+		json_object_set_new(o, "message", json_string(PQgetvalue(res, i, 5)));
+		if (!PQgetisnull(res, i, 6)) {
+			json_error_t jerr;
+
+			d = json_loads(PQgetvalue(res, i, 6), JSON_DECODE_ANY, &jerr);
+		}
+		json_object_set_new(o, "data", d ? d : json_null());
+		json_object_set_new(o, "id",
+		                    json_integer(phg_db_num(PQgetvalue(res, i, 0), 1, LLONG_MAX, 0, NULL)));
+		s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+		printf("%s\n", s);
+		free(s);
+		json_decref(o);
+	} else {
+		char where[160] = "";
+
+		if (phase != NULL)
+			snprintf(where, sizeof(where), " [%s%s%s]", phase, step ? "/" : "", step ? step : "");
+		printf("%s run %s%s %s: %s\n", PQgetvalue(res, i, 1), PQgetvalue(res, i, 9), where,
+		       PQgetvalue(res, i, 4), PQgetvalue(res, i, 5));
+	}
+}
+
+static void events_rows(report_t *r, PGresult *res)
+{
+	int n = PQntuples(res), got = 0;
+
+	if (n == 0) {
+		if (r->o->run > 0)
+			phg_log(PHG_LOG_ERROR, NULL, "plan \"%s\" has no run %lld on this database",
+			        r->plan->name, r->o->run);
+		else
+			phg_log(PHG_LOG_ERROR, NULL, "plan \"%s\" has never run on this database",
+			        r->plan->name);
+		report_end(r, PHG_EXIT_RUNTIME);
+		return;
+	}
+	/* the run followed stays the one found first, whatever starts later */
+	r->run_id = phg_db_num(PQgetvalue(res, 0, 9), 1, LLONG_MAX, 0, NULL);
+	for (int i = 0; i < n; i++) {
+		if (PQgetisnull(res, i, 0))
+			continue;
+		event_print(r, res, i);
+		r->last_event = phg_db_num(PQgetvalue(res, i, 0), 1, LLONG_MAX, 0, NULL);
+		got++;
+		r->nevents++;
+	}
+	fflush(stdout);
+	if (n >= 500) {
+		events_poll(r); /* more are waiting */
+		return;
+	}
+	if (r->o->follow && strcmp(PQgetvalue(res, n - 1, 10), "running") == 0 &&
+	    strcmp(PQgetvalue(res, n - 1, 11), "t") == 0) {
+		uv_timer_start(&r->poll, events_timer, 500, 0);
+		return;
+	}
+	(void)got;
+	report_end(r, PHG_EXIT_OK);
+}
+
+static void events_poll(report_t *r)
+{
+	phg_buf_t b;
+	char run[32], last[32], cls[32];
+	const char *p[4] = {r->plan->name, NULL, last, cls};
+
+	if (r->run_id > 0 || r->o->run > 0) {
+		snprintf(run, sizeof(run), "%lld", r->run_id > 0 ? r->run_id : r->o->run);
+		p[1] = run;
+	}
+	snprintf(last, sizeof(last), "%lld", r->last_event);
+	snprintf(cls, sizeof(cls), "%d", PHG_LOCK_CLASS);
+	phg_buf_init(&b, 4096);
+	phg_store_events_sql(&b, r->schema_q);
+	rq(r, b.data, 4, p, events_rows);
+	phg_buf_free(&b);
+}
+
+static void events_schema(report_t *r, PGresult *res)
+{
+	if (PQgetisnull(res, 0, 0)) {
+		phg_log(PHG_LOG_ERROR, NULL, "plan \"%s\" has never run on this database",
+		        r->plan->name);
+		report_end(r, PHG_EXIT_RUNTIME);
+		return;
+	}
+	events_poll(r);
 }
 
 /* ---- the last run's record: checksum and plan as applied ---- */
@@ -588,7 +714,10 @@ static void report_connected(phg_pg_t *pg, int status, const phg_err_t *err)
 	if (r->history >= 2) {
 		const char *p[1] = {r->schema};
 
-		rq(r, PHG_STORE_EXISTS_SQL, 1, p, r->history == 4 ? recorded_schema : pause_schema);
+		rq(r, PHG_STORE_EXISTS_SQL, 1, p,
+		   r->history == 5   ? events_schema
+		   : r->history == 4 ? recorded_schema
+		                     : pause_schema);
 	} else if (r->history) {
 		history_start(r);
 	} else {
@@ -639,6 +768,8 @@ static int report_run(const phg_plan_t *plan, const phg_run_opts_t *o, int histo
 	uv_signal_init(&r.loop, &r.sigint);
 	r.sigint.data = &r;
 	uv_signal_start(&r.sigint, report_sigint, SIGINT);
+	uv_timer_init(&r.loop, &r.poll);
+	r.poll.data = &r;
 	phg_pg_init(&r.loop, &r.pg, "status");
 	r.pg.data = &r;
 	r.pg_open = 1;
@@ -684,6 +815,11 @@ int phg_last_run_record(const phg_plan_t *plan, const phg_run_opts_t *o, json_t 
 {
 	*out = NULL;
 	return report_run(plan, o, 4, out);
+}
+
+int phg_cmd_events(phg_plan_t *plan, const phg_run_opts_t *o)
+{
+	return report_run(plan, o, 5, NULL);
 }
 
 int phg_cmd_history(phg_plan_t *plan, const phg_run_opts_t *o)

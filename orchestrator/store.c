@@ -421,6 +421,20 @@ void phg_store_status_checks_sql(phg_buf_t *out, const char *schema_q, long long
 	               schema_q, run);
 }
 
+void phg_store_events_sql(phg_buf_t *out, const char *schema_q)
+{
+	phg_buf_printf(out,
+	               "WITH r AS (SELECT * FROM %s.runs WHERE plan = $1 AND id = coalesce($2::bigint, "
+	               "(SELECT max(id) FROM %s.runs WHERE plan = $1))) "
+	               "SELECT e.id, to_char(e.at AT TIME ZONE 'UTC', "
+	               "'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), e.phase, e.step, e.kind, e.message, "
+	               "e.data::text, r.checksum, r.env, r.id, r.state, EXISTS (SELECT 1 FROM pg_locks l "
+	               "WHERE " PHG_PLAN_LOCK_HELD("$4", "$1") ") "
+	               "FROM r LEFT JOIN %s.events e ON e.run_id = r.id AND e.id > $3::bigint "
+	               "ORDER BY e.id LIMIT 500",
+	               schema_q, schema_q, schema_q);
+}
+
 #define HISTORY_COUNTS                                                                       \
 	"(SELECT count(*) FROM %1$s.phases p WHERE p.run_id = r.id), "                           \
 	"(SELECT count(*) FROM %1$s.backups k WHERE k.run_id = r.id), "

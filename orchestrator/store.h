@@ -199,6 +199,11 @@ void phg_store_status_run_sql(phg_buf_t *out, const char *schema_q);
 void phg_store_status_phases_sql(phg_buf_t *out, const char *schema_q, long long run);
 /* The newest probe of each check of @run: check, data, at. */
 void phg_store_status_checks_sql(phg_buf_t *out, const char *schema_q, long long run);
+/* The events of run $2 of plan $1 (NULL: its newest run) after event id $3,
+ * oldest first, at most 500: id, at (UTC, ms), phase, step, kind, message,
+ * data (jsonb text), the run's checksum, env, id and state, and whether lock
+ * class $4 of the plan is held now. */
+void phg_store_events_sql(phg_buf_t *out, const char *schema_q);
 /* Every run (of plan $1 and env $2 when not NULL): id, plan, checksum, env,
  * action, state, started, finished, who, host, phases applied, phases,
  * backups, note, error, target, promoted from. */
