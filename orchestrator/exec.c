@@ -473,6 +473,11 @@ static void st_set(phg_exec_t *x)
 	                   "ms'",
 	               (op->flags & PHG_OPF_DDL) ? x->settings->lock_timeout_ms : 0,
 	               (op->flags & PHG_OPF_SCAN) ? x->settings->statement_timeout_ms : 0);
+	/* a build cannot pause between batches: under the latency budget it
+	 * takes one core instead of every one the server would give it */
+	phg_buf_printf(&b, "; SET max_parallel_maintenance_workers = %s",
+	               (op->flags & PHG_OPF_PARALLEL) && !x->settings->throttle.budget.off ? "0"
+	                                                                                  : "DEFAULT");
 	x->attempt++;
 	exec_sendf(x, PHG_X_ST_SET, &b);
 }
@@ -496,7 +501,8 @@ static void st_run(phg_exec_t *x)
 
 static void reset_session(phg_exec_t *x, phg_exec_state_t st)
 {
-	exec_send(x, st, "RESET lock_timeout; RESET statement_timeout", 0, NULL);
+	exec_send(x, st, "RESET lock_timeout; RESET statement_timeout; RESET max_parallel_maintenance_workers",
+	          0, NULL);
 }
 
 static void record(phg_exec_t *x)

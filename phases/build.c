@@ -273,6 +273,9 @@ void phg_ops_render(const phg_ops_t *ops, const phg_settings_t *st, phg_buf_t *o
 			phg_buf_adds(out, "COMMIT;\n");
 			break;
 		case PHG_OP_STMT:
+			if ((op->flags & PHG_OPF_PARALLEL) && !st->throttle.budget.off)
+				phg_buf_adds(out, "SET max_parallel_maintenance_workers = 0; -- the latency "
+				                  "budget: one core\n");
 			if (op->flags & PHG_OPF_DDL)
 				phg_buf_printf(out, "SET lock_timeout = '%" PRIu64 "ms';\n",
 				               st->lock_timeout_ms);

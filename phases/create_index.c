@@ -51,7 +51,8 @@ static int create_index_build(phg_build_t *b)
 		phg_buf_init(&cols, 64 * 1024);
 		for (size_t k = 0; k < a->columns.n; k++)
 			phg_buf_printf(&cols, "%s%s", k ? ", " : "", phg_q(b, a->columns.v[k]));
-		op = phg_op_new(b, PHG_OP_STMT, PHG_OPF_DDL, "build index %s on %s concurrently",
+		op = phg_op_new(b, PHG_OP_STMT, PHG_OPF_DDL | PHG_OPF_PARALLEL,
+		                "build index %s on %s concurrently",
 		                i, t);
 		phg_op_sql(op, "CREATE %sINDEX CONCURRENTLY %s ON %s USING %s (%s)%s%s",
 		           a->unique ? "UNIQUE " : "", phg_q(b, a->name), t,

@@ -35,6 +35,9 @@ typedef enum phg_op_kind_e {
 
 #define PHG_OPF_DDL 0x1u   /* runs under lock_timeout, retried with backoff */
 #define PHG_OPF_SCAN 0x2u  /* long scan: runs under statement_timeout */
+#define PHG_OPF_PARALLEL 0x4u /* a build PostgreSQL may run with parallel maintenance
+                               * workers: with the latency budget on, it runs
+                               * without them (one core, not all of them) */
 
 typedef struct phg_backfill_spec_s {
 	char *table;      /* as in the plan: name or schema.name (unquoted) */

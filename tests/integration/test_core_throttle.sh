@@ -102,6 +102,31 @@ assert_eq "0" "$(ev throttle_baseline)" "no probe with throttle: off"
 assert_file_not_contains "$T/err" "latency budget"
 assert_eq "0" "$(psql_q "SELECT count(*) FROM t WHERE v2 IS DISTINCT FROM v + 1")" "every row (off)"
 
+# ---- an index build cannot pause: under the budget it runs without
+# parallel maintenance workers (one core); with throttle: off as the server
+# likes.  Seen in the server's own statement log (pid of the build).
+psql_q "ALTER DATABASE $TEST_DB SET log_statement = 'all'" >/dev/null
+build_settings() { # PLAN_NAME INDEX_NAME THROTTLE - the SET before the build, in its session
+	cat >"$T/$1.yaml" <<YAML
+version: 1
+name: $1
+settings: { throttle: $3 }
+phases:
+  - name: index
+    steps:
+      - create_index: { table: t, columns: [v], name: $2 }
+YAML
+	assert_exit 0 phg apply "$T/$1.yaml"
+	local log=$PHG_TEST_PGDIR/server.log pid
+	pid=$(grep -F "CREATE INDEX CONCURRENTLY \"$2\"" "$log" | tail -1 | sed -E 's/^[^[]*\[([0-9]+)\].*/\1/')
+	[[ -n $pid ]] || fail "no CREATE INDEX of $2 in the server log"
+	grep -F "[$pid]" "$log" | grep -F "SET max_parallel_maintenance_workers = " | tail -1 |
+		sed -E 's/.*SET max_parallel_maintenance_workers = ([A-Z0-9]+).*/\1/'
+}
+assert_eq 0 "$(build_settings thr-idx-on "thr_idx_on_$$" 2x)" "budget on: the build has no parallel workers"
+assert_eq DEFAULT "$(build_settings thr-idx-off "thr_idx_off_$$" off)" "throttle off: the server's default"
+psql_q "ALTER DATABASE $TEST_DB RESET log_statement" >/dev/null
+
 # ---- a probe that cannot run: the step fails before any batch --------
 seed 20000
 write_plan "$T/bad.yaml" "throttle: { probe: \"SELECT 1 FROM no_such_table\" }"
