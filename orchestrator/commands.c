@@ -16,6 +16,8 @@
 
 #include <jansson.h>
 
+#include "http.h"
+
 static int env_preflight(const phg_plan_t *plan);
 
 /* A protected environment: --yes, or its name typed on a terminal.  This
@@ -127,6 +129,24 @@ static int env_preflight(const phg_plan_t *plan)
 		return 1;
 	}
 
+	/* a notification never stops a run: an unset variable is a warning */
+	for (size_t i = 0; i < plan->nnotify; i++) {
+		const phg_notify_t *w = &plan->notify[i];
+		phg_buf_t b;
+		phg_err_t e;
+		int unset = 0;
+
+		phg_buf_init(&b, 256);
+		phg_err_clear(&e);
+		unset |= phg_expand_env(w->url, &b, &e) != 0;
+		for (size_t h = 0; h < w->headers.n && !unset; h++) {
+			phg_buf_reset(&b);
+			unset |= phg_expand_env(w->headers.v[h].value, &b, &e) != 0;
+		}
+		if (unset)
+			phg_log(PHG_LOG_WARN, NULL, "notify item %zu will not be sent: %s", i + 1, e.msg);
+		phg_buf_free(&b);
+	}
 	for (size_t i = 0; i < plan->nchecks; i++) {
 		const phg_check_t *c = &plan->checks[i];
 

@@ -113,6 +113,16 @@ void phg_eng_event(engine_t *e, const char *kind, const char *msg, const char *d
 	const char *p[6];
 
 	phg_log_event(&e->log, kind, msg, data); /* --log-format json */
+	if (e->notify != NULL) {
+		const char *point = phg_notify_point(kind, data, e->run_state == PHG_RUN_FAILED);
+
+		if (point != NULL) {
+			json_t *ev = phg_log_event_json(&e->log, kind, msg, data);
+
+			phg_notify_send(e->notify, point, e->o->env, e->target, ev);
+			json_decref(ev);
+		}
+	}
 	if (!e->have_schema || e->run_id <= 0 || !e->ctl_open || e->ctl.state == PHG_PG_BROKEN)
 		return;
 	snprintf(run, sizeof(run), "%lld", e->run_id);

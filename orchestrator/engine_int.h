@@ -25,6 +25,7 @@
 #include "gate.h"
 #include "http.h"
 #include "log.h"
+#include "notify.h"
 #include "pg.h"
 #include "pgq.h"
 #include "step.h"
@@ -116,6 +117,7 @@ struct engine_s {
 	char run_action[16];
 	char run_checksum[80];
 	char *run_plan;   /* the plan as the run recorded it (canonical), or NULL */
+	struct phg_notifier_s *notify; /* the plan's webhooks (notify.c), or NULL */
 	phase_rt_t *ph;
 	size_t nph;
 	int to_idx;   /* apply: last phase to apply; rollback: keep phases <= to_idx */

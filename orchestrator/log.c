@@ -103,13 +103,11 @@ static void json_emit(json_t *o)
 	json_decref(o);
 }
 
-void phg_log_event(const phg_logctx_t *ctx, const char *kind, const char *message,
-                   const char *data)
+json_t *phg_log_event_json(const phg_logctx_t *ctx, const char *kind, const char *message,
+                           const char *data)
 {
 	json_t *o, *d = NULL;
 
-	if (!log_json)
-		return;
 	o = json_line("event", NULL, ctx);
 	json_object_set_new(o, "kind", json_string(kind));
 	json_object_set_new(o, "message", json_string(message ? message : ""));
@@ -119,7 +117,14 @@ void phg_log_event(const phg_logctx_t *ctx, const char *kind, const char *messag
 		d = json_loads(data, JSON_DECODE_ANY, &jerr);
 	}
 	json_object_set_new(o, "data", d != NULL ? d : json_null());
-	json_emit(o);
+	return o;
+}
+
+void phg_log_event(const phg_logctx_t *ctx, const char *kind, const char *message,
+                   const char *data)
+{
+	if (log_json)
+		json_emit(phg_log_event_json(ctx, kind, message, data));
 }
 
 void phg_log_diagnostic(int warn, const char *file, int line, int col, const char *msg)

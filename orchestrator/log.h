@@ -48,6 +48,10 @@ void phg_log_set_run(const char *plan, const char *checksum, long long run_id, c
  * log says it in words). */
 void phg_log_event(const phg_logctx_t *ctx, const char *kind, const char *message,
                    const char *data);
+/* The same event as a JSON object of that shape (the caller owns it). */
+struct json_t;
+struct json_t *phg_log_event_json(const phg_logctx_t *ctx, const char *kind,
+                                  const char *message, const char *data);
 /* A plan diagnostic in JSON mode: a log object with file, line and col
  * (line/col 0: none). */
 void phg_log_diagnostic(int warn, const char *file, int line, int col, const char *msg);

@@ -168,6 +168,21 @@ typedef struct phg_check_s {
 	int insecure;             /* default false: TLS is verified */
 } phg_check_t;
 
+/* notify: a webhook told of the run's turning points (orchestrator/notify.c) */
+typedef struct phg_notify_s {
+	phg_pos_t pos;
+	char *url;                /* ${VAR} expanded when sent */
+	char *method;             /* default POST */
+	phg_kvv_t headers;        /* values may hold ${VAR} */
+	phg_strv_t events;        /* start gate_failed rollback paused completed failed;
+	                           * empty: every one */
+	uint64_t timeout_ms;      /* per attempt, default 5s */
+	uint64_t retries;         /* attempts after the first, default 2 */
+} phg_notify_t;
+
+/* The turning points a notification can be sent for. */
+#define PHG_NOTIFY_EVENTS "start, gate_failed, rollback, paused, completed, failed"
+
 typedef struct phg_env_s {
 	char *name;
 	phg_pos_t pos;
@@ -234,6 +249,8 @@ typedef struct phg_plan_s {
 	phg_env_t *envs;
 	size_t nenvs;
 	phg_backup_t backup;
+	phg_notify_t *notify;
+	size_t nnotify;
 	phg_phase_t *phases;
 	size_t nphases;
 	const phg_env_t *env;   /* selected by phg_plan_select_env, or NULL */

@@ -1343,6 +1343,71 @@ static void check_check(ld_t *ld, const phg_check_t *c, const phg_pos_t *fpos,
 	}
 }
 
+static const phg_field_t notify_fields[] = {
+	{.key = "url", .type = PHG_FT_STRING, .offset = offsetof(phg_notify_t, url),
+	 .flags = PHG_FL_REQUIRED, .what = "an http:// or https:// URL (a Slack incoming webhook)"},
+	{.key = "method", .type = PHG_FT_STRING, .offset = offsetof(phg_notify_t, method),
+	 .def = "POST", .what = "an HTTP method such as POST"},
+	{.key = "headers", .type = PHG_FT_STRMAP, .offset = offsetof(phg_notify_t, headers),
+	 .what = "a mapping of header names to values"},
+	{.key = "events", .type = PHG_FT_IDENT_LIST, .offset = offsetof(phg_notify_t, events),
+	 .what = "a list of " PHG_NOTIFY_EVENTS},
+	{.key = "timeout", .type = PHG_FT_DURATION, .offset = offsetof(phg_notify_t, timeout_ms),
+	 .min = 1, .def = "5s", .what = "a duration of at least 1ms such as 5s"},
+	{.key = "retries", .type = PHG_FT_UINT, .offset = offsetof(phg_notify_t, retries),
+	 .max = 10, .def = "2", .what = "a count from 0 to 10"},
+	{0},
+};
+
+static void load_notify(ld_t *ld, const node_t *n)
+{
+	static const char *const names[] = {"start", "gate_failed", "rollback", "paused",
+	                                    "completed", "failed", NULL};
+	phg_plan_t *plan = ld->plan;
+	size_t nf = nfields(notify_fields);
+
+	if (n == NULL || n->type == N_BAD || is_null(n))
+		return;
+	if (n->type != N_SEQ) {
+		type_error(ld, n, "a list of webhooks", "notify", TOP_WHERE);
+		return;
+	}
+	plan->notify = phg_calloc(n->n ? n->n : 1, sizeof(phg_notify_t));
+	for (size_t i = 0; i < n->n; i++) {
+		const node_t *v = n->kids[i];
+		phg_notify_t *w = &plan->notify[plan->nnotify++];
+		phg_pos_t *fpos;
+		char where[64];
+		int ie = field_index(notify_fields, "events"), iu = field_index(notify_fields, "url");
+
+		w->pos = v->pos;
+		snprintf(where, sizeof(where), "notify item %zu", i + 1);
+		if (v->type != N_MAP) {
+			if (v->type != N_BAD)
+				phg_diag_error(ld->d, v->pos, "expected a mapping for %s, found %s", where,
+				               found(v, &(quote_t){{0}}));
+			load_map(ld, NULL, notify_fields, w, where, v->pos, NULL, NULL, LM_DEFAULTS);
+			continue;
+		}
+		fpos = phg_calloc(nf, sizeof(phg_pos_t));
+		load_map(ld, v, notify_fields, w, where, v->pos, fpos, NULL, LM_NORMAL);
+		if (w->url != NULL && strncmp(w->url, "http://", 7) != 0 &&
+		    strncmp(w->url, "https://", 8) != 0 && strncmp(w->url, "${", 2) != 0)
+			phg_diag_error(ld->d, fpos[iu], "invalid url %s in %s: expected http:// or https://",
+			               Q(w->url), where);
+		for (size_t k = 0; k < w->events.n; k++) {
+			size_t j;
+
+			for (j = 0; names[j] != NULL && strcmp(names[j], w->events.v[k]) != 0; j++)
+				;
+			if (names[j] == NULL)
+				phg_diag_error(ld->d, fpos[ie], "unknown event %s in %s: expected one of %s",
+				               Q(w->events.v[k]), where, PHG_NOTIFY_EVENTS);
+		}
+		free(fpos);
+	}
+}
+
 static void load_checks(ld_t *ld, const node_t *n)
 {
 	phg_plan_t *plan = ld->plan;
@@ -1730,7 +1795,8 @@ static void load_phases(ld_t *ld, const node_t *n, phg_pos_t root_pos)
 static void load_top(ld_t *ld, const node_t *root)
 {
 	phg_plan_t *plan = ld->plan;
-	extra_t extras[] = {{.key = "checks"}, {.key = "environments"}, {.key = "phases"}, {0}};
+	extra_t extras[] = {{.key = "checks"}, {.key = "environments"}, {.key = "phases"},
+	                    {.key = "notify"}, {0}};
 	phg_pos_t fpos[8] = {{0, 0}};
 	int iv = field_index(top_fields, "version"), in = field_index(top_fields, "name");
 	phg_pos_t url_env_pos = {0, 0};
@@ -1757,6 +1823,7 @@ static void load_top(ld_t *ld, const node_t *root)
 	check_envvar(ld, plan->url_env, url_env_pos, "target");
 
 	load_checks(ld, extras[0].val);
+	load_notify(ld, extras[3].val);
 	load_envs(ld, extras[1].val);
 	load_phases(ld, extras[2].val, root->pos);
 }
@@ -1993,6 +2060,9 @@ void phg_plan_free(phg_plan_t *plan)
 		free(e->checks);
 	}
 	free(plan->envs);
+	for (size_t i = 0; i < plan->nnotify; i++)
+		free_fields(notify_fields, &plan->notify[i]);
+	free(plan->notify);
 	free_fields(backup_fields, &plan->backup);
 	free(plan->name);
 	free(plan->description);

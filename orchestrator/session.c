@@ -197,6 +197,8 @@ void phg_eng_shutdown(engine_t *e, int code)
 		phg_http_close(e->http, NULL, NULL);
 		e->http_open = 0;
 	}
+	phg_notify_close(e->notify); /* those in flight finish first, within their timeout */
+	e->notify = NULL;
 	if (e->x_open)
 		phg_exec_close(&e->x, on_exec_closed);
 	if (e->work_open)
@@ -522,6 +524,7 @@ int phg_eng_init(engine_t *e, uv_loop_t *loop, engine_mode_t mode, phg_plan_t *p
 	e->retry_open = 1;
 	if (phg_http_init(e->loop, &e->http) == 0)
 		e->http_open = 1;
+	e->notify = phg_notify_new(e->loop, plan);
 	phg_exec_init(e->loop, &e->x);
 	e->x.data = e;
 	e->x_open = 1;
