@@ -43,6 +43,7 @@ typedef struct cmd_s {
 #define OPT_FORMAT 0x80u
 #define OPT_RUN 0x100u
 #define OPT_FOLLOW 0x200u
+#define OPT_ATTEST 0x400u
 
 #define GONE_HELP                                                                            \
 	"  --url-env V  the plan file is gone: PLAN is the plan's name, the database comes\n"     \
@@ -90,10 +91,13 @@ static const cmd_t commands[] = {
 	 OPT_ENV | OPT_TO | OPT_YES | OPT_URLENV, 1,
 	 "0 done, 1 runtime error, 2 bad invocation or plan, 4 cannot be reverted or revert failed, 5 plan locked, 130 interrupted",
 	 "revert applied phases in reverse order"},
-	{"promote", "phasegate promote PLAN.yaml --from ENV --to ENV [--yes]",
+	{"promote", "phasegate promote PLAN.yaml (--from ENV | --attestation FILE) --to ENV [--yes]",
 	 "Apply the plan to --to only if --from has a completed run of the same plan checksum.\n"
+	 "  --attestation FILE  instead of --from, when --to's job cannot reach the source\n"
+	 "               database: the source's `status --env ENV --json`, saved to FILE (signed\n"
+	 "               with an HMAC when PHASEGATE_ATTEST_KEY is set, and then verified)\n"
 	 "  --yes        a protected --to environment without asking\n",
-	 OPT_FROM | OPT_TO | OPT_YES, 1,
+	 OPT_FROM | OPT_TO | OPT_YES | OPT_ATTEST, 1,
 	 "0 promoted, 1 runtime error, 2 bad invocation, 3/4/5/130 as apply, 6 promotion refused",
 	 "apply to one environment what another completed"},
 	{"pause", "phasegate pause PLAN.yaml [--env E]",
@@ -408,6 +412,7 @@ static const struct option long_opts[] = {
 	{"format", required_argument, NULL, 'F'},
 	{"run", required_argument, NULL, 'r'},
 	{"follow", no_argument, NULL, 'w'},
+	{"attestation", required_argument, NULL, 'a'},
 	{NULL, 0, NULL, 0},
 };
 
@@ -420,6 +425,7 @@ int phg_cli_main(int argc, char **argv)
 	phg_log_set_json(0);
 	phg_log_set_run(NULL, NULL, 0, NULL);
 	rc = cli_main(argc, argv);
+	phg_log_status_clear();
 	phg_log_exit(rc); /* --log-format json: the outcome, as the last line */
 	return rc;
 }
@@ -431,7 +437,7 @@ static int cli_main(int argc, char **argv)
 	phg_run_opts_t o;
 	phg_plan_t *plan = NULL;
 	phg_err_t err;
-	const char *from = NULL, *url_env = NULL;
+	const char *from = NULL, *url_env = NULL, *attestation = NULL;
 	phg_diag_format_t vformat = PHG_DIAG_TEXT;
 	json_t *diags = NULL;
 	unsigned seen = 0, bad_need = 0;
@@ -463,6 +469,7 @@ static int cli_main(int argc, char **argv)
 			seen |= OPT_RUN;
 			break;
 		case 'w': o.follow = 1; seen |= OPT_FOLLOW; break;
+		case 'a': attestation = optarg; seen |= OPT_ATTEST; break;
 		case 'F':
 			if (strcmp(optarg, "json") == 0)
 				vformat = PHG_DIAG_COLLECT;
@@ -489,7 +496,7 @@ static int cli_main(int argc, char **argv)
 				snprintf(badbuf, sizeof(badbuf), "%s", name);
 			return usage_error(NULL, "unknown option \"%s\"", badbuf);
 		}
-		if ((ch == 'e' || ch == 't' || ch == 'f' || ch == 'u') && optarg[0] == '\0')
+		if ((ch == 'e' || ch == 't' || ch == 'f' || ch == 'u' || ch == 'a') && optarg[0] == '\0')
 			return usage_error(NULL, "option \"%s\" needs a value", name);
 	}
 	if (verbose > 0)
@@ -539,7 +546,8 @@ static int cli_main(int argc, char **argv)
 		} names[] = {{OPT_ENV, "--env"}, {OPT_TO, "--to"},   {OPT_FROM, "--from"},
 		             {OPT_DRY, "--dry-run"}, {OPT_YES, "--yes"}, {OPT_JSON, "--json"},
 		             {OPT_URLENV, "--url-env"}, {OPT_FORMAT, "--format"},
-		             {OPT_RUN, "--run"}, {OPT_FOLLOW, "--follow"}};
+		             {OPT_RUN, "--run"}, {OPT_FOLLOW, "--follow"},
+		             {OPT_ATTEST, "--attestation"}};
 
 		for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
 			if (bad_need & names[i].bit)
@@ -551,9 +559,12 @@ static int cli_main(int argc, char **argv)
 		return usage_error(c, "unexpected argument \"%s\"", argv[optind]);
 	if (file == NULL && c->needs_plan)
 		return usage_error(c, "%s", "missing PLAN.yaml");
-	if (strcmp(c->name, "promote") == 0 && (from == NULL || o.to_phase == NULL))
-		return usage_error(c, "%s", "promote needs --from ENV and --to ENV");
-	if (strcmp(c->name, "promote") == 0 && strcmp(from, o.to_phase) == 0)
+	if (strcmp(c->name, "promote") == 0 && from != NULL && attestation != NULL)
+		return usage_error(c, "%s", "give --from ENV or --attestation FILE, not both");
+	if (strcmp(c->name, "promote") == 0 && ((from == NULL && attestation == NULL) ||
+	                                        o.to_phase == NULL))
+		return usage_error(c, "%s", "promote needs --from ENV (or --attestation FILE) and --to ENV");
+	if (strcmp(c->name, "promote") == 0 && from != NULL && strcmp(from, o.to_phase) == 0)
 		return usage_error(c, "cannot promote from \"%s\" to itself: --from and --to must differ",
 		                   from);
 
@@ -616,7 +627,7 @@ static int cli_main(int argc, char **argv)
 	} else if (strcmp(c->name, "pause") == 0 || strcmp(c->name, "resume") == 0) {
 		rc = phg_cmd_pause(plan, &o, c->name[0] == 'p');
 	} else {
-		rc = phg_cmd_promote(plan, from, o.to_phase, o.yes);
+		rc = phg_cmd_promote(plan, from, o.to_phase, o.yes, attestation);
 	}
 	phg_plan_free(plan);
 	return rc;

@@ -15,6 +15,9 @@
 #include <unistd.h>
 
 #include <jansson.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 
 #include "http.h"
 
@@ -309,34 +312,143 @@ int phg_cmd_rollback(phg_plan_t *plan, const phg_run_opts_t *o)
 	return rc;
 }
 
-int phg_cmd_promote(phg_plan_t *plan, const char *from, const char *to, int yes)
+/* The HMAC-SHA256 of an attestation (its object without "hmac", compact
+ * with sorted keys) under @key: "hmac-sha256:" + hex, in @out. */
+static int attest_hmac(json_t *st, const char *key, char out[96])
+{
+	json_t *c = json_deep_copy(st);
+	char *text;
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int n = 0;
+	static const char hex[] = "0123456789abcdef";
+
+	json_object_del(c, "hmac");
+	text = json_dumps(c, JSON_COMPACT | JSON_SORT_KEYS);
+	json_decref(c);
+	if (text == NULL || HMAC(EVP_sha256(), key, (int)strlen(key), (const unsigned char *)text,
+	                         strlen(text), md, &n) == NULL) {
+		free(text);
+		return -1;
+	}
+	free(text);
+	memcpy(out, "hmac-sha256:", 12);
+	for (unsigned i = 0; i < n && i < 32; i++) {
+		out[12 + 2 * i] = hex[md[i] >> 4];
+		out[13 + 2 * i] = hex[md[i] & 15];
+	}
+	out[12 + 2 * (n < 32 ? n : 32)] = '\0';
+	return 0;
+}
+
+int phg_attest_sign(json_t *st)
+{
+	const char *key = getenv("PHASEGATE_ATTEST_KEY");
+	char mac[96];
+
+	if (key == NULL || key[0] == '\0')
+		return 0;
+	if (attest_hmac(st, key, mac) != 0)
+		return -1;
+	json_object_set_new(st, "hmac", json_string(mac));
+	return 0;
+}
+
+/* promote --attestation: the source run as its `status --json` recorded
+ * it, signed when PHASEGATE_ATTEST_KEY is set.  0, or an exit code. */
+static int attestation_read(const char *path, json_t **out)
+{
+	json_error_t jerr;
+	json_t *st = json_load_file(path, 0, &jerr);
+	const char *key = getenv("PHASEGATE_ATTEST_KEY"), *mac;
+	char want[96];
+
+	*out = NULL;
+	if (!json_is_object(st)) {
+		phg_log(PHG_LOG_ERROR, NULL, "cannot read the attestation \"%s\": %s (line %d)", path,
+		        jerr.text, jerr.line);
+		json_decref(st);
+		return PHG_EXIT_USAGE;
+	}
+	mac = json_string_value(json_object_get(st, "hmac"));
+	if (key != NULL && key[0] != '\0') {
+		if (mac == NULL || attest_hmac(st, key, want) != 0 || strlen(want) != strlen(mac) ||
+		    CRYPTO_memcmp(want, mac, strlen(want)) != 0) {
+			phg_log(PHG_LOG_ERROR, NULL, "the attestation \"%s\" does not verify: %s", path,
+			        mac == NULL ? "it is not signed" : "its HMAC does not match");
+			phg_log_note("HINT", "PHASEGATE_ATTEST_KEY is set: the attestation must be made "
+			                     "(status --json) with the same key. Nothing was changed.");
+			json_decref(st);
+			return PHG_EXIT_PROMOTE_REFUSED;
+		}
+	} else if (mac != NULL) {
+		phg_log(PHG_LOG_WARN, NULL, "the attestation \"%s\" is signed but PHASEGATE_ATTEST_KEY "
+		                            "is not set: its HMAC is not checked",
+		        path);
+	}
+	*out = st;
+	return 0;
+}
+
+int phg_cmd_promote(phg_plan_t *plan, const char *from, const char *to, int yes,
+                    const char *attestation)
 {
 	phg_run_opts_t o;
 	phg_err_t err;
 	json_t *st = NULL;
 	const char *state, *sum;
-	char source[256];
+	char source[256], from_buf[72];
 	int rc;
 
 	memset(&o, 0, sizeof(o));
 	o.yes = yes;
 	phg_err_clear(&err);
-	if (phg_plan_select_env(plan, from, &err) != 0 || phg_plan_select_env(plan, to, &err) != 0) {
-		phg_log_plain(PHG_LOG_ERROR, "%s", err.msg);
-		if (err.detail[0])
-			phg_log_note("DETAIL", "%s", err.detail);
-		return PHG_EXIT_USAGE;
-	}
-	phg_plan_select_env(plan, from, &err);
-	o.env = from;
-	rc = phg_status_json(plan, &o, &st);
-	if (rc != 0 || st == NULL) {
-		phg_log(PHG_LOG_ERROR, NULL, "cannot read the state of environment \"%s\"", from);
-		json_decref(st);
-		return rc ? rc : PHG_EXIT_RUNTIME;
+	if (attestation != NULL) {
+		const char *p, *e;
+
+		if ((rc = attestation_read(attestation, &st)) != 0)
+			return rc;
+		p = json_string_value(json_object_get(st, "plan"));
+		e = json_string_value(json_object_get(st, "env"));
+		if (p == NULL || strcmp(p, plan->name) != 0) {
+			phg_log(PHG_LOG_ERROR, NULL, "promotion of plan \"%s\" to \"%s\" refused: the "
+			                             "attestation is of plan \"%s\"",
+			        plan->name, to, p ? p : "?");
+			json_decref(st);
+			return PHG_EXIT_PROMOTE_REFUSED;
+		}
+		snprintf(from_buf, sizeof(from_buf), "%s", e ? e : "?");
+		from = from_buf;
+		if (from != NULL && strcmp(from, to) == 0) {
+			phg_log_plain(PHG_LOG_ERROR, "cannot promote from \"%s\" to itself", from);
+			json_decref(st);
+			return PHG_EXIT_USAGE;
+		}
+		if (phg_plan_select_env(plan, to, &err) != 0) {
+			phg_log_plain(PHG_LOG_ERROR, "%s", err.msg);
+			json_decref(st);
+			return PHG_EXIT_USAGE;
+		}
+	} else {
+		if (phg_plan_select_env(plan, from, &err) != 0 ||
+		    phg_plan_select_env(plan, to, &err) != 0) {
+			phg_log_plain(PHG_LOG_ERROR, "%s", err.msg);
+			if (err.detail[0])
+				phg_log_note("DETAIL", "%s", err.detail);
+			return PHG_EXIT_USAGE;
+		}
+		phg_plan_select_env(plan, from, &err);
+		o.env = from;
+		rc = phg_status_json(plan, &o, &st);
+		if (rc != 0 || st == NULL) {
+			phg_log(PHG_LOG_ERROR, NULL, "cannot read the state of environment \"%s\"", from);
+			json_decref(st);
+			return rc ? rc : PHG_EXIT_RUNTIME;
+		}
 	}
 	state = json_string_value(json_object_get(st, "state"));
 	sum = json_string_value(json_object_get(st, "checksum"));
+	if (state == NULL)
+		state = "unknown";
 	if (strcmp(state, "completed") != 0 || !phg_plan_checksum_is(plan, sum)) {
 		json_t *id = json_object_get(st, "run_id");
 
@@ -352,15 +464,17 @@ int phg_cmd_promote(phg_plan_t *plan, const char *from, const char *to, int yes)
 		else
 			phg_log_note("DETAIL", "The last run in \"%s\" (run %lld) is %s, not completed.",
 			             from, (long long)json_integer_value(id), state);
-		phg_log_note("HINT", "Apply this exact plan file to \"%s\" first.", from);
+		phg_log_note("HINT", "Apply this exact plan file to \"%s\" first%s.", from,
+		             attestation ? ", and export its status --json again" : "");
 		json_decref(st);
 		return PHG_EXIT_PROMOTE_REFUSED;
 	}
 	phg_log(PHG_LOG_INFO, NULL, "environment \"%s\" completed run %lld of checksum %s: promoting to \"%s\"",
 	        from, (long long)json_integer_value(json_object_get(st, "run_id")), sum, to);
 	/* the new run records where it was promoted from */
-	snprintf(source, sizeof(source), "%s run %lld (%s)", from,
-	         (long long)json_integer_value(json_object_get(st, "run_id")), sum);
+	snprintf(source, sizeof(source), "%s run %lld (%s)%s", from,
+	         (long long)json_integer_value(json_object_get(st, "run_id")), sum,
+	         attestation ? ", by attestation" : "");
 	json_decref(st);
 	phg_plan_select_env(plan, to, &err);
 	o.env = to;

@@ -79,7 +79,12 @@ int phg_plan_as_recorded(const phg_plan_t *plan, const phg_run_opts_t *o, const 
                          phg_plan_t **rec);
 /* Apply to environment @to only if environment @from holds a completed run
  * of this plan's checksum (exit 6 otherwise). */
-int phg_cmd_promote(phg_plan_t *plan, const char *from, const char *to, int yes);
+int phg_cmd_promote(phg_plan_t *plan, const char *from, const char *to, int yes,
+                    const char *attestation);
+/* Sign a status object (status --json) as an attestation when
+ * PHASEGATE_ATTEST_KEY is set: an "hmac" member.  0 or -1. */
+struct json_t;
+int phg_attest_sign(struct json_t *st);
 /* @plan may be NULL: then the database comes from o->db_env (DATABASE_URL). */
 int phg_cmd_history(phg_plan_t *plan, const phg_run_opts_t *o);
 /* `events`: the recorded events of a run, oldest first; --follow polls

@@ -59,6 +59,22 @@ static void gate_probe(phg_gate_t *g, const phg_probe_t *p)
 	phg_eng_event(e, "probe", msg, text);
 	free(text);
 	json_decref(d);
+	/* a terminal's live line: the verify gate's way to its verdict (a watch
+	 * gate runs beside the steps, whose line it leaves alone) */
+	if (g == &e->verify) {
+		const phg_check_t *c = phg_plan_find_check(e->plan, p->check);
+
+		if (p->ok)
+			phg_log_status(PHG_TONE_OK, "verify gate: check \"%s\" passes %" PRIu64 "/%" PRIu64
+			               " in a row (HTTP %ld, %" PRIu64 " ms)%s",
+			               p->check, (uint64_t)p->successes, c ? c->successes : 0, p->status,
+			               p->latency_ms, c && c->soak_ms ? ", soaking" : "");
+		else
+			phg_log_status(PHG_TONE_FAIL, "verify gate: check \"%s\" fails %" PRIu64 "/%" PRIu64
+			               " in a row: %s",
+			               p->check, (uint64_t)p->failures, c ? c->failures : 0,
+			               p->reason ? p->reason : "");
+	}
 }
 
 static void watch_closed(phg_gate_t *g)
@@ -173,6 +189,7 @@ static void verify_done(phg_gate_t *g, int status, const phg_err_t *err)
 	engine_t *e = g->data;
 
 	e->verify_status = status;
+	phg_log_status_clear();
 	phg_eng_ctx(e, e->pi, -1);
 	if (status == 0) {
 		phg_log(PHG_LOG_INFO, &e->log, "verify gate passed");

@@ -97,6 +97,7 @@ static uint64_t now_ms(void)
 /* ---- queries ---- */
 
 static void exec_finish(phg_exec_t *x, int status);
+static void status_start(phg_exec_t *x);
 
 static void exec_send(phg_exec_t *x, phg_exec_state_t st, const char *sql, int nparams,
                       const char *const *params)
@@ -242,6 +243,8 @@ static void done_fire(uv_timer_t *t)
 static void exec_finish(phg_exec_t *x, int status)
 {
 	probe_stop(x);
+	uv_timer_stop(&x->status_timer);
+	phg_log_status_clear();
 	phg_throttle_free(x->thr);
 	x->thr = NULL;
 	if (x->req != NULL) {
@@ -435,6 +438,7 @@ static void tx_send(phg_exec_t *x)
 	x->attempt++;
 	if (op->flags & PHG_OPF_DDL)
 		probe_start(x);
+	status_start(x);
 	exec_sendf(x, PHG_X_TX, &b);
 }
 
@@ -492,8 +496,33 @@ static void st_mark(phg_exec_t *x)
 	exec_sendf(x, PHG_X_ST_MARK, &b);
 }
 
+/* A terminal's live line while a statement that scans or builds runs:
+ * what, for how long, and whether it waits for a lock. */
+static void status_fire(uv_timer_t *t)
+{
+	phg_exec_t *x = t->data;
+	double secs = (double)(now_ms() - x->status_since_ms) / 1000.0;
+
+	if (x->st != PHG_X_ST_RUN && x->st != PHG_X_TX) {
+		uv_timer_stop(&x->status_timer);
+		return;
+	}
+	phg_log_status(x->blockers[0] ? PHG_TONE_WARN : PHG_TONE_INFO, "%s: %.0f s%s%s",
+	               cur_op(x)->label, secs, x->blockers[0] ? ", waiting for " : "",
+	               x->blockers[0] ? x->blockers : "");
+}
+
+static void status_start(phg_exec_t *x)
+{
+	if (!phg_log_live() || !(cur_op(x)->flags & (PHG_OPF_SCAN | PHG_OPF_PARALLEL)))
+		return;
+	x->status_since_ms = now_ms();
+	uv_timer_start(&x->status_timer, status_fire, 500, 500);
+}
+
 static void st_run(phg_exec_t *x)
 {
+	status_start(x);
 	if (cur_op(x)->flags & PHG_OPF_DDL)
 		probe_start(x);
 	exec_send(x, PHG_X_ST_RUN, cur_op(x)->sql[0], 0, NULL);
@@ -813,6 +842,15 @@ static void bf_window_push(phg_exec_t *x)
 		x->bf_win_n++;
 }
 
+/* "20 ms" (a static buffer: one use per expression) */
+static const char *fmt_ms(uint64_t ms)
+{
+	static char b[32];
+
+	snprintf(b, sizeof(b), "%" PRIu64 " ms", ms);
+	return b;
+}
+
 static void bf_progress(phg_exec_t *x, int final)
 {
 	const phg_backfill_spec_t *bf = cur_op(x)->backfill;
@@ -826,6 +864,26 @@ static void bf_progress(phg_exec_t *x, int final)
 	long long pct = -1;
 	char pct_s[32] = "null", eta_s[48] = "null";
 
+	if (!final && phg_log_live()) {
+		/* the terminal's live line, after every batch */
+		double r = bf_window_rate(x);
+
+		if (x->bf_pass == 1 && x->est_rows > 0 && r > 0) {
+			long long p = x->bf_scanned * 100 / x->est_rows, left = x->est_rows - x->bf_scanned;
+
+			phg_log_status(x->bf_sleep_ms > 0 ? PHG_TONE_WARN : PHG_TONE_INFO,
+			               "backfill %s: %3lld%%  %lld/%lld rows  %.0f rows/s  ETA %.0f s  batch "
+			               "%" PRIu64 "%s%s",
+			               bf->table, p > 99 ? 99 : p, x->bf_scanned, x->est_rows, r,
+			               left > 0 ? (double)left / r : 0.0, x->bf_sent_limit,
+			               x->bf_sleep_ms > 0 ? "  throttled: sleep " : "",
+			               x->bf_sleep_ms > 0 ? fmt_ms(x->bf_sleep_ms) : "");
+		} else {
+			phg_log_status(PHG_TONE_INFO, "backfill %s: %lld rows  %.0f rows/s  batch %" PRIu64 "%s",
+			               bf->table, x->bf_rows, r, x->bf_sent_limit,
+			               x->bf_pass == 2 ? "  (final sweep)" : "");
+		}
+	}
 	if (!final && now - x->bf_logged_ms < 2000)
 		return;
 	x->bf_logged_ms = now;
@@ -1308,6 +1366,8 @@ static void exec_next(phg_exec_t *x)
 
 static void op_committed(phg_exec_t *x)
 {
+	uv_timer_stop(&x->status_timer);
+	phg_log_status_clear();
 	phg_log(PHG_LOG_DEBUG, &x->log, "committed: %s", cur_op(x)->label);
 	op_fault(x, "committed");
 	x->next++;
@@ -1651,10 +1711,12 @@ int phg_exec_init(uv_loop_t *loop, phg_exec_t *x)
 	uv_timer_init(loop, &x->backoff_timer);
 	uv_timer_init(loop, &x->probe_timer);
 	uv_timer_init(loop, &x->done_timer);
+	uv_timer_init(loop, &x->status_timer);
 	x->backoff_timer.data = x;
 	x->probe_timer.data = x;
 	x->done_timer.data = x;
-	x->timers_open = 3;
+	x->status_timer.data = x;
+	x->timers_open = 4;
 	x->op_started = -1;
 	x->bf_pass = 1;
 	x->rng = uv_hrtime() ^ ((uint64_t)(uintptr_t)x << 17);
@@ -1704,4 +1766,6 @@ void phg_exec_close(phg_exec_t *x, void (*cb)(phg_exec_t *x))
 	uv_close((uv_handle_t *)&x->backoff_timer, timer_closed);
 	uv_close((uv_handle_t *)&x->probe_timer, timer_closed);
 	uv_close((uv_handle_t *)&x->done_timer, timer_closed);
+	uv_close((uv_handle_t *)&x->status_timer, timer_closed);
+	phg_log_status_clear();
 }

@@ -137,6 +137,8 @@ struct phg_exec_s {
 	phg_exec_cb cb;
 	uv_timer_t backoff_timer;
 	uv_timer_t probe_timer;
+	uv_timer_t status_timer; /* a terminal's live line during a long statement */
+	uint64_t status_since_ms;
 	uv_timer_t done_timer;          /* the callback runs on a later loop turn */
 	int done_status;
 	int timers_open;

@@ -9,6 +9,7 @@
 
 #include <jansson.h>
 #include <stdio.h>
+#include <sys/ioctl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -17,6 +18,10 @@ static phg_log_level_t log_level = PHG_LOG_INFO;
 static const char *const level_names[] = {"trace", "debug", "info", "warning", "error"};
 static int log_iso = -1; /* ISO time stamps: stderr is not a terminal */
 static int log_json;      /* --log-format json */
+static int log_tty = -1;  /* stderr is a terminal that can rewrite a line */
+static int log_colour = -1;
+static char status_line[512]; /* the live line shown now ("" none) */
+static phg_tone_t status_tone;
 static struct {
 	char plan[72];
 	char checksum[80];
@@ -27,6 +32,76 @@ static struct {
 void phg_log_set_json(int on)
 {
 	log_json = on;
+}
+
+static void tty_probe(void)
+{
+	const char *term = getenv("TERM"), *nc = getenv("NO_COLOR");
+
+	if (log_tty >= 0)
+		return;
+	log_tty = isatty(STDERR_FILENO) && term != NULL && strcmp(term, "dumb") != 0;
+	log_colour = log_tty && (nc == NULL || nc[0] == '\0');
+}
+
+int phg_log_live(void)
+{
+	tty_probe();
+	return log_tty && !log_json;
+}
+
+static const char *tone_code(phg_tone_t t)
+{
+	return t == PHG_TONE_OK ? "\033[32m" : t == PHG_TONE_WARN ? "\033[33m"
+	       : t == PHG_TONE_FAIL ? "\033[31m" : "\033[36m";
+}
+
+static void status_draw(void)
+{
+	if (status_line[0] == '\0')
+		return;
+	fprintf(stderr, "\r\033[K%s%s%s", log_colour ? tone_code(status_tone) : "", status_line,
+	        log_colour ? "\033[0m" : "");
+	fflush(stderr);
+}
+
+static void status_erase(void)
+{
+	if (status_line[0] != '\0') {
+		fputs("\r\033[K", stderr);
+		fflush(stderr);
+	}
+}
+
+void phg_log_status(phg_tone_t tone, const char *fmt, ...)
+{
+	va_list ap;
+	int cols = 0;
+	const char *c = getenv("COLUMNS");
+
+	if (!phg_log_live())
+		return;
+	va_start(ap, fmt);
+	vsnprintf(status_line, sizeof(status_line), fmt, ap);
+	va_end(ap);
+	/* never wider than the terminal: a wrapped line cannot be rewritten */
+	if (c != NULL)
+		cols = atoi(c);
+	if (cols <= 0) {
+		struct winsize ws;
+
+		cols = ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0 ? ws.ws_col : 100;
+	}
+	if (cols > 20 && strlen(status_line) >= (size_t)cols)
+		status_line[cols - 1] = '\0';
+	status_tone = tone;
+	status_draw();
+}
+
+void phg_log_status_clear(void)
+{
+	status_erase();
+	status_line[0] = '\0';
 }
 
 int phg_log_is_json(void)
@@ -202,7 +277,9 @@ void phg_log_note(const char *tag, const char *fmt, ...)
 		json_emit(o);
 		return;
 	}
+	status_erase();
 	fprintf(stderr, "  %s: %s\n", tag, msg);
+	status_draw();
 }
 
 void phg_log_set_level(phg_log_level_t level)
@@ -253,8 +330,15 @@ static void log_prefix(FILE *f, phg_log_level_t level, const phg_logctx_t *ctx)
 	} else if (ctx != NULL && ctx->pid > 0) {
 		fprintf(f, "[pid=%ld]", ctx->pid);
 	}
-	if (level != PHG_LOG_INFO)
-		fprintf(f, " %s:", level_names[level]);
+	if (level != PHG_LOG_INFO) {
+		tty_probe();
+		if (log_colour && level >= PHG_LOG_WARN)
+			fprintf(f, " %s%s:\033[0m", tone_code(level == PHG_LOG_WARN ? PHG_TONE_WARN
+			                                                              : PHG_TONE_FAIL),
+			        level_names[level]);
+		else
+			fprintf(f, " %s:", level_names[level]);
+	}
 	fputc(' ', f);
 }
 
@@ -272,9 +356,11 @@ void phg_vlog(phg_log_level_t level, const phg_logctx_t *ctx, const char *fmt,
 		json_emit(o);
 		return;
 	}
+	status_erase();
 	log_prefix(stderr, level, ctx);
 	vfprintf(stderr, fmt, ap);
 	fputc('\n', stderr);
+	status_draw();
 	fflush(stderr);
 }
 
@@ -311,10 +397,12 @@ void phg_log_err(phg_log_level_t level, const phg_logctx_t *ctx,
 		phg_log(level, ctx, "%s", err->msg);
 	if (level < log_level)
 		return;
+	status_erase();
 	if (err->detail[0] != '\0')
 		fprintf(stderr, "  DETAIL: %s\n", err->detail);
 	if (err->hint[0] != '\0')
 		fprintf(stderr, "  HINT: %s\n", err->hint);
+	status_draw();
 }
 
 void phg_whoami(char *user, size_t un, char *host, size_t hn)

@@ -57,6 +57,17 @@ struct json_t *phg_log_event_json(const phg_logctx_t *ctx, const char *kind,
 void phg_log_diagnostic(int warn, const char *file, int line, int col, const char *msg);
 /* The command's end: an `exit` event with the code and what it means. */
 void phg_log_exit(int code);
+/* The live status line of a terminal: one line at the bottom rewritten in
+ * place (a backfill's rows, %, rows/s, ETA, batch size and pace; a gate's
+ * passes in a row; a long statement's time), coloured by @tone.  Only when
+ * stderr is a terminal, TERM is not "dumb" and the log is text; log lines
+ * print above it.  NO_COLOR: no colours.  Elsewhere nothing is drawn (the
+ * log lines say it). */
+typedef enum { PHG_TONE_OK, PHG_TONE_WARN, PHG_TONE_FAIL, PHG_TONE_INFO } phg_tone_t;
+void phg_log_status(phg_tone_t tone, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void phg_log_status_clear(void);
+int phg_log_live(void); /* a status line would be drawn */
+
 /* A message of the command line itself ("phasegate: cannot read ..."):
  * as such on a terminal, a log object in JSON. */
 void phg_log_plain(phg_log_level_t level, const char *fmt, ...)

@@ -123,7 +123,12 @@ static void status_print(report_t *r)
 	if (r->keep != NULL) {
 		*r->keep = json_incref(o);
 	} else if (r->o->json) {
-		char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+		char *s;
+
+		/* an attestation for promote --attestation: signed with the key */
+		if (phg_attest_sign(o) != 0)
+			phg_log(PHG_LOG_WARN, NULL, "cannot sign the status with PHASEGATE_ATTEST_KEY");
+		s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
 
 		printf("%s\n", s);
 		free(s);

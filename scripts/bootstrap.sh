@@ -14,7 +14,7 @@ set -euo pipefail
 PACKAGES=(
 	build-essential cmake pkg-config
 	libuv1-dev libpq-dev libcurl4-openssl-dev libyaml-dev libjansson-dev
-	libcmocka-dev libssl-dev python3-jsonschema
+	libcmocka-dev libssl-dev python3-jsonschema python3-yaml bsdutils
 	postgresql postgresql-contrib
 	curl clang
 )
