@@ -7,24 +7,38 @@
 #
 #   bash examples/quickstart.sh
 #
-# Environment: QUICKSTART_ROWS (default 200000) rows in the demo's jobs table.
+# Environment: QUICKSTART_ROWS (default 200000) rows in the demo's jobs table;
+# QUICKSTART_OUT (default ./quickstart-out) where the run reports (HTML) and
+# event logs are left; QUICKSTART_LOG_FORMAT=json runs the applies with
+# --log-format json (kept in QUICKSTART_OUT); PHASEGATE and PHG_DEMO: use
+# these binaries instead of building (tests/integration/test_quickstart.sh).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 ROWS=${QUICKSTART_ROWS:-200000}
 PLAN=$ROOT/examples/quickstart/plan.yaml
+OUT=${QUICKSTART_OUT:-$ROOT/quickstart-out}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+LOGFMT=()
+[[ ${QUICKSTART_LOG_FORMAT:-text} == json ]] && LOGFMT=(--log-format json)
 
 bold() { if [[ -t 1 && -z ${NO_COLOR:-} ]]; then printf '\n\033[1m== %s\033[0m\n' "$*"; else printf '\n== %s\n' "$*"; fi; }
 say() { printf 'quickstart: %s\n' "$*"; }
 
 bold "Setting up: Debian packages, build"
 bash scripts/bootstrap.sh
-cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build build -j"$(nproc 2>/dev/null || echo 2)" --target phasegate phasegate-demo >/dev/null
-PHASEGATE=$ROOT/build/phasegate
-DEMO=$ROOT/build/examples/phasegate-demo
-say "built $("$PHASEGATE" --version)"
+if [[ -n ${PHASEGATE:-} && -n ${PHG_DEMO:-} ]]; then
+	DEMO=$PHG_DEMO
+	say "using $("$PHASEGATE" --version) at $PHASEGATE"
+else
+	cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	cmake --build build -j"$(nproc 2>/dev/null || echo 2)" --target phasegate phasegate-demo >/dev/null
+	PHASEGATE=$ROOT/build/phasegate
+	DEMO=$ROOT/build/examples/phasegate-demo
+	say "built $("$PHASEGATE" --version)"
+fi
 
 WORK=$(mktemp -d /tmp/phasegate-quickstart.XXXXXX)
 chmod 755 "$WORK"
@@ -95,29 +109,42 @@ start_demo loom
 "$PHASEGATE" plan "$PLAN" | sed -n '1,24p'
 say "..."
 
+# apply_logged NAME: apply, its stderr also kept in $OUT/NAME.log (JSON lines
+# with QUICKSTART_LOG_FORMAT=json); its exit code in APPLY_RC
+apply_logged() {
+	{ rc=0; "$PHASEGATE" "${LOGFMT[@]}" apply "$PLAN" 2>&1 1>&3 3>&- || rc=$?; echo "$rc" >"$WORK/apply.rc"; } 3>&1 |
+		tee "$OUT/$1.log" >&2
+	APPLY_RC=$(cat "$WORK/apply.rc")
+}
+
 bold "1/2  Applying it while the service keeps writing"
-"$PHASEGATE" apply "$PLAN"
+apply_logged happy
+[[ $APPLY_RC -eq 0 ]] || { say "apply exited $APPLY_RC"; exit 1; }
 say "apply exited 0"
 "$PHASEGATE" status "$PLAN"
 psql -X -d loom -c '\d jobs'
 psql -X -d loom -At -c "SELECT 'jobs by status: ' || string_agg(status || '=' || n, ', ') FROM (SELECT status, count(*) n FROM jobs GROUP BY 1 ORDER BY 1) s"
 psql -X -d loom -At -c "SELECT 'backup: ' || path || ' (' || size || ' bytes, ' || sha256 || ')' FROM phasegate.backups"
 say "restore it with: pg_restore --clean --if-exists -d \"\$DATABASE_URL\" <file>"
+"$PHASEGATE" report "$PLAN" -o "$OUT/report-happy.html" >/dev/null
+"$PHASEGATE" events "$PLAN" --json >"$OUT/events-happy.jsonl"
+say "the run's report: $OUT/report-happy.html (open it in a browser); its events: $OUT/events-happy.jsonl"
 stop_demo
 
 bold "2/2  The same plan against a buggy release (unhealthy once dual-write is on)"
 seed loom_buggy
 export DATABASE_URL="postgresql:///loom_buggy?host=$PGHOST&port=$PGPORT&user=postgres"
 start_demo loom_buggy --buggy
-set +e
-"$PHASEGATE" apply "$PLAN"
-rc=$?
-set -e
+apply_logged buggy
+rc=$APPLY_RC
 say "apply exited $rc (3 = a gate failed and the automatic rollback completed)"
 "$PHASEGATE" status "$PLAN"
 say "the flag is back off: $(curl -s "http://127.0.0.1:$DEMO_PORT/flags/dual_write")"
 say "the service is healthy again: $(curl -s "http://127.0.0.1:$DEMO_PORT/healthz")"
 psql -X -d loom_buggy -c '\d jobs'
+"$PHASEGATE" report "$PLAN" -o "$OUT/report-buggy.html" >/dev/null
+"$PHASEGATE" events "$PLAN" --json >"$OUT/events-buggy.jsonl"
+say "the failed run's report: $OUT/report-buggy.html; its events: $OUT/events-buggy.jsonl"
 stop_demo
 [[ $rc -eq 3 ]] || { say "expected exit 3 from the buggy run"; exit 1; }
 

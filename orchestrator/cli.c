@@ -44,6 +44,7 @@ typedef struct cmd_s {
 #define OPT_RUN 0x100u
 #define OPT_FOLLOW 0x200u
 #define OPT_ATTEST 0x400u
+#define OPT_OUTPUT 0x800u
 
 #define GONE_HELP                                                                            \
 	"  --url-env V  the plan file is gone: PLAN is the plan's name, the database comes\n"     \
@@ -122,6 +123,17 @@ static const cmd_t commands[] = {
 	 OPT_ENV | OPT_JSON | OPT_RUN | OPT_FOLLOW | OPT_URLENV, 1,
 	 "0, 1 no such run or database unreachable, 2 bad invocation or plan, 130 interrupted",
 	 "the recorded events of a run; --follow watches it live"},
+	{"report", "phasegate report PLAN.yaml [--env E] [--run N] -o FILE.html [--url-env V]",
+	 "Write one self-contained HTML page of the plan's newest run (or run N), built from its\n"
+	 "recorded events: identity and outcome, an SVG timeline (a lane per phase with its\n"
+	 "steps, gates, backups, lock retries; a lane per health check with every probe), the\n"
+	 "backfill's rows/s and batch size, the backups with sha256, the rollback. No network,\n"
+	 "no script: attach it to the change ticket. Prints the file's path.\n"
+	 "  -o, --output FILE  where (written whole, then renamed into place)\n"
+	 "  --run N      that run\n" GONE_HELP,
+	 OPT_ENV | OPT_RUN | OPT_OUTPUT | OPT_URLENV, 1,
+	 "0, 1 no such run, database unreachable or the file cannot be written, 2 bad invocation or plan",
+	 "a run as one self-contained HTML page, with a timeline"},
 	{"history", "phasegate history [PLAN.yaml] [--env E] [--json] [--url-env V]",
 	 "List the runs recorded in the database (of PLAN, when given; else every plan, using\n"
 	 "$DATABASE_URL, or $V with --url-env V). --env keeps the runs of that environment.\n"
@@ -413,6 +425,7 @@ static const struct option long_opts[] = {
 	{"run", required_argument, NULL, 'r'},
 	{"follow", no_argument, NULL, 'w'},
 	{"attestation", required_argument, NULL, 'a'},
+	{"output", required_argument, NULL, 'o'},
 	{NULL, 0, NULL, 0},
 };
 
@@ -447,7 +460,7 @@ static int cli_main(int argc, char **argv)
 	memset(&o, 0, sizeof(o));
 	optind = 0; /* a full reset: phg_cli_main may run more than once */
 	opterr = 0;
-	while ((ch = getopt_long(argc, argv, ":hVvqy", long_opts, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, ":hVvqyo:", long_opts, NULL)) != -1) {
 		const char *name = argv[optind - 1];
 
 		switch (ch) {
@@ -470,6 +483,7 @@ static int cli_main(int argc, char **argv)
 			break;
 		case 'w': o.follow = 1; seen |= OPT_FOLLOW; break;
 		case 'a': attestation = optarg; seen |= OPT_ATTEST; break;
+		case 'o': o.output = optarg; seen |= OPT_OUTPUT; break;
 		case 'F':
 			if (strcmp(optarg, "json") == 0)
 				vformat = PHG_DIAG_COLLECT;
@@ -496,7 +510,8 @@ static int cli_main(int argc, char **argv)
 				snprintf(badbuf, sizeof(badbuf), "%s", name);
 			return usage_error(NULL, "unknown option \"%s\"", badbuf);
 		}
-		if ((ch == 'e' || ch == 't' || ch == 'f' || ch == 'u' || ch == 'a') && optarg[0] == '\0')
+		if ((ch == 'e' || ch == 't' || ch == 'f' || ch == 'u' || ch == 'a' || ch == 'o') &&
+		    optarg[0] == '\0')
 			return usage_error(NULL, "option \"%s\" needs a value", name);
 	}
 	if (verbose > 0)
@@ -547,7 +562,7 @@ static int cli_main(int argc, char **argv)
 		             {OPT_DRY, "--dry-run"}, {OPT_YES, "--yes"}, {OPT_JSON, "--json"},
 		             {OPT_URLENV, "--url-env"}, {OPT_FORMAT, "--format"},
 		             {OPT_RUN, "--run"}, {OPT_FOLLOW, "--follow"},
-		             {OPT_ATTEST, "--attestation"}};
+		             {OPT_ATTEST, "--attestation"}, {OPT_OUTPUT, "--output"}};
 
 		for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
 			if (bad_need & names[i].bit)
@@ -559,6 +574,8 @@ static int cli_main(int argc, char **argv)
 		return usage_error(c, "unexpected argument \"%s\"", argv[optind]);
 	if (file == NULL && c->needs_plan)
 		return usage_error(c, "%s", "missing PLAN.yaml");
+	if (strcmp(c->name, "report") == 0 && o.output == NULL)
+		return usage_error(c, "%s", "report needs -o FILE.html");
 	if (strcmp(c->name, "promote") == 0 && from != NULL && attestation != NULL)
 		return usage_error(c, "%s", "give --from ENV or --attestation FILE, not both");
 	if (strcmp(c->name, "promote") == 0 && ((from == NULL && attestation == NULL) ||
@@ -624,6 +641,8 @@ static int cli_main(int argc, char **argv)
 		rc = phg_cmd_history(plan, &o);
 	} else if (strcmp(c->name, "events") == 0) {
 		rc = phg_cmd_events(plan, &o);
+	} else if (strcmp(c->name, "report") == 0) {
+		rc = phg_cmd_report(plan, &o);
 	} else if (strcmp(c->name, "pause") == 0 || strcmp(c->name, "resume") == 0) {
 		rc = phg_cmd_pause(plan, &o, c->name[0] == 'p');
 	} else {

@@ -34,6 +34,7 @@ typedef struct phg_run_opts_s {
 	const char *promoted_from; /* promote: the source run, recorded with the new one */
 	long long run;        /* events --run N (0: the newest run) */
 	int follow;           /* events --follow */
+	const char *output;   /* report -o FILE */
 	const phg_plan_t *file_plan; /* status: the plan file, when the plan shown is the
 	                              * recorded one (drift, or the file is gone) */
 } phg_run_opts_t;
@@ -90,6 +91,8 @@ int phg_cmd_history(phg_plan_t *plan, const phg_run_opts_t *o);
 /* `events`: the recorded events of a run, oldest first; --follow polls
  * until the run is no longer running. */
 int phg_cmd_events(phg_plan_t *plan, const phg_run_opts_t *o);
+/* `report -o FILE`: the run as one self-contained HTML page. */
+int phg_cmd_report(phg_plan_t *plan, const phg_run_opts_t *o);
 /* Pause (@pause 1) or resume the newest unfinished run of @plan: recorded in
  * the state schema; a running apply stops after its current backfill batch
  * and waits, keeping its lock, until resumed.  Exit 0, or 1 when there is no

@@ -5,10 +5,12 @@
  * A run recorded as `running` whose plan lock nobody holds was killed; it is
  * shown as `interrupted`.
  */
+#include <errno.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <jansson.h>
 #include <uv.h>
@@ -17,6 +19,7 @@
 #include "engine.h"
 #include "log.h"
 #include "pg.h"
+#include "report_html.h"
 #include "step.h"
 #include "store.h"
 
@@ -681,6 +684,80 @@ static void events_schema(report_t *r, PGresult *res)
 	events_poll(r);
 }
 
+/* ---- report ---- */
+
+static void report_doc(report_t *r, PGresult *res)
+{
+	json_error_t jerr;
+	json_t *doc;
+	char tmp[4096];
+	FILE *f;
+	int ok;
+
+	if (PQntuples(res) == 0 || PQgetisnull(res, 0, 0)) {
+		if (r->o->run > 0)
+			phg_log(PHG_LOG_ERROR, NULL, "plan \"%s\" has no run %lld on this database",
+			        r->plan->name, r->o->run);
+		else
+			phg_log(PHG_LOG_ERROR, NULL, "plan \"%s\" has never run on this database",
+			        r->plan->name);
+		report_end(r, PHG_EXIT_RUNTIME);
+		return;
+	}
+	doc = json_loads(PQgetvalue(res, 0, 0), 0, &jerr);
+	/* written beside the target, then renamed: never half a report */
+	snprintf(tmp, sizeof(tmp), "%s.tmp", r->o->output);
+	f = fopen(tmp, "w");
+	if (f == NULL || doc == NULL) {
+		phg_log(PHG_LOG_ERROR, NULL, "cannot write \"%s\": %s", tmp,
+		        f == NULL ? strerror(errno) : jerr.text);
+		if (f != NULL)
+			fclose(f);
+		json_decref(doc);
+		report_end(r, PHG_EXIT_RUNTIME);
+		return;
+	}
+	ok = phg_report_html(f, r->plan->name, doc) == 0;
+	ok = (fclose(f) == 0) && ok;
+	if (ok && rename(tmp, r->o->output) != 0)
+		ok = 0;
+	if (!ok) {
+		phg_log(PHG_LOG_ERROR, NULL, "cannot write \"%s\": %s", r->o->output, strerror(errno));
+		unlink(tmp);
+		json_decref(doc);
+		report_end(r, PHG_EXIT_RUNTIME);
+		return;
+	}
+	printf("%s\n", r->o->output);
+	phg_log(PHG_LOG_INFO, NULL, "report of run %.0f of plan \"%s\" (%zu events) written to %s",
+	        json_number_value(json_object_get(json_object_get(doc, "run"), "id")), r->plan->name,
+	        json_array_size(json_object_get(doc, "events")), r->o->output);
+	json_decref(doc);
+	report_end(r, PHG_EXIT_OK);
+}
+
+static void report_schema(report_t *r, PGresult *res)
+{
+	phg_buf_t b;
+	char run[32];
+	const char *p[2] = {r->plan->name, NULL};
+
+	if (PQgetisnull(res, 0, 0)) {
+		phg_log(PHG_LOG_ERROR, NULL, "plan \"%s\" has never run on this database",
+		        r->plan->name);
+		report_end(r, PHG_EXIT_RUNTIME);
+		return;
+	}
+	if (r->o->run > 0) {
+		snprintf(run, sizeof(run), "%lld", r->o->run);
+		p[1] = run;
+	}
+	phg_buf_init(&b, 8192);
+	phg_store_report_sql(&b, r->schema_q);
+	rq(r, b.data, 2, p, report_doc);
+	phg_buf_free(&b);
+}
+
 /* ---- the last run's record: checksum and plan as applied ---- */
 
 static void recorded_row(report_t *r, PGresult *res)
@@ -720,7 +797,8 @@ static void report_connected(phg_pg_t *pg, int status, const phg_err_t *err)
 		const char *p[1] = {r->schema};
 
 		rq(r, PHG_STORE_EXISTS_SQL, 1, p,
-		   r->history == 5   ? events_schema
+		   r->history == 6   ? report_schema
+		   : r->history == 5 ? events_schema
 		   : r->history == 4 ? recorded_schema
 		                     : pause_schema);
 	} else if (r->history) {
@@ -820,6 +898,11 @@ int phg_last_run_record(const phg_plan_t *plan, const phg_run_opts_t *o, json_t 
 {
 	*out = NULL;
 	return report_run(plan, o, 4, out);
+}
+
+int phg_cmd_report(phg_plan_t *plan, const phg_run_opts_t *o)
+{
+	return report_run(plan, o, 6, NULL);
 }
 
 int phg_cmd_events(phg_plan_t *plan, const phg_run_opts_t *o)

@@ -435,6 +435,28 @@ void phg_store_events_sql(phg_buf_t *out, const char *schema_q)
 	               schema_q, schema_q, schema_q);
 }
 
+void phg_store_report_sql(phg_buf_t *out, const char *schema_q)
+{
+	phg_buf_printf(out,
+	               "WITH r AS (SELECT * FROM %1$s.runs WHERE plan = $1 AND id = coalesce($2::bigint, "
+	               "(SELECT max(id) FROM %1$s.runs WHERE plan = $1))) "
+	               "SELECT json_build_object("
+	               "'run', (SELECT (to_jsonb(r) - 'plan_json') || jsonb_build_object('started_ms', "
+	               "extract(epoch FROM r.started_at) * 1000, 'finished_ms', extract(epoch FROM "
+	               "r.finished_at) * 1000, 'started_at', " TS("r.started_at") ", 'finished_at', "
+	               TS("r.finished_at") ") FROM r), "
+	               "'events', (SELECT coalesce(json_agg(json_build_object('id', e.id, 'ms', "
+	               "round(extract(epoch FROM e.at) * 1000), 'at', to_char(e.at AT TIME ZONE 'UTC', "
+	               "'HH24:MI:SS.MS'), 'phase', e.phase, 'step', e.step, 'kind', e.kind, "
+	               "'message', e.message, 'data', e.data) ORDER BY e.id), '[]') FROM %1$s.events e, r "
+	               "WHERE e.run_id = r.id), "
+	               "'backups', (SELECT coalesce(json_agg(json_build_object('phase', b.phase, 'path', "
+	               "b.path, 'size', b.size, 'sha256', b.sha256, 'taken_at', " TS("b.taken_at") ") "
+	               "ORDER BY b.id), '[]') FROM %1$s.backups b, r WHERE b.run_id = r.id))::text "
+	               "FROM r",
+	               schema_q);
+}
+
 #define HISTORY_COUNTS                                                                       \
 	"(SELECT count(*) FROM %1$s.phases p WHERE p.run_id = r.id), "                           \
 	"(SELECT count(*) FROM %1$s.backups k WHERE k.run_id = r.id), "

@@ -204,6 +204,9 @@ void phg_store_status_checks_sql(phg_buf_t *out, const char *schema_q, long long
  * data (jsonb text), the run's checksum, env, id and state, and whether lock
  * class $4 of the plan is held now. */
 void phg_store_events_sql(phg_buf_t *out, const char *schema_q);
+/* Everything `report` shows of run $2 of plan $1 (NULL: its newest run), as
+ * one JSON document (report_html.h): the run, its events, its backups. */
+void phg_store_report_sql(phg_buf_t *out, const char *schema_q);
 /* Every run (of plan $1 and env $2 when not NULL): id, plan, checksum, env,
  * action, state, started, finished, who, host, phases applied, phases,
  * backups, note, error, target, promoted from. */

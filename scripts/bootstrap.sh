@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # bootstrap.sh - install the Debian packages phasegate needs to build and test.
+#   bash scripts/bootstrap.sh [EXTRA_PACKAGE...]
 #
 # Fast no-op when everything is present (one dpkg-query per package, no apt
 # call).  Otherwise `apt-get install -y` the missing ones; only if that fails,
@@ -18,6 +19,9 @@ PACKAGES=(
 	postgresql postgresql-contrib
 	curl clang
 )
+
+# extra packages a caller needs (tests/integration/test_core_report.sh: chromium)
+PACKAGES+=("$@")
 
 say() { printf 'bootstrap: %s\n' "$*"; }
 die() { printf 'bootstrap: error: %s\n' "$*" >&2; exit 1; }
