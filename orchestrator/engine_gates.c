@@ -52,6 +52,8 @@ static void gate_probe(phg_gate_t *g, const phg_probe_t *p)
 	json_object_set_new(d, "reason", json_string(p->reason ? p->reason : ""));
 	json_object_set_new(d, "successes", json_integer((json_int_t)p->successes));
 	json_object_set_new(d, "failures", json_integer((json_int_t)p->failures));
+	if (g == &e->verify)
+		json_object_set_new(d, "soak_left_ms", json_integer((json_int_t)p->soak_left_ms));
 	text = json_dumps(d, JSON_COMPACT);
 	snprintf(msg, sizeof(msg), "%s check \"%s\": %s (HTTP %ld, %" PRIu64 " ms)%s%s",
 	         g == &e->watch ? "watch" : "verify", p->check, p->ok ? "pass" : "FAIL", p->status,
@@ -63,17 +65,22 @@ static void gate_probe(phg_gate_t *g, const phg_probe_t *p)
 	 * gate runs beside the steps, whose line it leaves alone) */
 	if (g == &e->verify) {
 		const phg_check_t *c = phg_plan_find_check(e->plan, p->check);
+		char soak[48] = "";
 
-		if (p->ok)
+		if (p->ok) {
+			if (p->soak_left_ms > 0)
+				snprintf(soak, sizeof(soak), ", soak %.1f s left",
+				         (double)p->soak_left_ms / 1000.0);
 			phg_log_status(PHG_TONE_OK, "verify gate: check \"%s\" passes %" PRIu64 "/%" PRIu64
 			               " in a row (HTTP %ld, %" PRIu64 " ms)%s",
 			               p->check, (uint64_t)p->successes, c ? c->successes : 0, p->status,
-			               p->latency_ms, c && c->soak_ms ? ", soaking" : "");
-		else
+			               p->latency_ms, soak);
+		} else {
 			phg_log_status(PHG_TONE_FAIL, "verify gate: check \"%s\" fails %" PRIu64 "/%" PRIu64
 			               " in a row: %s",
 			               p->check, (uint64_t)p->failures, c ? c->failures : 0,
 			               p->reason ? p->reason : "");
+		}
 	}
 }
 

@@ -8,6 +8,7 @@
 #include "exec.h"
 
 #include <inttypes.h>
+#include <math.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -399,10 +400,11 @@ static void after_failure(phg_exec_t *x)
 
 			snprintf(data, sizeof(data),
 			         "{\"attempt\": %" PRIu64 ", \"max_attempts\": %" PRIu64 ", \"sqlstate\": "
-			         "\"%s\", \"lock_timeout_ms\": %" PRIu64 ", \"retry_in_ms\": %" PRIu64
-			         ", \"blockers\": %s}",
+			         "\"%s\", \"lock_timeout_ms\": %" PRIu64 ", \"waited_ms\": %" PRIu64
+			         ", \"retry_in_ms\": %" PRIu64 ", \"blockers\": %s}",
 			         x->attempt, x->settings->lock_retries, x->op_err.sqlstate,
-			         x->settings->lock_timeout_ms, d,
+			         x->settings->lock_timeout_ms,
+			         x->attempt_at_ms ? now_ms() - x->attempt_at_ms : 0, d,
 			         x->blockers_json[0] ? x->blockers_json : "[]");
 			x->on_event(x, "lock_retry", msg, data);
 		}
@@ -436,6 +438,7 @@ static void tx_send(phg_exec_t *x)
 	progress_sql(x, &b);
 	phg_buf_adds(&b, ";\nCOMMIT;");
 	x->attempt++;
+	x->attempt_at_ms = now_ms();
 	if (op->flags & PHG_OPF_DDL)
 		probe_start(x);
 	status_start(x);
@@ -483,6 +486,7 @@ static void st_set(phg_exec_t *x)
 	               (op->flags & PHG_OPF_PARALLEL) && !x->settings->throttle.budget.off ? "0"
 	                                                                                  : "DEFAULT");
 	x->attempt++;
+	x->attempt_at_ms = now_ms();
 	exec_sendf(x, PHG_X_ST_SET, &b);
 }
 
@@ -778,6 +782,7 @@ static void bf_batch(phg_exec_t *x)
 	snprintf(limit, sizeof(limit), "%" PRIu64, x->bf_sent_limit);
 	params[2 * k + 4] = limit;
 	x->attempt++;
+	x->attempt_at_ms = now_ms();
 	if (!too_big(x, &b)) {
 		probe_start(x);
 		x->bf_sent_ms = now_ms();
@@ -851,6 +856,31 @@ static const char *fmt_ms(uint64_t ms)
 	return b;
 }
 
+/* A terminal's live line, after every batch. */
+static void bf_live(phg_exec_t *x)
+{
+	const phg_backfill_spec_t *bf = cur_op(x)->backfill;
+	double r = bf_window_rate(x);
+
+	if (!phg_log_live())
+		return;
+	if (x->bf_pass == 1 && x->est_rows > 0 && r > 0) {
+		long long p = x->bf_scanned * 100 / x->est_rows, left = x->est_rows - x->bf_scanned;
+
+		phg_log_status(x->bf_sleep_ms > 0 ? PHG_TONE_WARN : PHG_TONE_INFO,
+		               "backfill %s: %3lld%%  %lld/%lld rows  %.0f rows/s  ETA %.0f s  batch "
+		               "%" PRIu64 "%s%s",
+		               bf->table, p > 99 ? 99 : p, x->bf_scanned, x->est_rows, r,
+		               left > 0 ? (double)left / r : 0.0, x->bf_sent_limit,
+		               x->bf_sleep_ms > 0 ? "  throttled: sleep " : "",
+		               x->bf_sleep_ms > 0 ? fmt_ms(x->bf_sleep_ms) : "");
+	} else {
+		phg_log_status(PHG_TONE_INFO, "backfill %s: %lld rows  %.0f rows/s  batch %" PRIu64 "%s",
+		               bf->table, x->bf_rows, r, x->bf_sent_limit,
+		               x->bf_pass == 2 ? "  (final sweep)" : "");
+	}
+}
+
 static void bf_progress(phg_exec_t *x, int final)
 {
 	const phg_backfill_spec_t *bf = cur_op(x)->backfill;
@@ -859,37 +889,21 @@ static void bf_progress(phg_exec_t *x, int final)
 	long long done = x->bf_rows - x->bf_rows_at_start;
 	double avg = secs > 0 ? (double)done / secs : 0;
 	double rate = bf_window_rate(x);
-	char msg[512], data[480];
+	char msg[512], *text;
 	double eta = -1;
 	long long pct = -1;
-	char pct_s[32] = "null", eta_s[48] = "null";
+	json_t *d, *hw = json_null();
 
-	if (!final && phg_log_live()) {
-		/* the terminal's live line, after every batch */
-		double r = bf_window_rate(x);
-
-		if (x->bf_pass == 1 && x->est_rows > 0 && r > 0) {
-			long long p = x->bf_scanned * 100 / x->est_rows, left = x->est_rows - x->bf_scanned;
-
-			phg_log_status(x->bf_sleep_ms > 0 ? PHG_TONE_WARN : PHG_TONE_INFO,
-			               "backfill %s: %3lld%%  %lld/%lld rows  %.0f rows/s  ETA %.0f s  batch "
-			               "%" PRIu64 "%s%s",
-			               bf->table, p > 99 ? 99 : p, x->bf_scanned, x->est_rows, r,
-			               left > 0 ? (double)left / r : 0.0, x->bf_sent_limit,
-			               x->bf_sleep_ms > 0 ? "  throttled: sleep " : "",
-			               x->bf_sleep_ms > 0 ? fmt_ms(x->bf_sleep_ms) : "");
-		} else {
-			phg_log_status(PHG_TONE_INFO, "backfill %s: %lld rows  %.0f rows/s  batch %" PRIu64 "%s",
-			               bf->table, x->bf_rows, r, x->bf_sent_limit,
-			               x->bf_pass == 2 ? "  (final sweep)" : "");
-		}
-	}
+	if (!final)
+		bf_live(x);
 	if (!final && now - x->bf_logged_ms < 2000)
 		return;
 	x->bf_logged_ms = now;
 	if (final) {
 		snprintf(msg, sizeof(msg), "backfill of %s done: %lld rows in %lld batches, %.1f s, %.0f rows/s",
 		         bf->table, x->bf_rows, x->bf_batches, secs, avg);
+		pct = 100;
+		eta = 0;
 	} else if (x->bf_pass == 1 && x->est_rows > 0 && rate > 0) {
 		/* of the range fixed at the start, at the pace of the recent batches */
 		long long left = x->est_rows - x->bf_scanned;
@@ -898,7 +912,6 @@ static void bf_progress(phg_exec_t *x, int final)
 		if (pct > 99)
 			pct = 99;
 		eta = left > 0 ? (double)left / rate : 0.0;
-
 		snprintf(msg, sizeof(msg),
 		         "backfill of %s: %lld rows (~%lld%%) in %lld batches of %" PRIu64
 		         ", %.0f rows/s, ETA %.0f s",
@@ -909,22 +922,26 @@ static void bf_progress(phg_exec_t *x, int final)
 		         x->bf_pass == 2 ? " (final sweep)" : "");
 	}
 	phg_log(PHG_LOG_INFO, &x->log, "%s", msg);
-	if (final) {
-		pct = 100;
-		eta = 0;
+	/* the key range fixed at the start: its upper end (the high-water mark) */
+	if (x->bf_high_set) {
+		json_decref(hw);
+		hw = json_array();
+		for (size_t i = 0; i < x->bf_high.n; i++)
+			json_array_append_new(hw, json_string(x->bf_high.v[i]));
 	}
-	if (pct >= 0)
-		snprintf(pct_s, sizeof(pct_s), "%lld", pct);
-	if (eta >= 0)
-		snprintf(eta_s, sizeof(eta_s), "%.1f", eta);
-	snprintf(data, sizeof(data),
-	         "{\"rows\": %lld, \"batches\": %lld, \"rows_per_s\": %.0f, \"estimate\": %lld, "
-	         "\"scanned\": %lld, \"pass\": %d, \"batch_size\": %" PRIu64 ", \"sleep_ms\": %" PRIu64
-	         ", \"percent\": %s, \"eta_s\": %s, \"elapsed_s\": %.1f}",
-	         x->bf_rows, x->bf_batches, rate > 0 ? rate : avg, x->est_rows, x->bf_scanned,
-	         x->bf_pass, x->bf_sent_limit, x->bf_sleep_ms, pct_s, eta_s, secs);
+	d = json_pack("{s:I,s:I,s:f,s:I,s:I,s:i,s:I,s:I,s:o,s:o,s:f,s:o}", "rows",
+	              (json_int_t)x->bf_rows, "batches", (json_int_t)x->bf_batches, "rows_per_s",
+	              round(rate > 0 ? rate : avg), "estimate", (json_int_t)x->est_rows, "scanned",
+	              (json_int_t)x->bf_scanned, "pass", x->bf_pass, "batch_size",
+	              (json_int_t)x->bf_sent_limit, "sleep_ms", (json_int_t)x->bf_sleep_ms, "percent",
+	              pct >= 0 ? json_integer(pct) : json_null(), "eta_s",
+	              eta >= 0 ? json_real(round(eta * 10) / 10) : json_null(), "elapsed_s",
+	              round(secs * 10) / 10, "high_water", hw);
+	text = json_dumps(d, JSON_COMPACT | JSON_REAL_PRECISION(10));
+	json_decref(d);
 	if (x->on_event != NULL)
-		x->on_event(x, final ? "backfill_done" : "backfill_progress", msg, data);
+		x->on_event(x, final ? "backfill_done" : "backfill_progress", msg, text);
+	free(text);
 }
 
 static int bf_batch_done(phg_exec_t *x, PGresult *res)
@@ -1269,6 +1286,7 @@ static void http_send(phg_exec_t *x)
 	o.timeout_ms = 30000;
 	phg_err_clear(&e);
 	x->attempt++;
+	x->attempt_at_ms = now_ms();
 	exec_state(x, PHG_X_HTTP);
 	if (x->http == NULL) {
 		phg_err_set(&e, PHG_EHTTP, "no HTTP client for \"%s\"", cur_op(x)->label);

@@ -139,6 +139,7 @@ struct phg_exec_s {
 	uv_timer_t probe_timer;
 	uv_timer_t status_timer; /* a terminal's live line during a long statement */
 	uint64_t status_since_ms;
+	uint64_t attempt_at_ms; /* when the current attempt was sent (lock_retry: waited) */
 	uv_timer_t done_timer;          /* the callback runs on a later loop turn */
 	int done_status;
 	int timers_open;

@@ -409,6 +409,7 @@ static void probe_done(gate_check_t *ck, const phg_http_result_t *r, int ok, con
 		p.reason = ok ? "" : reason;
 		p.successes = ck->successes;
 		p.failures = ck->failures;
+		p.soak_left_ms = gp->soak_ms > elapsed_ms(gp) ? gp->soak_ms - elapsed_ms(gp) : 0;
 		gp->g->on_probe(gp->g, &p);
 		if (gp->stopping || gp->decided)
 			return;

@@ -39,6 +39,7 @@ typedef struct phg_probe_s {
 	const char *reason;    /* why it failed ("" when ok) */
 	uint64_t successes;    /* consecutive, after this probe */
 	uint64_t failures;     /* consecutive, after this probe */
+	uint64_t soak_left_ms; /* VERIFY: how long the soak still runs (0: over) */
 } phg_probe_t;
 
 /* status 0: passed (VERIFY only); PHG_EGATE: failed (err says which check

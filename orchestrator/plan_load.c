@@ -1996,9 +1996,27 @@ int phg_plan_load(const char *path, FILE *diag_out, phg_plan_t **out, phg_err_t 
 	int fd, rc;
 
 	*out = NULL;
-	fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* O_NONBLOCK: a FIFO or a device never blocks the open; only a regular
+	 * file is a plan */
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
 	if (fd < 0)
 		return phg_err_set(err, PHG_EIO, "cannot read \"%s\": %s", path, strerror(errno));
+	{
+		struct stat st;
+
+		if (fstat(fd, &st) != 0) {
+			int e = errno;
+
+			close(fd);
+			return phg_err_set(err, PHG_EIO, "cannot read \"%s\": %s", path, strerror(e));
+		}
+		if (!S_ISREG(st.st_mode)) {
+			close(fd);
+			return phg_err_set(err, PHG_EIO, "cannot read \"%s\": %s", path,
+			                   S_ISDIR(st.st_mode) ? strerror(EISDIR)
+			                                       : "not a regular file (a plan is a file)");
+		}
+	}
 	data = phg_calloc(cap, 1);
 	for (;;) {
 		ssize_t n;

@@ -111,6 +111,18 @@ static void rq(report_t *r, const char *sql, int np, const char *const *p, rk_t 
 		report_end(r, PHG_EXIT_RUNTIME);
 }
 
+/* events and report: the run asked for is not there (exit 1) */
+static void no_such_run(report_t *r)
+{
+	if (r->o->run > 0)
+		phg_log(PHG_LOG_ERROR, NULL, "plan \"%s\" has no run %lld on this database",
+		        r->plan->name, r->o->run);
+	else
+		phg_log(PHG_LOG_ERROR, NULL, "plan \"%s\" has never run on this database",
+		        r->plan->name);
+	report_end(r, PHG_EXIT_RUNTIME);
+}
+
 static json_t *jstr_or_null(PGresult *res, int row, int col)
 {
 	return PQgetisnull(res, row, col) ? json_null() : json_string(PQgetvalue(res, row, col));
@@ -547,9 +559,7 @@ static void pause_schema(report_t *r, PGresult *res)
 	const char *p[4];
 
 	if (PQgetisnull(res, 0, 0)) {
-		phg_log(PHG_LOG_ERROR, NULL, "plan \"%s\" has never run on this database",
-		        r->plan->name);
-		report_end(r, PHG_EXIT_RUNTIME);
+		no_such_run(r);
 		return;
 	}
 	phg_whoami(user, sizeof(user), host, sizeof(host));
@@ -565,6 +575,7 @@ static void pause_schema(report_t *r, PGresult *res)
 }
 
 /* ---- events ---- */
+
 
 static void events_poll(report_t *r);
 
@@ -622,13 +633,7 @@ static void events_rows(report_t *r, PGresult *res)
 	int n = PQntuples(res), got = 0;
 
 	if (n == 0) {
-		if (r->o->run > 0)
-			phg_log(PHG_LOG_ERROR, NULL, "plan \"%s\" has no run %lld on this database",
-			        r->plan->name, r->o->run);
-		else
-			phg_log(PHG_LOG_ERROR, NULL, "plan \"%s\" has never run on this database",
-			        r->plan->name);
-		report_end(r, PHG_EXIT_RUNTIME);
+		no_such_run(r);
 		return;
 	}
 	/* the run followed stays the one found first, whatever starts later */
@@ -676,9 +681,7 @@ static void events_poll(report_t *r)
 static void events_schema(report_t *r, PGresult *res)
 {
 	if (PQgetisnull(res, 0, 0)) {
-		phg_log(PHG_LOG_ERROR, NULL, "plan \"%s\" has never run on this database",
-		        r->plan->name);
-		report_end(r, PHG_EXIT_RUNTIME);
+		no_such_run(r);
 		return;
 	}
 	events_poll(r);
@@ -695,13 +698,7 @@ static void report_doc(report_t *r, PGresult *res)
 	int ok;
 
 	if (PQntuples(res) == 0 || PQgetisnull(res, 0, 0)) {
-		if (r->o->run > 0)
-			phg_log(PHG_LOG_ERROR, NULL, "plan \"%s\" has no run %lld on this database",
-			        r->plan->name, r->o->run);
-		else
-			phg_log(PHG_LOG_ERROR, NULL, "plan \"%s\" has never run on this database",
-			        r->plan->name);
-		report_end(r, PHG_EXIT_RUNTIME);
+		no_such_run(r);
 		return;
 	}
 	doc = json_loads(PQgetvalue(res, 0, 0), 0, &jerr);
@@ -743,9 +740,7 @@ static void report_schema(report_t *r, PGresult *res)
 	const char *p[2] = {r->plan->name, NULL};
 
 	if (PQgetisnull(res, 0, 0)) {
-		phg_log(PHG_LOG_ERROR, NULL, "plan \"%s\" has never run on this database",
-		        r->plan->name);
-		report_end(r, PHG_EXIT_RUNTIME);
+		no_such_run(r);
 		return;
 	}
 	if (r->o->run > 0) {

@@ -111,14 +111,16 @@ assert all(o["plan"] == "events-plan" and o["run_id"] == 1 and o["checksum"].sta
            for o in lines if o["type"] == "event" and o["kind"] != "exit"), "every event names its run"
 lr = ev["lock_retry"][0]["data"]
 assert lr["attempt"] >= 1 and any(b["application_name"] == "psql" for b in lr["blockers"]), lr
+assert lr["waited_ms"] >= 150, lr  # the attempt waited its lock_timeout (200ms)
 p = ev["backfill_progress"][0]["data"]
 assert p["rows"] > 0 and p["batch_size"] > 0 and p["rows_per_s"] >= 0, p
+assert p["high_water"] == ["3000"] and p["estimate"] == 3000, p  # the key range fixed at the start
 d = ev["backfill_done"][0]["data"]
 assert d["rows"] == 3000 and d["percent"] == 100, d
 b = ev["backup"][0]["data"]
 assert b["size"] > 0 and b["sha256"].startswith("sha256:"), b
 pr = ev["probe"][0]["data"]
-assert pr["check"] == "api" and pr["ok"] is True and pr["status"] == 200, pr
+assert pr["check"] == "api" and pr["ok"] is True and pr["status"] == 200 and "soak_left_ms" in pr, pr
 st = [o for o in ev["step_state"] if o["phase"] == "fill"]
 assert st[0]["step"] == 1 and st[0]["step_kind"] == "backfill" and st[0]["data"]["to"] == "running", st[0]
 PYEOF

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -1038,6 +1039,17 @@ static void test_load_file(void **state)
 	assert_null(plan);
 	assert_contains(err.msg, "cannot read \"/tmp/phg_test_plan_");
 	assert_contains(err.msg, "No such file or directory");
+
+	/* a FIFO (nobody writing) must not block the load, nor a directory
+	 * pass for a plan: only a regular file is read */
+	assert_int_equal(mkfifo(path, 0600), 0);
+	phg_err_clear(&err);
+	assert_int_equal(phg_plan_load(path, NULL, &plan, &err), PHG_EIO);
+	assert_contains(err.msg, "not a regular file");
+	unlink(path);
+	phg_err_clear(&err);
+	assert_int_equal(phg_plan_load("/tmp", NULL, &plan, &err), PHG_EIO);
+	assert_contains(err.msg, "Is a directory");
 }
 
 /* Load and free plans repeatedly, refused ones too: run under valgrind
