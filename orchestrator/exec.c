@@ -243,6 +243,7 @@ static void done_fire(uv_timer_t *t)
  * that started the work (phg_exec_run with no op left, a failed send). */
 static void exec_finish(phg_exec_t *x, int status)
 {
+	x->observing = 0;
 	probe_stop(x);
 	uv_timer_stop(&x->status_timer);
 	phg_log_status_clear();
@@ -1337,11 +1338,115 @@ static void http_done(phg_http_req_t *req, const phg_http_result_t *r, void *arg
 
 /* ---- driving ---- */
 
+/* ---- the latency budget during one long statement ---- */
+
+/* A VALIDATE or an index build cannot pause between batches: with the
+ * budget on, the probe (the plan's, or the op's stand-in for the app)
+ * measures a baseline first, then what the application feels while the
+ * statement runs; the verdict is logged and recorded (throttle_observed). */
+#define PHG_OBS_BASELINE_MS 200 /* a statement's baseline: short, it waits for it */
+
+static int obs_wanted(const phg_exec_t *x, const phg_op_t *op)
+{
+	return op->observe_sql != NULL && !x->settings->throttle.budget.off && x->conninfo != NULL &&
+	       (op->flags & (PHG_OPF_SCAN | PHG_OPF_PARALLEL)) && x->dir != PHG_DIR_FINALIZE;
+}
+
+static void exec_op_go(phg_exec_t *x);
+
+static void obs_ready(phg_throttle_t *t, int status, const phg_err_t *err, void *arg)
+{
+	phg_exec_t *x = arg;
+
+	if (x->st != PHG_X_BF_BASELINE || x->thr != t)
+		return;
+	if (status != 0) {
+		/* measuring is not worth failing the step for */
+		phg_log(PHG_LOG_WARN, &x->log, "the latency probe cannot run (%s): %s runs unmeasured",
+		        err && err->msg[0] ? err->msg : "no connection", cur_op(x)->label);
+		phg_throttle_free(x->thr);
+		x->thr = NULL;
+		x->observing = 0;
+	}
+	if (stop_now(x))
+		return;
+	exec_op_go(x);
+}
+
+static void obs_start(phg_exec_t *x)
+{
+	const phg_op_t *op = cur_op(x);
+	const phg_throttle_cfg_t *c = &x->settings->throttle;
+	phg_err_t e;
+
+	phg_throttle_free(x->thr);
+	x->obs_cfg = *c; /* the probe string stays the plan's */
+	if (x->obs_cfg.baseline_ms > PHG_OBS_BASELINE_MS)
+		x->obs_cfg.baseline_ms = PHG_OBS_BASELINE_MS;
+	x->thr = phg_throttle_new(x->backoff_timer.loop, &x->obs_cfg, &x->log);
+	x->observing = 1;
+	x->obs_op = x->next;
+	phg_err_clear(&e);
+	exec_state(x, PHG_X_BF_BASELINE);
+	if (phg_throttle_start(x->thr, x->conninfo, x->settings->connect_timeout_ms,
+	                       c->probe != NULL ? c->probe : op->observe_sql, 0, obs_ready, x, &e) != 0) {
+		phg_throttle_free(x->thr);
+		x->thr = NULL;
+		x->observing = 0;
+		exec_op_go(x);
+	}
+}
+
+/* The op is done: what the application felt while it ran. */
+static void obs_report(phg_exec_t *x)
+{
+	phg_throttle_decision_t d;
+	char msg[768];
+
+	if (!x->observing || x->thr == NULL)
+		return;
+	phg_throttle_observe(x->thr, &d);
+	x->observing = 0;
+	if (d.samples == 0)
+		return;
+	snprintf(msg, sizeof(msg),
+	         "latency budget during \"%s\": the probe's p99 was %.2f ms (%u probes; baseline "
+	         "%.2f ms, budget %.2f ms)%s",
+	         cur_op(x)->label, (double)d.p99_us / 1000.0, d.samples,
+	         (double)d.baseline_us / 1000.0, (double)d.budget_us / 1000.0,
+	         d.over ? ": over budget. One statement cannot be paused; run it when the "
+	                  "application is quieter, or give the plan a looser throttle"
+	                : "");
+	phg_log(d.over ? PHG_LOG_WARN : PHG_LOG_INFO, &x->log, "%s", msg);
+	if (x->on_event != NULL) {
+		char data[256];
+
+		snprintf(data, sizeof(data),
+		         "{\"p99_ms\": %.3f, \"budget_ms\": %.3f, \"baseline_ms\": %.3f, \"samples\": %u, "
+		         "\"over\": %s, \"sleep_ms\": 0}",
+		         (double)d.p99_us / 1000.0, (double)d.budget_us / 1000.0,
+		         (double)d.baseline_us / 1000.0, d.samples, d.over ? "true" : "false");
+		x->on_event(x, "throttle_observed", msg, data);
+	}
+}
+
 static void exec_op_start(phg_exec_t *x)
 {
 	const phg_op_t *op = cur_op(x);
 
 	phg_err_clear(&x->op_err);
+	/* a retry of the same op keeps measuring: no second baseline */
+	if (obs_wanted(x, op) && !(x->observing && x->obs_op == x->next && x->thr != NULL)) {
+		obs_start(x);
+		return;
+	}
+	exec_op_go(x);
+}
+
+static void exec_op_go(phg_exec_t *x)
+{
+	const phg_op_t *op = cur_op(x);
+
 	switch (op->kind) {
 	case PHG_OP_TX:
 		if (op->noop_sql != NULL)
@@ -1386,6 +1491,7 @@ static void op_committed(phg_exec_t *x)
 {
 	uv_timer_stop(&x->status_timer);
 	phg_log_status_clear();
+	obs_report(x);
 	phg_log(PHG_LOG_DEBUG, &x->log, "committed: %s", cur_op(x)->label);
 	op_fault(x, "committed");
 	x->next++;

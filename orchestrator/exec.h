@@ -140,6 +140,9 @@ struct phg_exec_s {
 	uv_timer_t status_timer; /* a terminal's live line during a long statement */
 	uint64_t status_since_ms;
 	uint64_t attempt_at_ms; /* when the current attempt was sent (lock_retry: waited) */
+	int observing;          /* x->thr measures the app during one long statement */
+	phg_throttle_cfg_t obs_cfg; /* the plan's, with a shorter baseline */
+	size_t obs_op;          /* ... this op */
 	uv_timer_t done_timer;          /* the callback runs on a later loop turn */
 	int done_status;
 	int timers_open;

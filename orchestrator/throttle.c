@@ -60,6 +60,7 @@ struct phg_throttle_s {
 	size_t watch_base_n;
 	uint64_t sleep_ms;
 	uint64_t changed_ms;
+	uint64_t running_ms; /* when the baseline ended */
 	uint64_t watch_interval_ms; /* 0: no watch checks to wait for in the baseline */  /* the last change of pace: older probes show the old one */
 	unsigned answered;
 	phg_throttle_ready_cb ready_cb;
@@ -180,6 +181,7 @@ static void baseline_end(phg_throttle_t *t)
 		w[i] = t->watch[i].ms;
 	t->watch_base_ms = phg_percentile(w, t->wn, 99);
 	t->st = T_RUNNING;
+	t->running_ms = mono_ms();
 	uv_timer_start(&t->timer, probe_fire, t->cfg->interval_ms, t->cfg->interval_ms);
 	ready(t, 0, NULL);
 }
@@ -413,6 +415,21 @@ void phg_throttle_decide(phg_throttle_t *t, phg_throttle_decision_t *d)
 	d->sleep_ms = t->sleep_ms;
 	d->changed = (prev == 0) != (t->sleep_ms == 0) || t->sleep_ms >= prev * 2 + 1 ||
 	             (prev > 0 && t->sleep_ms * 2 < prev);
+}
+
+void phg_throttle_observe(phg_throttle_t *t, phg_throttle_decision_t *d)
+{
+	uint64_t v[RING + 1];
+	size_t k = recent(t, 0, t->running_ms, 0, v);
+
+	memset(d, 0, sizeof(*d));
+	if (t->in_flight)
+		v[k++] = (uv_hrtime() - t->sent_ns) / 1000u;
+	d->samples = (unsigned)k;
+	d->p99_us = phg_percentile(v, k, 99);
+	d->baseline_us = t->baseline_us;
+	d->budget_us = phg_budget_us(&t->cfg->budget, t->baseline_us, t->cfg->floor_ms);
+	d->over = k > 0 && d->p99_us > d->budget_us;
 }
 
 /* ---- closing ---- */

@@ -83,6 +83,11 @@ void phg_throttle_watch(phg_throttle_t *t, uint64_t latency_ms);
 /* After a batch: how long to sleep before the next, and the batch cap. */
 void phg_throttle_decide(phg_throttle_t *t, phg_throttle_decision_t *d);
 
+/* After one long statement (a VALIDATE, an index build), which cannot be
+ * paced: the probe's p99 over every sample since the baseline (at most the
+ * last RING), against the budget; over = 1 when above it. */
+void phg_throttle_observe(phg_throttle_t *t, phg_throttle_decision_t *d);
+
 /* Stop probing, close the connection; the throttle frees itself once its
  * handles are closed.  NULL is a no-op. */
 void phg_throttle_free(phg_throttle_t *t);

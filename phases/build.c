@@ -197,6 +197,7 @@ void phg_ops_free(phg_ops_t *ops)
 		free(op->violation_hint);
 		free(op->violation_count_sql);
 		free(op->violation_undo_sql);
+		free(op->observe_sql);
 		if (op->backfill != NULL) {
 			free(op->backfill->table);
 			free(op->backfill->set);

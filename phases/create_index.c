@@ -58,6 +58,7 @@ static int create_index_build(phg_build_t *b)
 		           a->unique ? "UNIQUE " : "", phg_q(b, a->name), t,
 		           index_methods[a->method], cols.data, a->where ? " WHERE " : "",
 		           a->where ? a->where : "");
+		op->observe_sql = phg_asprintf("SELECT 1 FROM %s LIMIT 1", t);
 		op->guard_sql = phg_asprintf(
 		    "SELECT CASE WHEN x.indisvalid THEN 'valid' ELSE 'invalid' END "
 		    "FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid "

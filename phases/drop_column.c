@@ -207,6 +207,7 @@ static int drop_column_build(phg_build_t *b)
 		                "restore NOT NULL of %s: validate (rows written while it was "
 		                "hidden must have a value)", c);
 		phg_op_sql(op, "ALTER TABLE %s VALIDATE CONSTRAINT %s", t, chk);
+		op->observe_sql = phg_asprintf("SELECT 1 FROM %s LIMIT 1", t);
 		/* rows without a value (written while hidden, no default to give
 		 * them): the check goes again, so the app's inserts that omit the
 		 * column keep working, and the revert stops saying what is left */

@@ -47,6 +47,7 @@ int phg_constraint_build(phg_build_t *b, const char *table, const char *name,
 		op = phg_op_new(b, PHG_OP_TX, PHG_OPF_DDL | PHG_OPF_SCAN,
 		                "validate constraint %s: scans %s, writes continue", k, t);
 		phg_op_sql(op, "ALTER TABLE %s VALIDATE CONSTRAINT %s", t, k);
+		op->observe_sql = phg_asprintf("SELECT 1 FROM %s LIMIT 1", t);
 		break;
 	case PHG_DIR_REVERT:
 		if (b->progress == 0)

@@ -48,6 +48,7 @@ static int set_not_null_build(phg_build_t *b)
 		op = phg_op_new(b, PHG_OP_TX, PHG_OPF_DDL | PHG_OPF_SCAN,
 		                "validate %s: scans %s, writes continue", chk, t);
 		phg_op_sql(op, "ALTER TABLE %s VALIDATE CONSTRAINT %s", t, chk);
+		op->observe_sql = phg_asprintf("SELECT 1 FROM %s LIMIT 1", t);
 		op->violation = phg_asprintf("column %s of %s has {n} NULL value(s): NOT NULL cannot "
 		                             "be enforced",
 		                             c, t);

@@ -94,6 +94,10 @@ typedef struct phg_op_s {
 	 * a half-made constraint and a later run redoes the op */
 	char *violation_count_sql;
 	char *violation_undo_sql;
+	/* a SCAN or PARALLEL op (one long statement, which cannot pause): the
+	 * query that stands for the application while it runs, unless the plan
+	 * has `throttle.probe`; the latency budget measures it (exec.c) */
+	char *observe_sql;
 } phg_op_t;
 
 typedef struct phg_ops_s {

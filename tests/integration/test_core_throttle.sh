@@ -127,6 +127,40 @@ assert_eq 0 "$(build_settings thr-idx-on "thr_idx_on_$$" 2x)" "budget on: the bu
 assert_eq DEFAULT "$(build_settings thr-idx-off "thr_idx_off_$$" off)" "throttle off: the server's default"
 psql_q "ALTER DATABASE $TEST_DB RESET log_statement" >/dev/null
 
+# ---- one long statement (a VALIDATE) cannot pause: the budget measures
+# what the application feels while it runs and says so.  A probe that waits
+# while a VALIDATE of this database runs is over an absolute budget; the
+# plain one is within it.
+seed 3000
+psql_q "CREATE OR REPLACE FUNCTION slow_ok(int) RETURNS boolean LANGUAGE plpgsql AS \$\$
+	BEGIN PERFORM pg_sleep(0.0005); RETURN \$1 >= 0; END \$\$" >/dev/null
+validate_plan() { # FILE THROTTLE
+	cat >"$1" <<YAML
+version: 1
+name: observed
+settings: { throttle: $2 }
+phases:
+  - name: check
+    steps:
+      - add_check: { table: t, name: t_v_ok, check: "slow_ok(v)" }
+YAML
+}
+validate_plan "$T/obs.yaml" "{ budget: 20ms, probe: \"SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' AND pid <> pg_backend_pid() AND query LIKE '%VALIDATE CONSTRAINT%') THEN pg_sleep(0.04) END\" }"
+assert_exit 0 phg apply "$T/obs.yaml"
+assert_file_contains "$T/err" "latency budget during \"validate constraint \"t_v_ok\""
+assert_file_contains "$T/err" "over budget. One statement cannot be paused"
+assert_eq "t" "$(psql_q "SELECT bool_and((data->>'over')::boolean AND (data->>'p99_ms')::numeric > 20 AND (data->>'samples')::int > 5)
+	FROM phasegate.events WHERE kind = 'throttle_observed'")" "the VALIDATE's impact recorded, over budget"
+seed 3000
+validate_plan "$T/obs2.yaml" "2x"
+assert_exit 0 phg apply "$T/obs2.yaml"
+assert_eq "f" "$(psql_q "SELECT bool_or((data->>'over')::boolean) FROM phasegate.events WHERE kind = 'throttle_observed'")" \
+	"the plain probe during the VALIDATE: within budget"
+validate_plan "$T/obs3.yaml" "off"
+sed -i -e 's/t_v_ok/t_v_ok3/' -e 's/name: observed/name: observed3/' "$T/obs3.yaml"
+assert_exit 0 phg apply "$T/obs3.yaml"
+assert_file_not_contains "$T/err" "latency budget"
+
 # ---- a probe that cannot run: the step fails before any batch --------
 seed 20000
 write_plan "$T/bad.yaml" "throttle: { probe: \"SELECT 1 FROM no_such_table\" }"
