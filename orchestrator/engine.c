@@ -107,7 +107,7 @@ void phg_eng_ctx(engine_t *e, int pi, int si)
 	                       : NULL;
 }
 
-void phg_eng_event(engine_t *e, const char *kind, const char *msg, const char *data)
+static void event_masked(engine_t *e, const char *kind, const char *msg, const char *data)
 {
 	char run[32], step[16];
 	const char *p[6];
@@ -141,6 +141,17 @@ void phg_eng_event(engine_t *e, const char *kind, const char *msg, const char *d
 		phg_pgq_query(&e->ctlq, b.data, 6, p, NULL, NULL);
 		phg_buf_free(&b);
 	}
+}
+
+/* An event: streamed (--log-format json), told to the webhooks, recorded;
+ * never with a secret in it (log.h). */
+void phg_eng_event(engine_t *e, const char *kind, const char *msg, const char *data)
+{
+	char *m = phg_masked(msg), *d = phg_masked(data);
+
+	event_masked(e, kind, m != NULL ? m : msg, data != NULL && d != NULL ? d : data);
+	free(m);
+	free(d);
 }
 
 static void exec_event(phg_exec_t *x, const char *kind, const char *message, const char *data)
@@ -271,7 +282,10 @@ void phg_eng_set_state(engine_t *e, level_t lvl, int pi, int si, int new_state,
 	phg_buf_init(&b, 64 * 1024);
 	switch (lvl) {
 	case PHG_LVL_RUN: {
-		char *n = note != NULL ? phg_eng_lit(e, note) : NULL, *lw = NULL, *lh = NULL;
+		char *mn = phg_masked(note); /* a run's note and error never hold a secret */
+		char *n = mn != NULL ? phg_eng_lit(e, mn) : NULL, *lw = NULL, *lh = NULL;
+
+		free(mn);
 
 		if (strcmp(e->run_action, "rollback") == 0) {
 			char user[128], host[256];

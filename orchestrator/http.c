@@ -37,6 +37,7 @@
 #include <curl/curl.h>
 
 #include "buf.h"
+#include "log.h"
 #include "error.h"
 
 #ifndef PHG_VERSION
@@ -219,6 +220,7 @@ static int expand(const char *in, phg_buf_t *out, phg_err_t *err, expand_value_c
 		}
 		if ((rc = phg_buf_adds(out, value)) != 0)
 			break;
+		phg_secret_add(value); /* masked in whatever phasegate prints or records */
 		if (on_value != NULL && value[0] != '\0')
 			on_value(arg, value, strlen(value));
 		p = end + 1;

@@ -21,6 +21,58 @@ static int log_json;      /* --log-format json */
 static int log_tty = -1;  /* stderr is a terminal that can rewrite a line */
 static int log_colour = -1;
 static char status_line[512]; /* the live line shown now ("" none) */
+#define SECRETS_MAX 64
+static char *secrets[SECRETS_MAX];
+static size_t nsecrets;
+
+void phg_secret_add(const char *value)
+{
+	if (value == NULL || strlen(value) < PHG_SECRET_MIN)
+		return;
+	for (size_t i = 0; i < nsecrets; i++)
+		if (strcmp(secrets[i], value) == 0)
+			return;
+	if (nsecrets == SECRETS_MAX) {
+		/* keep the newest: the oldest is dropped */
+		free(secrets[0]);
+		memmove(secrets, secrets + 1, (SECRETS_MAX - 1) * sizeof(secrets[0]));
+		nsecrets--;
+	}
+	secrets[nsecrets] = strdup(value);
+	if (secrets[nsecrets] != NULL)
+		nsecrets++;
+}
+
+size_t phg_mask(char *s)
+{
+	size_t n = 0;
+
+	if (s == NULL)
+		return 0;
+	for (size_t i = 0; i < nsecrets; i++) {
+		size_t len = strlen(secrets[i]);
+		char *at;
+
+		while ((at = strstr(s, secrets[i])) != NULL) {
+			memcpy(at, "***", 3);
+			memmove(at + 3, at + len, strlen(at + len) + 1);
+			n++;
+		}
+	}
+	return n;
+}
+
+char *phg_masked(const char *s)
+{
+	char *c;
+
+	if (s == NULL)
+		return NULL;
+	c = strdup(s);
+	if (c != NULL)
+		phg_mask(c);
+	return c;
+}
 static phg_tone_t status_tone;
 static struct {
 	char plan[72];
@@ -185,11 +237,18 @@ json_t *phg_log_event_json(const phg_logctx_t *ctx, const char *kind, const char
 
 	o = json_line("event", NULL, ctx);
 	json_object_set_new(o, "kind", json_string(kind));
-	json_object_set_new(o, "message", json_string(message ? message : ""));
+	{
+		char *m = phg_masked(message ? message : "");
+
+		json_object_set_new(o, "message", json_string(m ? m : ""));
+		free(m);
+	}
 	if (data != NULL) {
 		json_error_t jerr;
+		char *md = phg_masked(data);
 
-		d = json_loads(data, JSON_DECODE_ANY, &jerr);
+		d = json_loads(md ? md : data, JSON_DECODE_ANY, &jerr);
+		free(md);
 	}
 	json_object_set_new(o, "data", d != NULL ? d : json_null());
 	return o;
@@ -255,6 +314,7 @@ void phg_log_plain(phg_log_level_t level, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
+	phg_mask(msg);
 	if (log_json) {
 		phg_log(level, NULL, "%s", msg);
 		return;
@@ -270,6 +330,7 @@ void phg_log_note(const char *tag, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
+	phg_mask(msg);
 	if (log_json) {
 		json_t *o = json_line("log", strcmp(tag, "HINT") == 0 ? "hint" : "detail", NULL);
 
@@ -347,18 +408,22 @@ void phg_vlog(phg_log_level_t level, const phg_logctx_t *ctx, const char *fmt,
 {
 	if (level < log_level || level >= PHG_LOG_QUIET)
 		return;
-	if (log_json) {
+	{
 		char msg[8192];
-		json_t *o = json_line("log", level_names[level], ctx);
 
 		vsnprintf(msg, sizeof(msg), fmt, ap);
-		json_object_set_new(o, "message", json_string(msg));
-		json_emit(o);
-		return;
+		phg_mask(msg);
+		if (log_json) {
+			json_t *o = json_line("log", level_names[level], ctx);
+
+			json_object_set_new(o, "message", json_string(msg));
+			json_emit(o);
+			return;
+		}
+		status_erase();
+		log_prefix(stderr, level, ctx);
+		fputs(msg, stderr);
 	}
-	status_erase();
-	log_prefix(stderr, level, ctx);
-	vfprintf(stderr, fmt, ap);
 	fputc('\n', stderr);
 	status_draw();
 	fflush(stderr);
@@ -378,6 +443,15 @@ void phg_log_err(phg_log_level_t level, const phg_logctx_t *ctx,
 {
 	if (err == NULL || err->code == 0)
 		return;
+	if (nsecrets > 0) {
+		/* a masked copy: the error itself is the caller's */
+		phg_err_t m = *err;
+
+		if (phg_mask(m.msg) + phg_mask(m.detail) + phg_mask(m.hint) > 0) {
+			phg_log_err(level, ctx, &m);
+			return;
+		}
+	}
 	if (log_json) {
 		json_t *o;
 

@@ -87,6 +87,19 @@ void phg_vlog(phg_log_level_t level, const phg_logctx_t *ctx, const char *fmt,
 void phg_log_err(phg_log_level_t level, const phg_logctx_t *ctx,
                  const phg_err_t *err);
 
+/* Secrets: every value expanded from a ${VAR} and every password phasegate
+ * connects with is remembered (values of at least PHG_SECRET_MIN bytes), and
+ * masked as "***" in anything phasegate prints or records: log lines, JSON
+ * lines, events, a run's note and error -- whatever echoed it (a server
+ * reflecting a request header in an error body, say). */
+#define PHG_SECRET_MIN 6
+void phg_secret_add(const char *value);
+/* Mask every remembered secret in @s (NUL-terminated, changed in place:
+ * "***" is never longer than a secret).  The number masked. */
+size_t phg_mask(char *s);
+/* A masked copy of @s (the caller frees it); NULL for NULL. */
+char *phg_masked(const char *s);
+
 /* Who runs phasegate, as runs and pauses record it: the user ($USER,
  * $LOGNAME, else the passwd entry; "?") and the host name ("?"). */
 void phg_whoami(char *user, size_t un, char *host, size_t hn);

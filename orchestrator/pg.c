@@ -626,6 +626,8 @@ static void pg_connect_done(uv_work_t *req, int status)
 	} else {
 		switch (pg->connect_poll) {
 		case PGRES_POLLING_OK:
+			if (pg_pq(pg) != NULL && PQpass(pg_pq(pg)) != NULL)
+				phg_secret_add(PQpass(pg_pq(pg)));
 			pg_connected(pg);
 			return;
 		case PGRES_POLLING_READING:

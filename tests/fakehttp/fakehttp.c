@@ -14,6 +14,7 @@
  *   flap           healthy, 503, healthy, 503, ... starting healthy
  *   fail-after:N   the first N probes healthy, then 503
  *   body:TEXT      200 with TEXT as the body (text/plain)
+ *   echo:CODE      CODE with the request (method, path, headers, body) as JSON
  *
  * Control paths (neither counted nor recorded nor logged):
  *
@@ -59,6 +60,7 @@ typedef enum fake_kind_e {
 	FAKE_FLAP,
 	FAKE_FAIL_AFTER,
 	FAKE_BODY,
+	FAKE_ECHO, /* answer CODE with the request (its headers) as the body */
 } fake_kind_t;
 
 typedef struct fake_mode_s {
@@ -159,6 +161,10 @@ static int mode_parse(const char *s, size_t len, fake_mode_t *m, char *err,
 			goto bad_arg;
 	} else if (strncmp(n.spec, "body:", 5) == 0) {
 		n.kind = FAKE_BODY;
+	} else if (strncmp(n.spec, "echo:", 5) == 0) {
+		n.kind = FAKE_ECHO;
+		if (parse_long(n.spec + 5, 200, 599, &n.arg) != 0)
+			goto bad_arg;
 	} else {
 		snprintf(err, errlen, "unknown mode \"%.64s\"", n.spec);
 		free(n.spec);
@@ -479,6 +485,17 @@ static void probe(fake_t *app, httpd_conn_t *conn, const httpd_req_t *req)
 		              strlen(text));
 		break;
 	}
+	case FAKE_ECHO: {
+		/* a server that reflects what it was sent (a secret in a header) */
+		json_t *again = request_json(app, req);
+		char *text = again ? json_dumps(again, JSON_COMPACT) : NULL;
+
+		httpd_respond(conn, (int)app->mode.arg, "application/json",
+		              text ? text : "{}", text ? strlen(text) : 2);
+		free(text);
+		json_decref(again);
+		break;
+	}
 	}
 }
 
@@ -572,7 +589,7 @@ static void usage(FILE *f)
 	        "usage: fakehttp [--port N] [--port-file FILE] [--mode MODE] "
 	        "[--log FILE]\n"
 	        "modes: healthy status:CODE slow:MS hang reset flap "
-	        "fail-after:N body:TEXT\n"
+	        "fail-after:N body:TEXT echo:CODE\n"
 	        "control: PUT /_mode, GET /_mode, GET /_count, GET|DELETE "
 	        "/_requests\n");
 }
