@@ -179,9 +179,16 @@ static void verify_closed(phg_gate_t *g)
 	if (!e->verify_on)
 		return; /* abandoned when the watch failed: phg_eng_gate_failed() took over */
 	e->verify_on = 0;
+	if (e->gate_timer_open)
+		uv_timer_stop(&e->gate_timer);
 	if (e->shutting_down)
 		return;
 	phg_eng_act(e, ACT_IDLE);
+	if (e->verify_status == PHG_EINTERRUPTED) {
+		/* SIGINT/SIGTERM: the gate ends at once; it is probed again on resume */
+		phg_eng_interrupt(e);
+		return;
+	}
 	if (e->verify_status == 0) {
 		phg_fault("gate:%s:verify-passed", e->plan->phases[e->pi].name);
 		e->ph[e->pi].verified = 1;
@@ -196,6 +203,7 @@ static void verify_done(phg_gate_t *g, int status, const phg_err_t *err)
 	engine_t *e = g->data;
 
 	e->verify_status = status;
+	e->verify_stopping = 1;
 	phg_log_status_clear();
 	phg_eng_ctx(e, e->pi, -1);
 	if (status == 0) {
@@ -208,6 +216,40 @@ static void verify_done(phg_gate_t *g, int status, const phg_err_t *err)
 		if (e->gate_err.code == 0)
 			phg_err_set(&e->gate_err, PHG_EGATE, "verify gate failed");
 	}
+	phg_gate_stop(&e->verify, verify_closed);
+}
+
+/* The gate had no verdict within gate_timeout: a check flapping between
+ * answers never reaches `successes` nor `failures` in a row. */
+static void gate_deadline(uv_timer_t *t)
+{
+	engine_t *e = t->data;
+
+	if (!e->verify_on || e->verify_stopping)
+		return;
+	e->verify_stopping = 1;
+	phg_log_status_clear();
+	phg_eng_ctx(e, e->pi, -1);
+	phg_err_clear(&e->gate_err);
+	phg_err_set(&e->gate_err, PHG_EGATE, "verify gate: no verdict within gate_timeout (%.0f s)",
+	            (double)e->st->gate_timeout_ms / 1000.0);
+	phg_err_detail(&e->gate_err, "No check reached its successes (or failures) in a row: a check "
+	                             "that flaps between answers never decides.");
+	phg_err_hint(&e->gate_err, "Look at the checks' answers (`phasegate events`), or raise "
+	                           "settings.gate_timeout.");
+	e->verify_status = PHG_EGATE;
+	phg_gate_stop(&e->verify, verify_closed);
+}
+
+void phg_eng_verify_interrupt(engine_t *e)
+{
+	if (!e->verify_on || e->verify_stopping)
+		return;
+	e->verify_stopping = 1;
+	phg_log_status_clear();
+	phg_log(PHG_LOG_WARN, &e->log, "the verify gate is ended by the stop request; it runs again "
+	                               "when apply resumes");
+	e->verify_status = PHG_EINTERRUPTED;
 	phg_gate_stop(&e->verify, verify_closed);
 }
 
@@ -234,6 +276,10 @@ void phg_eng_verify_start(engine_t *e, int pi)
 		return;
 	}
 	e->verify_on = 1;
+	e->verify_status = 0;
+	e->verify_stopping = 0;
+	if (e->gate_timer_open)
+		uv_timer_start(&e->gate_timer, gate_deadline, e->st->gate_timeout_ms, 0);
 	phg_eng_act(e, ACT_VERIFY);
 }
 

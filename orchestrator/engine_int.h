@@ -118,6 +118,9 @@ struct engine_s {
 	char run_checksum[80];
 	char *run_plan;   /* the plan as the run recorded it (canonical), or NULL */
 	struct phg_notifier_s *notify; /* the plan's webhooks (notify.c), or NULL */
+	uv_timer_t gate_timer; /* the verify gate's deadline (settings.gate_timeout) */
+	int verify_stopping;   /* the verify gate has its verdict (or was ended): closing */
+	int gate_timer_open;
 	phase_rt_t *ph;
 	size_t nph;
 	int to_idx;   /* apply: last phase to apply; rollback: keep phases <= to_idx */
@@ -231,6 +234,9 @@ int phg_eng_release(engine_t *e);
 void phg_eng_watch_stop(engine_t *e, ek_t k);
 int phg_eng_watch_start(engine_t *e, int pi);
 void phg_eng_verify_start(engine_t *e, int pi);
+/* SIGINT/SIGTERM while a verify gate probes: it stops at once, and the run
+ * is saved interrupted (exit 130); no-op when no gate runs. */
+void phg_eng_verify_interrupt(engine_t *e);
 void phg_eng_backup_start(engine_t *e, int pi);
 void phg_eng_gate_failed(engine_t *e);
 

@@ -147,6 +147,7 @@ typedef struct phg_settings_s {
 	uint64_t connect_retries;      /* default 3 attempts */
 	phg_throttle_cfg_t throttle;   /* the latency budget of backfills */
 	uint64_t max_replica_lag_ms;   /* default 10000; 0 = not watched */
+	uint64_t gate_timeout_ms;      /* default 5m: a verify gate with no verdict by then fails */
 } phg_settings_t;
 
 typedef struct phg_check_s {

@@ -548,6 +548,9 @@ static const phg_field_t settings_fields[] = {
 	{.key = "max_replica_lag", .type = PHG_FT_DURATION,
 	 .offset = offsetof(phg_settings_t, max_replica_lag_ms), .max = PG_INT_MAX_MS, .def = "10s",
 	 .what = "a duration such as 10s, or 0 to not watch replicas"},
+	{.key = "gate_timeout", .type = PHG_FT_DURATION,
+	 .offset = offsetof(phg_settings_t, gate_timeout_ms), .min = 1000, .def = "5m",
+	 .what = "a duration of at least 1s such as 5m"},
 	{0},
 };
 

@@ -189,6 +189,10 @@ void phg_eng_shutdown(engine_t *e, int code)
 		phg_gate_stop(&e->verify, NULL);
 		e->verify_on = 0;
 	}
+	if (e->gate_timer_open) {
+		uv_close((uv_handle_t *)&e->gate_timer, on_handle_closed);
+		e->gate_timer_open = 0;
+	}
 	if (e->backup != NULL) {
 		phg_backup_cancel(e->backup);
 		e->backup = NULL;
@@ -228,6 +232,8 @@ static void on_signal(uv_signal_t *h, int signum)
 		/* a wait for the next attempt ends at once, not at its end */
 		if (e->x_open)
 			phg_exec_interrupt(&e->x);
+		/* a gate would probe on for its soak, or for ever: it ends now */
+		phg_eng_verify_interrupt(e);
 		if (e->retry_open && !e->shutting_down && uv_is_active((uv_handle_t *)&e->retry_timer)) {
 			uv_timer_stop(&e->retry_timer);
 			phg_eng_shutdown(e, PHG_EXIT_INTERRUPTED);
@@ -522,6 +528,9 @@ int phg_eng_init(engine_t *e, uv_loop_t *loop, engine_mode_t mode, phg_plan_t *p
 	uv_timer_init(e->loop, &e->retry_timer);
 	e->retry_timer.data = e;
 	e->retry_open = 1;
+	uv_timer_init(e->loop, &e->gate_timer);
+	e->gate_timer.data = e;
+	e->gate_timer_open = 1;
 	if (phg_http_init(e->loop, &e->http) == 0)
 		e->http_open = 1;
 	e->notify = phg_notify_new(e->loop, plan);
