@@ -53,6 +53,7 @@ extern char **environ;
 typedef enum bk_state_e {
 	BK_IDLE = 0,
 	BK_MKDIR,
+	BK_SWEEP,   /* remove this stem's .partial files a killed run left */
 	BK_RESERVE,
 	BK_CHECK,
 	BK_DUMP,
@@ -83,6 +84,10 @@ struct phg_backup_job_s {
 	phg_strv_t tables;
 	uint64_t timeout_ms, grace_ms;
 
+	char *stem;        /* file_stem: SWEEP removes DIR/STEM-*.dump.partial */
+	phg_strv_t stale;  /* SWEEP: those found, removed one by one */
+	size_t stale_i;
+
 	/* MKDIR: walking the components of dir when it had missing parents */
 	int mk_walking;
 	size_t mk_pos;     /* end of the component being created */
@@ -107,8 +112,8 @@ static void bk_step(phg_backup_job_t *j);
 
 static const char *bk_state_name(bk_state_t s)
 {
-	static const char *const names[] = {"idle", "mkdir", "reserve", "check", "dump", "stat",
-	                                    "list", "hash", "rename", "cleanup", "done"};
+	static const char *const names[] = {"idle", "mkdir", "sweep", "reserve", "check", "dump",
+	                                    "stat", "list", "hash", "rename", "cleanup", "done"};
 
 	return (size_t)s < sizeof(names) / sizeof(names[0]) ? names[s] : "?";
 }
@@ -169,6 +174,8 @@ static void bk_destroy(phg_backup_job_t *j)
 	free(j->dir);
 	free(j->path);
 	free(j->partial);
+	free(j->stem);
+	phg_strv_clear(&j->stale);
 	free(j->dump_bin);
 	free(j->restore_bin);
 	free_argv(j->dump_argv, 0);
@@ -284,7 +291,7 @@ static void bk_mkdir_next(phg_backup_job_t *j)
 	while (pos < n && j->dir[pos] == '/')
 		pos++;
 	if (pos >= n) {
-		bk_set_state(j, BK_RESERVE);
+		bk_set_state(j, BK_SWEEP);
 		bk_step(j);
 		return;
 	}
@@ -317,7 +324,7 @@ static void bk_on_mkdir(uv_fs_t *req)
 	}
 	if (r == 0 || r == UV_EEXIST) {
 		if (!j->mk_walking) {
-			bk_set_state(j, BK_RESERVE);
+			bk_set_state(j, BK_SWEEP);
 			bk_step(j);
 		} else {
 			bk_mkdir_next(j);
@@ -710,6 +717,75 @@ static void bk_on_rename(uv_fs_t *req)
 /* ------------------------------------------------------------ driver */
 
 /* Start the step of the current state. */
+/* ---- SWEEP: a kill -9 during pg_dump leaves STEM-<time>.dump.partial ---- */
+
+static void bk_sweep_next(phg_backup_job_t *j);
+
+static void bk_on_sweep_unlink(uv_fs_t *req)
+{
+	phg_backup_job_t *j = req->data;
+	int r = (int)req->result;
+	const char *name = j->stale.v[j->stale_i];
+
+	uv_fs_req_cleanup(req);
+	j->pending = 0;
+	if (r == 0)
+		bk_log(j, PHG_LOG_INFO, "removed %s/%s, a partial backup an interrupted run left", j->dir,
+		       name);
+	else if (r != UV_ENOENT)
+		bk_log(j, PHG_LOG_WARN, "could not remove the partial backup %s/%s: %s", j->dir, name,
+		       uv_strerror(r));
+	j->stale_i++;
+	bk_sweep_next(j);
+}
+
+static void bk_sweep_next(phg_backup_job_t *j)
+{
+	char *p;
+	int r;
+
+	if (j->canceled) {
+		bk_cleanup(j);
+		return;
+	}
+	if (j->stale_i >= j->stale.n) {
+		bk_set_state(j, BK_RESERVE);
+		bk_step(j);
+		return;
+	}
+	p = phg_asprintf("%s/%s", j->dir, j->stale.v[j->stale_i]);
+	j->req.data = j;
+	r = uv_fs_unlink(j->loop, &j->req, p, bk_on_sweep_unlink);
+	free(p);
+	if (r < 0) {
+		j->stale_i++;
+		bk_sweep_next(j);
+		return;
+	}
+	j->pending = 1;
+}
+
+static void bk_on_scandir(uv_fs_t *req)
+{
+	phg_backup_job_t *j = req->data;
+	uv_dirent_t ent;
+	size_t sl = strlen(j->stem);
+
+	j->pending = 0;
+	if (req->result >= 0) {
+		while (uv_fs_scandir_next(req, &ent) != UV_EOF) {
+			size_t n = strlen(ent.name);
+
+			if (n > sl + 1 + 13 && strncmp(ent.name, j->stem, sl) == 0 && ent.name[sl] == '-' &&
+			    strcmp(ent.name + n - 13, ".dump.partial") == 0)
+				phg_strv_push(&j->stale, ent.name);
+		}
+	}
+	uv_fs_req_cleanup(req);
+	j->stale_i = 0;
+	bk_sweep_next(j);
+}
+
 static void bk_step(phg_backup_job_t *j)
 {
 	phg_child_opts_t co;
@@ -726,6 +802,14 @@ static void bk_step(phg_backup_job_t *j)
 		if (r < 0) {
 			bk_fail(j, PHG_EIO, NULL, NULL, "could not create backup directory \"%s\": %s", j->dir,
 			        uv_strerror(r));
+			return;
+		}
+		break;
+	case BK_SWEEP:
+		r = uv_fs_scandir(j->loop, &j->req, j->dir, 0, bk_on_scandir);
+		if (r < 0) { /* not worth failing the backup for */
+			bk_set_state(j, BK_RESERVE);
+			bk_step(j);
 			return;
 		}
 		break;
@@ -763,6 +847,8 @@ static void bk_step(phg_backup_job_t *j)
 		}
 		/* pg_dump compresses on this machine: after the application */
 		co.nice = 10;
+		/* a dump outliving a kill -9 of phasegate would hold its lock */
+		co.die_with_parent = 1;
 		phg_child_cleanup(&j->child);
 		j->child.data = j;
 		r = phg_child_spawn(j->loop, &j->child, &co, j->state == BK_DUMP ? bk_on_dump : bk_on_list);
@@ -1001,6 +1087,7 @@ int phg_backup_start(uv_loop_t *loop, const phg_backup_opts_t *o, phg_backup_cb 
 	j->path = phg_asprintf("%s%s%s-%s.dump", j->dir, strcmp(j->dir, "/") == 0 ? "" : "/",
 	                       o->file_stem, stamp);
 	j->partial = phg_asprintf("%s.partial", j->path);
+	j->stem = phg_strdup(o->file_stem);
 
 	j->dump_bin = bk_bin("PHG_PG_DUMP", "pg_dump");
 	j->restore_bin = bk_bin("PHG_PG_RESTORE", "pg_restore");
@@ -1059,6 +1146,7 @@ void phg_backup_cancel(phg_backup_job_t *j)
 		uv_cancel((uv_req_t *)&j->work);
 		break;
 	case BK_MKDIR:
+	case BK_SWEEP:
 	case BK_RESERVE:
 	case BK_CHECK:
 	case BK_STAT:

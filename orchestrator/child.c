@@ -7,6 +7,7 @@
 #include "child.h"
 
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -249,11 +250,39 @@ static void child_on_exit(uv_process_t *p, int64_t exit_status, int term_signal)
 
 /* ---------------------------------------------------------- public API */
 
+/* util-linux (essential in Debian): sets the parent-death signal, then execs */
+#define PHG_SETPRIV "/usr/bin/setpriv"
+
+/* @file can be executed (as a path, or found in PATH): only then is it
+ * wrapped, so a missing program still fails the spawn itself (ENOENT). */
+static int runnable(const char *file)
+{
+	const char *path = getenv("PATH"), *p;
+	char buf[4096];
+
+	if (strchr(file, '/') != NULL)
+		return access(file, X_OK) == 0;
+	for (p = path; p != NULL && *p != '\0';) {
+		size_t n = strcspn(p, ":");
+
+		if (n > 0 && n + strlen(file) + 2 < sizeof(buf)) {
+			snprintf(buf, sizeof(buf), "%.*s/%s", (int)n, p, file);
+			if (access(buf, X_OK) == 0)
+				return 1;
+		}
+		p += n;
+		if (*p == ':')
+			p++;
+	}
+	return 0;
+}
+
 int phg_child_spawn(uv_loop_t *loop, phg_child_t *c, const phg_child_opts_t *o, phg_child_cb cb)
 {
 	uv_process_options_t po;
 	uv_stdio_container_t stdio[3];
 	void *data;
+	char **wrapped = NULL;
 	int rc;
 
 	if (loop == NULL || c == NULL || o == NULL || cb == NULL || o->file == NULL ||
@@ -300,6 +329,25 @@ int phg_child_spawn(uv_loop_t *loop, phg_child_t *c, const phg_child_opts_t *o, 
 	memset(&po, 0, sizeof(po));
 	po.file = o->file;
 	po.args = o->args;
+	if (o->die_with_parent && access(PHG_SETPRIV, X_OK) == 0 && runnable(o->file)) {
+		/* setpriv --pdeathsig KILL -- FILE ARGS...: the same process, which
+		 * the kernel kills when we die (a DETACHED child has its own
+		 * session: nothing else would) */
+		size_t n = 0;
+
+		while (o->args != NULL && o->args[n] != NULL)
+			n++;
+		wrapped = phg_calloc(n + 5, sizeof(char *));
+		wrapped[0] = (char *)PHG_SETPRIV;
+		wrapped[1] = (char *)"--pdeathsig";
+		wrapped[2] = (char *)"KILL";
+		wrapped[3] = (char *)"--";
+		wrapped[4] = (char *)o->file;
+		for (size_t i = 1; i < n; i++)
+			wrapped[4 + i] = o->args[i];
+		po.file = PHG_SETPRIV;
+		po.args = wrapped;
+	}
 	po.env = o->env;
 	po.cwd = o->cwd;
 	po.exit_cb = child_on_exit;
@@ -309,6 +357,7 @@ int phg_child_spawn(uv_loop_t *loop, phg_child_t *c, const phg_child_opts_t *o, 
 	c->proc.data = c;
 	c->started_at = now_ms();
 	rc = uv_spawn(loop, &c->proc, &po);
+	free(wrapped);
 	/* The process handle is initialized even when the spawn fails, and must
 	 * be closed then too. */
 	c->proc_open = 1;

@@ -56,6 +56,9 @@ typedef struct phg_child_opts_s {
 	uint64_t timeout_ms;   /* 0 = none */
 	uint64_t kill_grace_ms; /* SIGTERM -> SIGKILL; 0 means 5000 */
 	int nice;              /* >0: a lower CPU priority (uv_os_setpriority); 0: ours */
+	int die_with_parent;   /* 1: the child is killed when phasegate dies, even by
+	                        * kill -9 (PR_SET_PDEATHSIG, set by util-linux's
+	                        * setpriv before it execs the program) */
 } phg_child_opts_t;
 
 struct phg_child_s {

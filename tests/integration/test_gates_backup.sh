@@ -14,6 +14,8 @@
 # 3. A backup directory that cannot be created (under a regular file):
 #    exit 3, the directory is named, no step ran.
 # 4. scope: database dumps every table.
+# 5. kill -9 of phasegate during pg_dump: the dump dies with it (setpriv
+#    --pdeathsig), and the next apply removes the .partial file it left.
 # shellcheck source=/dev/null
 source "$PHG_TEST_LIB"
 
@@ -223,6 +225,26 @@ for t in sd bk other; do
 		fail "scope database: table $t is not in the backup"
 done
 assert_eq "id,v,k,g" "$(cols sd)" "scope database: the plan completed"
+
+# ---------------------------------------------------------------- 5. kill -9 during pg_dump
+# (issue 15) the dump dies with phasegate -- it would hold its lock on the
+# table -- and the next apply removes the .partial file the killed run left
+psql_q "CREATE TABLE f_kill (id int PRIMARY KEY, v int); INSERT INTO f_kill VALUES (1, 1)" >/dev/null
+mkplan kill9 f_kill "$T/fb_kill" "timeout: 120s"
+rm -f "$T/hang.pid" "$T/hang.sleep.pid"
+PHG_PG_DUMP="$T/fake_pg_dump" FAKE_DUMP_MODE=hang "$PHASEGATE" apply "$T/kill9.yaml" >"$T/kill9.out" 2>&1 &
+k9=$!
+wait_for -t 20 test -s "$T/hang.pid"
+kill -KILL "$k9"
+wait "$k9" 2>/dev/null || true
+dump_gone() { ! pid_alive "$T/hang.pid"; }
+wait_for -t 10 dump_gone
+partials=$(find "$T/fb_kill" -name '*.dump.partial' | wc -l)
+assert_eq 1 "$partials" "the killed run left its .partial file"
+assert_exit 0 phg apply "$T/kill9.yaml"
+assert_file_contains "$T/err" "a partial backup an interrupted run left"
+assert_eq 0 "$(find "$T/fb_kill" -name '*.dump.partial' | wc -l)" "the next apply removed it"
+assert_eq 1 "$(find "$T/fb_kill" -name '*.dump' | wc -l)" "and took its own, verified backup"
 
 if ((hang_child_left)); then
 	fail "hang: the fake pg_dump's child process ($(cat "$T/hang.sleep.pid"): its sleep 600) was left running after the backup timed out (only the direct child is signalled)"
