@@ -370,11 +370,12 @@ static uint64_t watch_recent(const phg_throttle_t *t)
 	return phg_percentile(v, k, 99);
 }
 
-void phg_throttle_decide(phg_throttle_t *t, phg_throttle_decision_t *d)
+/* @d from scratch: the p99 of the probes of the last @ms (0: all) since
+ * @since_ms, the baseline and the budget; the number of samples. */
+static size_t window(phg_throttle_t *t, uint64_t ms, uint64_t since_ms, phg_throttle_decision_t *d)
 {
 	uint64_t v[RING + 1];
-	size_t k = recent(t, WINDOW_MS, t->changed_ms, 0, v), ki;
-	uint64_t prev = t->sleep_ms;
+	size_t k = recent(t, ms, since_ms, 0, v);
 
 	memset(d, 0, sizeof(*d));
 	/* a probe that has not answered yet is at least that slow */
@@ -384,6 +385,15 @@ void phg_throttle_decide(phg_throttle_t *t, phg_throttle_decision_t *d)
 	d->p99_us = phg_percentile(v, k, 99);
 	d->baseline_us = t->baseline_us;
 	d->budget_us = phg_budget_us(&t->cfg->budget, t->baseline_us, t->cfg->floor_ms);
+	return k;
+}
+
+void phg_throttle_decide(phg_throttle_t *t, phg_throttle_decision_t *d)
+{
+	uint64_t v[RING + 1];
+	size_t k = window(t, WINDOW_MS, t->changed_ms, d), ki;
+	uint64_t prev = t->sleep_ms;
+
 	/* the probes no batch overlapped: slow too, it is not the backfill */
 	ki = recent(t, IDLE_WINDOW_MS, 0, 1, v);
 	d->idle_p99_us = phg_percentile(v, ki, 99);
@@ -419,16 +429,8 @@ void phg_throttle_decide(phg_throttle_t *t, phg_throttle_decision_t *d)
 
 void phg_throttle_observe(phg_throttle_t *t, phg_throttle_decision_t *d)
 {
-	uint64_t v[RING + 1];
-	size_t k = recent(t, 0, t->running_ms, 0, v);
+	size_t k = window(t, 0, t->running_ms, d);
 
-	memset(d, 0, sizeof(*d));
-	if (t->in_flight)
-		v[k++] = (uv_hrtime() - t->sent_ns) / 1000u;
-	d->samples = (unsigned)k;
-	d->p99_us = phg_percentile(v, k, 99);
-	d->baseline_us = t->baseline_us;
-	d->budget_us = phg_budget_us(&t->cfg->budget, t->baseline_us, t->cfg->floor_ms);
 	d->over = k > 0 && d->p99_us > d->budget_us;
 }
 
