@@ -21,6 +21,7 @@ static int log_json;      /* --log-format json */
 static int log_tty = -1;  /* stderr is a terminal that can rewrite a line */
 static int log_colour = -1;
 static char status_line[512]; /* the live line shown now ("" none) */
+static phg_tone_t status_tone;
 #define SECRETS_MAX 64
 static char *secrets[SECRETS_MAX];
 static size_t nsecrets;
@@ -73,7 +74,17 @@ char *phg_masked(const char *s)
 		phg_mask(c);
 	return c;
 }
-static phg_tone_t status_tone;
+
+/* @fmt formatted into @msg, every secret masked */
+static void format_masked(char *msg, size_t n, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
+
+static void format_masked(char *msg, size_t n, const char *fmt, va_list ap)
+{
+	vsnprintf(msg, n, fmt, ap);
+	phg_mask(msg);
+}
+
 static struct {
 	char plan[72];
 	char checksum[80];
@@ -137,8 +148,13 @@ void phg_log_status(phg_tone_t tone, const char *fmt, ...)
 	vsnprintf(status_line, sizeof(status_line), fmt, ap);
 	va_end(ap);
 	/* never wider than the terminal: a wrapped line cannot be rewritten */
-	if (c != NULL)
-		cols = atoi(c);
+	if (c != NULL) {
+		char *end;
+		long v = strtol(c, &end, 10);
+
+		if (end != c && *end == '\0' && v > 0 && v < 10000)
+			cols = (int)v;
+	}
 	if (cols <= 0) {
 		struct winsize ws;
 
@@ -312,9 +328,8 @@ void phg_log_plain(phg_log_level_t level, const char *fmt, ...)
 	char msg[4096];
 
 	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
+	format_masked(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	phg_mask(msg);
 	if (log_json) {
 		phg_log(level, NULL, "%s", msg);
 		return;
@@ -328,9 +343,8 @@ void phg_log_note(const char *tag, const char *fmt, ...)
 	char msg[4096];
 
 	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
+	format_masked(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	phg_mask(msg);
 	if (log_json) {
 		json_t *o = json_line("log", strcmp(tag, "HINT") == 0 ? "hint" : "detail", NULL);
 
@@ -362,13 +376,10 @@ static void log_prefix(FILE *f, phg_log_level_t level, const phg_logctx_t *ctx)
 	if (log_iso < 0)
 		log_iso = !isatty(fileno(f));
 	if (log_iso) {
-		long off;
+		char iso[128];
 
-		localtime_r(&ts.tv_sec, &tm);
-		off = tm.tm_gmtoff / 60;
-		fprintf(f, "%04d-%02d-%02dT%02d:%02d:%02d.%03ld%c%02ld:%02ld phasegate",
-		        tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-		        ts.tv_nsec / 1000000, off < 0 ? '-' : '+', labs(off) / 60, labs(off) % 60);
+		iso_now(iso, sizeof(iso));
+		fprintf(f, "%s phasegate", iso);
 	} else {
 		gmtime_r(&ts.tv_sec, &tm);
 		fprintf(f, "%02d:%02d:%02d phasegate", tm.tm_hour, tm.tm_min, tm.tm_sec);
@@ -411,8 +422,7 @@ void phg_vlog(phg_log_level_t level, const phg_logctx_t *ctx, const char *fmt,
 	{
 		char msg[8192];
 
-		vsnprintf(msg, sizeof(msg), fmt, ap);
-		phg_mask(msg);
+		format_masked(msg, sizeof(msg), fmt, ap);
 		if (log_json) {
 			json_t *o = json_line("log", level_names[level], ctx);
 
