@@ -848,33 +848,41 @@ static void bf_window_push(phg_exec_t *x)
 		x->bf_win_n++;
 }
 
-/* "20 ms" (a static buffer: one use per expression) */
-static const char *fmt_ms(uint64_t ms)
+/* How far the first pass is through the key range fixed at the start, and
+ * how long the rest takes at @rate rows/s: 0 when unknown (the final sweep,
+ * no estimate, no pace yet). */
+static int bf_eta(const phg_exec_t *x, double rate, long long *pct, double *eta)
 {
-	static char b[32];
+	long long left;
 
-	snprintf(b, sizeof(b), "%" PRIu64 " ms", ms);
-	return b;
+	if (x->bf_pass != 1 || x->est_rows <= 0 || rate <= 0)
+		return 0;
+	left = x->est_rows - x->bf_scanned;
+	*pct = x->bf_scanned * 100 / x->est_rows;
+	if (*pct > 99)
+		*pct = 99;
+	*eta = left > 0 ? (double)left / rate : 0.0;
+	return 1;
 }
 
 /* A terminal's live line, after every batch. */
 static void bf_live(phg_exec_t *x)
 {
 	const phg_backfill_spec_t *bf = cur_op(x)->backfill;
-	double r = bf_window_rate(x);
+	double r = bf_window_rate(x), eta;
+	long long p;
 
 	if (!phg_log_live())
 		return;
-	if (x->bf_pass == 1 && x->est_rows > 0 && r > 0) {
-		long long p = x->bf_scanned * 100 / x->est_rows, left = x->est_rows - x->bf_scanned;
+	if (bf_eta(x, r, &p, &eta)) {
+		char sleep[48] = "";
 
+		if (x->bf_sleep_ms > 0)
+			snprintf(sleep, sizeof(sleep), "  throttled: sleep %" PRIu64 " ms", x->bf_sleep_ms);
 		phg_log_status(x->bf_sleep_ms > 0 ? PHG_TONE_WARN : PHG_TONE_INFO,
 		               "backfill %s: %3lld%%  %lld/%lld rows  %.0f rows/s  ETA %.0f s  batch "
-		               "%" PRIu64 "%s%s",
-		               bf->table, p > 99 ? 99 : p, x->bf_scanned, x->est_rows, r,
-		               left > 0 ? (double)left / r : 0.0, x->bf_sent_limit,
-		               x->bf_sleep_ms > 0 ? "  throttled: sleep " : "",
-		               x->bf_sleep_ms > 0 ? fmt_ms(x->bf_sleep_ms) : "");
+		               "%" PRIu64 "%s",
+		               bf->table, p, x->bf_scanned, x->est_rows, r, eta, x->bf_sent_limit, sleep);
 	} else {
 		phg_log_status(PHG_TONE_INFO, "backfill %s: %lld rows  %.0f rows/s  batch %" PRIu64 "%s",
 		               bf->table, x->bf_rows, r, x->bf_sent_limit,
@@ -905,14 +913,8 @@ static void bf_progress(phg_exec_t *x, int final)
 		         bf->table, x->bf_rows, x->bf_batches, secs, avg);
 		pct = 100;
 		eta = 0;
-	} else if (x->bf_pass == 1 && x->est_rows > 0 && rate > 0) {
+	} else if (bf_eta(x, rate, &pct, &eta)) {
 		/* of the range fixed at the start, at the pace of the recent batches */
-		long long left = x->est_rows - x->bf_scanned;
-
-		pct = x->bf_scanned * 100 / x->est_rows;
-		if (pct > 99)
-			pct = 99;
-		eta = left > 0 ? (double)left / rate : 0.0;
 		snprintf(msg, sizeof(msg),
 		         "backfill of %s: %lld rows (~%lld%%) in %lld batches of %" PRIu64
 		         ", %.0f rows/s, ETA %.0f s",

@@ -251,20 +251,14 @@ json_t *phg_log_event_json(const phg_logctx_t *ctx, const char *kind, const char
 {
 	json_t *o, *d = NULL;
 
+	/* the engine masked them (phg_eng_event): one place for every sink */
 	o = json_line("event", NULL, ctx);
 	json_object_set_new(o, "kind", json_string(kind));
-	{
-		char *m = phg_masked(message ? message : "");
-
-		json_object_set_new(o, "message", json_string(m ? m : ""));
-		free(m);
-	}
+	json_object_set_new(o, "message", json_string(message ? message : ""));
 	if (data != NULL) {
 		json_error_t jerr;
-		char *md = phg_masked(data);
 
-		d = json_loads(md ? md : data, JSON_DECODE_ANY, &jerr);
-		free(md);
+		d = json_loads(data, JSON_DECODE_ANY, &jerr);
 	}
 	json_object_set_new(o, "data", d != NULL ? d : json_null());
 	return o;
@@ -451,16 +445,17 @@ void phg_log(phg_log_level_t level, const phg_logctx_t *ctx, const char *fmt, ..
 void phg_log_err(phg_log_level_t level, const phg_logctx_t *ctx,
                  const phg_err_t *err)
 {
+	phg_err_t m;
+
 	if (err == NULL || err->code == 0)
 		return;
 	if (nsecrets > 0) {
 		/* a masked copy: the error itself is the caller's */
-		phg_err_t m = *err;
-
-		if (phg_mask(m.msg) + phg_mask(m.detail) + phg_mask(m.hint) > 0) {
-			phg_log_err(level, ctx, &m);
-			return;
-		}
+		m = *err;
+		phg_mask(m.msg);
+		phg_mask(m.detail);
+		phg_mask(m.hint);
+		err = &m;
 	}
 	if (log_json) {
 		json_t *o;

@@ -48,7 +48,8 @@ void phg_log_set_run(const char *plan, const char *checksum, long long run_id, c
  * log says it in words). */
 void phg_log_event(const phg_logctx_t *ctx, const char *kind, const char *message,
                    const char *data);
-/* The same event as a JSON object of that shape (the caller owns it). */
+/* The same event as a JSON object of that shape (the caller owns it).
+ * Neither masks: the caller passes masked text (phg_eng_event does). */
 struct json_t;
 struct json_t *phg_log_event_json(const phg_logctx_t *ctx, const char *kind,
                                   const char *message, const char *data);
