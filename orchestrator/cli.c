@@ -397,7 +397,7 @@ static int stand_in(const char *name, const char *url_env, const char *env, phg_
 		             env);
 		return PHG_EXIT_USAGE;
 	}
-	phg_buf_init(&y, 256);
+	phg_buf_init(&y, 64 * 1024);
 	phg_buf_printf(&y, "version: 1\nname: \"%s\"\ntarget: { url_env: \"%s\" }\n"
 	                   "phases: [{name: recorded, steps: [{sql: {up: SELECT 1, down: SELECT 1}}]}]\n",
 	               name, url_env ? url_env : "DATABASE_URL");

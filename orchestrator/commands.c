@@ -109,7 +109,7 @@ static void missing_report(missing_t *m)
 		phg_buf_t b;
 
 		phg_log(PHG_LOG_ERROR, NULL, "%s", m->v[i].msg);
-		phg_buf_init(&b, 256);
+		phg_buf_init(&b, 64 * 1024);
 		for (size_t k = 0; k < pl->n; k++)
 			phg_buf_printf(&b, "%s%s", k == 0 ? "" : k + 1 == pl->n ? " and " : ", ", pl->v[k]);
 		phg_log_note("DETAIL", "In %s. Nothing was changed.", b.data);
@@ -139,7 +139,7 @@ static int env_preflight(const phg_plan_t *plan)
 		phg_err_t e;
 		int unset = 0;
 
-		phg_buf_init(&b, 256);
+		phg_buf_init(&b, 64 * 1024);
 		phg_err_clear(&e);
 		unset |= phg_expand_env(w->url, &b, &e) != 0;
 		for (size_t h = 0; h < w->headers.n && !unset; h++) {
@@ -281,7 +281,7 @@ int phg_plan_as_recorded(const phg_plan_t *plan, const phg_run_opts_t *o, const 
 	}
 	/* the same database as the file (or the stand-in) named */
 	(*rec)->url_env = plan->url_env;
-	phg_buf_init(&diff, 256);
+	phg_buf_init(&diff, 64 * 1024);
 	if (plan->stand_in)
 		phg_log(PHG_LOG_INFO, NULL, "plan file \"%s\" does not exist: %s works from the plan "
 		                            "as run %lld recorded it (checksum %s)",

@@ -547,7 +547,7 @@ void phg_eng_drift(engine_t *e, const char *what)
 
 	phg_err_clear(&err);
 	phg_err_clear(&lerr);
-	phg_buf_init(&b, 256);
+	phg_buf_init(&b, 64 * 1024);
 	phg_err_set(&err, PHG_EDRIFT, "plan \"%s\" changed since run %lld %s", e->plan->name,
 	            e->run_id, what);
 	if (phg_plan_load_recorded(e->run_plan, e->run_id, NULL, &was, &lerr) == 0 &&
@@ -695,7 +695,7 @@ int phg_eng_to_phase(phg_plan_t *plan, const char *name, int *out)
 	{
 		phg_buf_t b;
 
-		phg_buf_init(&b, 256);
+		phg_buf_init(&b, 64 * 1024);
 		for (size_t i = 0; i < plan->nphases; i++)
 			phg_buf_printf(&b, "%s \"%s\"", i ? "," : "", plan->phases[i].name);
 		phg_log_note("HINT", "The plan's phases are:%s.", b.data);

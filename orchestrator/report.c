@@ -774,7 +774,7 @@ static void recorded_schema(report_t *r, PGresult *res)
 		report_end(r, PHG_EXIT_OK); /* never run here */
 		return;
 	}
-	phg_buf_init(&b, 256);
+	phg_buf_init(&b, 64 * 1024);
 	phg_store_last_run_sql(&b, r->schema_q);
 	rq(r, b.data, 1, p, recorded_row);
 	phg_buf_free(&b);
