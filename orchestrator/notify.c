@@ -9,9 +9,11 @@
 #include <jansson.h>
 
 #include "buf.h"
+#include "exec.h"
 #include "http.h"
 
-#define NOTIFY_BACKOFF_MS 500 /* first wait before a retry; doubles */
+#define NOTIFY_BACKOFF_MS 500 /* first wait before a retry; doubles, jittered */
+#define NOTIFY_BACKOFF_MAX_MS 8000
 #define NOTIFY_DRAIN_MS 15000 /* at the end, what is still unsent gets this long */
 
 typedef struct send_s send_t;
@@ -22,6 +24,7 @@ struct phg_notifier_s {
 	phg_http_t *http;
 	send_t *sends; /* in flight or waiting for a retry */
 	int closing;
+	uint64_t rng;     /* the jitter of the retries' backoff */
 	uv_timer_t drain; /* closing: the deadline of what is left */
 };
 
@@ -115,7 +118,8 @@ static void send_result(phg_http_req_t *req, const phg_http_result_t *res, void 
 	}
 	where_of(s, where, sizeof(where));
 	if (retriable && s->attempt <= s->w->retries) {
-		uint64_t d = NOTIFY_BACKOFF_MS << (s->attempt - 1 < 5 ? s->attempt - 1 : 5);
+		uint64_t d = phg_backoff_ms(NOTIFY_BACKOFF_MS, NOTIFY_BACKOFF_MAX_MS, s->attempt,
+		                            &s->n->rng);
 
 		phg_log(PHG_LOG_WARN, NULL, "notification \"%s\" to %s failed (%s); retrying in %llu ms",
 		        s->point, where, res->transport_ok ? "a non-2xx answer" : res->reason,
@@ -165,6 +169,7 @@ phg_notifier_t *phg_notify_new(uv_loop_t *loop, const phg_plan_t *plan)
 	n = phg_calloc(1, sizeof(*n));
 	n->plan = plan;
 	n->loop = loop;
+	n->rng = uv_hrtime() ^ ((uint64_t)(uintptr_t)n << 17);
 	if (phg_http_init(loop, &n->http) != 0) {
 		phg_log(PHG_LOG_WARN, NULL, "notifications are off: the HTTP client did not start");
 		free(n);
