@@ -234,6 +234,16 @@ bg_run() {
 	on_exit "_phg_kill $BG_PID"
 }
 
+# fake_http NAME MODE - start the fake HTTP service (FAKEHTTP) in MODE in the
+# background (killed at exit); its port in FAKE_PORT.
+fake_http() {
+	local name=${1:?fake_http NAME MODE} mode=${2:?fake_http NAME MODE}
+	[[ -n ${FAKEHTTP:-} && -x $FAKEHTTP ]] || _phg_fail "$(_phg_where)" "FAKEHTTP is not set (build target fakehttp)"
+	bg_run "$name" "$FAKEHTTP" --port 0 --port-file "$T/$name.port" --mode "$mode"
+	wait_for -t 10 test -s "$T/$name.port"
+	FAKE_PORT=$(cat "$T/$name.port")
+}
+
 _phg_now_us() {
 	local t=${EPOCHREALTIME//[.,]/}
 	printf '%s\n' "$((10#$t))"

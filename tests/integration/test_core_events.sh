@@ -14,7 +14,6 @@
 # shellcheck source=/dev/null
 source "$PHG_TEST_LIB"
 
-[[ -n ${FAKEHTTP:-} && -x $FAKEHTTP ]] || fail "FAKEHTTP is not set (build target fakehttp)"
 PY=/usr/bin/python3
 "$PY" -c 'import jsonschema' 2>/dev/null || fail "python3-jsonschema is missing (scripts/bootstrap.sh installs it)"
 SCHEMA=$PHG_SOURCE_DIR/docs/events.schema.json
@@ -42,9 +41,8 @@ print("\n".join(seen))
 PYEOF
 }
 
-bg_run fake "$FAKEHTTP" --port 0 --port-file "$T/fake.port" --mode healthy
-wait_for -t 10 test -s "$T/fake.port"
-port=$(cat "$T/fake.port")
+fake_http fake healthy
+port=$FAKE_PORT
 
 new_db core_events
 psql_q "CREATE TABLE ev (id int PRIMARY KEY, a int); INSERT INTO ev SELECT g, g FROM generate_series(1, 3000) g" >/dev/null

@@ -15,7 +15,6 @@
 # shellcheck source=/dev/null
 source "$PHG_TEST_LIB"
 
-[[ -n ${FAKEHTTP:-} && -x $FAKEHTTP ]] || fail "FAKEHTTP is not set (build target fakehttp)"
 if ! command -v chromium >/dev/null 2>&1; then
 	bash "$PHG_SOURCE_DIR/scripts/bootstrap.sh" chromium >"$T/bootstrap.log" 2>&1 ||
 		fail "could not install chromium" "$(tail -20 "$T/bootstrap.log")"
@@ -23,9 +22,8 @@ fi
 command -v chromium >/dev/null 2>&1 || fail "chromium is not installed"
 PY=/usr/bin/python3
 
-bg_run fake "$FAKEHTTP" --port 0 --port-file "$T/fake.port" --mode healthy
-wait_for -t 10 test -s "$T/fake.port"
-port=$(cat "$T/fake.port")
+fake_http fake healthy
+port=$FAKE_PORT
 
 new_db core_report
 psql_q "CREATE TABLE rp (id int PRIMARY KEY, a int); INSERT INTO rp SELECT g, g FROM generate_series(1, 3000) g" >/dev/null

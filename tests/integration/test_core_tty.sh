@@ -9,10 +9,8 @@
 source "$PHG_TEST_LIB"
 
 command -v script >/dev/null 2>&1 || fail "script(1) is missing (bsdutils)"
-[[ -n ${FAKEHTTP:-} && -x $FAKEHTTP ]] || fail "FAKEHTTP is not set (build target fakehttp)"
-bg_run fake "$FAKEHTTP" --port 0 --port-file "$T/fake.port" --mode healthy
-wait_for -t 10 test -s "$T/fake.port"
-port=$(cat "$T/fake.port")
+fake_http fake healthy
+port=$FAKE_PORT
 
 new_db core_tty
 seed() { # the table, fresh

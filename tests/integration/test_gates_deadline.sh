@@ -10,10 +10,8 @@
 # shellcheck source=/dev/null
 source "$PHG_TEST_LIB"
 
-[[ -n ${FAKEHTTP:-} && -x $FAKEHTTP ]] || fail "FAKEHTTP is not set (build target fakehttp)"
-bg_run fake "$FAKEHTTP" --port 0 --port-file "$T/fake.port" --mode flap
-wait_for -t 10 test -s "$T/fake.port"
-port=$(cat "$T/fake.port")
+fake_http fake flap
+port=$FAKE_PORT
 now_ms() { local t=${EPOCHREALTIME//[.,]/}; echo $((10#$t / 1000)); }
 
 new_db gates_deadline

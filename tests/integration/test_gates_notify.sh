@@ -13,16 +13,10 @@
 # shellcheck source=/dev/null
 source "$PHG_TEST_LIB"
 
-[[ -n ${FAKEHTTP:-} && -x $FAKEHTTP ]] || fail "FAKEHTTP is not set (build target fakehttp)"
 PY=/usr/bin/python3
-fake_start() { # NAME MODE - its port in FAKE_PORT
-	bg_run "fake_$1" "$FAKEHTTP" --port 0 --port-file "$T/$1.port" --mode "$2"
-	wait_for -t 10 test -s "$T/$1.port"
-	FAKE_PORT=$(cat "$T/$1.port")
-}
-fake_start hook healthy
+fake_http hook healthy
 HOOK_PORT=$FAKE_PORT
-fake_start api healthy
+fake_http api healthy
 API_PORT=$FAKE_PORT
 # a port nothing listens on
 DEAD_PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')

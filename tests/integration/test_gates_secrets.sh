@@ -8,10 +8,8 @@
 # shellcheck source=/dev/null
 source "$PHG_TEST_LIB"
 
-[[ -n ${FAKEHTTP:-} && -x $FAKEHTTP ]] || fail "FAKEHTTP is not set (build target fakehttp)"
-bg_run fake "$FAKEHTTP" --port 0 --port-file "$T/fake.port" --mode echo:500
-wait_for -t 10 test -s "$T/fake.port"
-port=$(cat "$T/fake.port")
+fake_http fake echo:500
+port=$FAKE_PORT
 export PHG_SECRET_TOKEN=tok-Secret-4711-xyz
 
 new_db gates_secrets
