@@ -132,12 +132,23 @@ int phg_diag_full(const phg_diag_t *d)
 static void diag_add(phg_diag_t *d, phg_pos_t pos, int warn, const char *fmt, va_list ap)
     __attribute__((format(printf, 4, 0)));
 
+/* validate --strict: every warning is an error (process-wide, like the
+ * format) */
+static int diag_strict;
+
+void phg_diag_set_strict(int on)
+{
+	diag_strict = on;
+}
+
 static void diag_add(phg_diag_t *d, phg_pos_t pos, int warn, const char *fmt, va_list ap)
 {
 	va_list cp;
 	int n;
 	char *msg;
 
+	if (warn && diag_strict)
+		warn = 0;
 	if (warn)
 		d->nwarnings++;
 	else
@@ -219,6 +230,53 @@ size_t phg_diag_offset(const phg_diag_t *d, phg_pos_t pos)
 	for (int c = 1; c < pos.col && off < d->len; c++)
 		off += char_len(s + off, d->len - off);
 	return off;
+}
+
+/* Where byte @off of the value of the scalar at @scalar is written in the file: the walk
+ * undoes the scalar's quoting (a quote, '' and \x escapes), a block
+ * scalar's header and indentation, and the folding of line breaks (a
+ * break and the next line's indentation stand for one byte of the value).
+ * Exact for single lines and literal blocks; near enough for the rest. */
+phg_pos_t phg_diag_scalar_pos(const phg_diag_t *d, phg_pos_t scalar, size_t off)
+{
+	size_t i = phg_diag_offset(d, scalar), v = 0, indent = 0;
+	const char *s = d->src;
+	char quote = 0;
+	int block = 0;
+
+	if (i < d->len && (s[i] == '|' || s[i] == '>')) {
+		block = 1;
+		while (i < d->len && s[i] != '\n')
+			i++;
+		if (i < d->len)
+			i++;
+		for (size_t k = i; k < d->len && s[k] == ' '; k++)
+			indent++;
+		i += indent;
+	} else if (i < d->len && (s[i] == '\'' || s[i] == '"')) {
+		quote = s[i++];
+	}
+	while (v < off && i < d->len) {
+		if (s[i] == '\n' || (s[i] == '\r' && i + 1 < d->len && s[i + 1] == '\n')) {
+			size_t k = 0;
+
+			i += s[i] == '\r' ? 2 : 1;
+			if (block)
+				while (k < indent && i < d->len && s[i] == ' ')
+					i++, k++;
+			else
+				while (i < d->len && (s[i] == ' ' || s[i] == '\t'))
+					i++;
+		} else if (quote == '\'' && s[i] == '\'' && i + 1 < d->len && s[i + 1] == '\'') {
+			i += 2;
+		} else if (quote == '"' && s[i] == '\\' && i + 1 < d->len) {
+			i += 2;
+		} else {
+			i++;
+		}
+		v++;
+	}
+	return phg_diag_pos_at(d, i);
 }
 
 static int entry_cmp(const void *a, const void *b)

@@ -49,6 +49,10 @@ typedef enum { PHG_DIAG_TEXT, PHG_DIAG_JSON, PHG_DIAG_GITHUB, PHG_DIAG_COLLECT }
 struct json_t;
 void phg_diag_set_format(phg_diag_format_t f, struct json_t *collect);
 
+/* validate --strict: warnings are reported and counted as errors (for
+ * every load after it is set). */
+void phg_diag_set_strict(int on);
+
 /* Position of the byte at @offset of the source (1-based line and column). */
 phg_pos_t phg_diag_pos_at(const phg_diag_t *d, size_t offset);
 /* Byte offset of @pos in the source (clamped to the source length). */

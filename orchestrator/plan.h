@@ -91,6 +91,9 @@ typedef struct phg_field_s {
 	const char *const *enum_values;      /* PHG_FT_ENUM: NULL-terminated */
 	const struct phg_field_s *sub;       /* PHG_FT_MAP */
 	const char *what;                    /* for messages: "a column name" */
+	int sql;                             /* PHG_FT_SQL: the place the fragment is
+	                                        pasted into, a phg_sqlf_t (sqlparse.h);
+	                                        0 = whole statements */
 	const char *def;                     /* default as YAML scalar text, parsed
 	                                        like a written value when the key is
 	                                        absent; NULL = zero / NULL / empty */
@@ -106,6 +109,10 @@ void phg_diag_error(phg_diag_t *d, phg_pos_t pos, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void phg_diag_warn(phg_diag_t *d, phg_pos_t pos, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* The position in the file of byte @off of the value of the scalar that
+ * starts at @scalar (a field's position: phg_step_field_pos()), through
+ * its quotes, escapes and block indentation. */
+phg_pos_t phg_diag_scalar_pos(const phg_diag_t *d, phg_pos_t scalar, size_t off);
 
 /* ---- the plan ---- */
 
@@ -320,6 +327,12 @@ const char *phg_target_url(const phg_plan_t *plan, const char *url_env, phg_err_
 
 /* Whether a checksum recorded with a run is this plan's: its canonical
  * checksum, or (for runs recorded before the canonical form) the file's. */
+/* A contract phase: the one that may drop and rename, since the release
+ * that stops using the old names is out.  It is backed up first (backup:
+ * true), or says so in its name ("contract", "contract-jobs"...).  The SQL
+ * lint refuses DROP and RENAME elsewhere. */
+int phg_phase_is_contract(const phg_phase_t *ph);
+
 int phg_plan_checksum_is(const phg_plan_t *plan, const char *sum);
 
 /* Load the plan a run recorded (its canonical form, runs.plan_json) and

@@ -32,6 +32,7 @@
 #include "../phases/step.h"
 #include "buf.h"
 #include "diag.h"
+#include "sqlparse.h"
 
 #define PG_INT_MAX_MS 2147483647u /* lock_timeout / statement_timeout are int ms */
 
@@ -500,6 +501,7 @@ static const phg_field_t throttle_fields[] = {
 	{.key = "budget", .type = PHG_FT_BUDGET, .offset = offsetof(phg_throttle_cfg_t, budget),
 	 .def = "2x", .what = "a factor of the baseline such as 2x, a duration such as 20ms, or off"},
 	{.key = "probe", .type = PHG_FT_SQL, .offset = offsetof(phg_throttle_cfg_t, probe),
+	 .sql = PHG_SQLF_QUERY,
 	 .what = "a cheap query the application runs, such as \"SELECT 1 FROM jobs WHERE id = 1\""},
 	{.key = "interval", .type = PHG_FT_DURATION,
 	 .offset = offsetof(phg_throttle_cfg_t, interval_ms), .min = 5, .max = 10000, .def = "20ms",
@@ -925,6 +927,21 @@ static int blank(const char *s)
 static const char IDENT_RULE[] =
     "letters, digits, \"_\" and \"$\", not starting with a digit, at most 63 bytes";
 
+/* A SQL fragment parsed in the statement it is pasted into (sqlparse.h):
+ * a syntax error is reported where it is inside the scalar. */
+static int sql_field_ok(ld_t *ld, const phg_field_t *f, const node_t *n, const char *key,
+                        const char *where)
+{
+	char msg[PHG_SQL_MSG_MAX];
+	size_t at;
+
+	if (phg_sql_syntax((phg_sqlf_t)f->sql, n->str, &at, msg) == 0)
+		return 0;
+	phg_diag_error(ld->d, phg_diag_scalar_pos(ld->d, n->pos, at), "invalid SQL in %s in %s: %s", Q(key), where,
+	               msg);
+	return -1;
+}
+
 /* Convert one scalar for a scalar-typed field. 0 or -1 (reported). */
 static int conv_scalar(ld_t *ld, const phg_field_t *f, const node_t *n, void *p,
                        const char *key, const char *where)
@@ -946,6 +963,8 @@ static int conv_scalar(ld_t *ld, const phg_field_t *f, const node_t *n, void *p,
 			               where, what);
 			return -1;
 		}
+		if (f->type == PHG_FT_SQL && sql_field_ok(ld, f, n, key, where) != 0)
+			return -1;
 		*(char **)p = phg_strdup(is_null(n) ? "" : s);
 		return 0;
 	case PHG_FT_IDENT:

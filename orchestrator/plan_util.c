@@ -311,3 +311,8 @@ size_t phg_plan_diff_phases(const phg_plan_t *was, const phg_plan_t *now, phg_bu
 			phg_buf_printf(out, "%s\"%s\" (removed)", n++ ? ", " : "", was->phases[i].name);
 	return n;
 }
+
+int phg_phase_is_contract(const phg_phase_t *ph)
+{
+	return ph->backup || strstr(ph->name, "contract") != NULL;
+}

@@ -3,6 +3,7 @@
  * VALIDATE drops the NOT VALID constraint again (clean_on_fail).
  */
 #include "kind.h"
+#include "../orchestrator/sqlparse.h"
 
 typedef struct {
 	char *table;
@@ -15,6 +16,7 @@ static const phg_field_t add_check_fields[] = {
 	{.key = "name", .type = PHG_FT_IDENT, .offset = offsetof(add_check_args_t, name),
 	 .flags = PHG_FL_REQUIRED, .what = "a constraint name"},
 	{.key = "check", .type = PHG_FT_SQL, .offset = offsetof(add_check_args_t, check),
+	 .sql = PHG_SQLF_CHECK,
 	 .flags = PHG_FL_REQUIRED, .what = "a boolean SQL expression"},
 	{0},
 };

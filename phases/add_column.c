@@ -8,6 +8,7 @@
  * must be a constant (literals, casts, and now()/CURRENT_* which are stable).
  */
 #include "kind.h"
+#include "../orchestrator/sqlparse.h"
 
 #include <ctype.h>
 #include <string.h>
@@ -27,6 +28,7 @@ static const phg_field_t add_column_fields[] = {
 	{.key = "type", .type = PHG_FT_SQLTYPE, .offset = offsetof(add_column_args_t, type),
 	 .flags = PHG_FL_REQUIRED, .what = "a type name such as varchar(20)"},
 	{.key = "default", .type = PHG_FT_SQL, .offset = offsetof(add_column_args_t, def),
+	 .sql = PHG_SQLF_DEFAULT,
 	 .what = "a constant SQL expression"},
 	{.key = "nullable", .type = PHG_FT_BOOL, .offset = offsetof(add_column_args_t, nullable),
 	 .def = "true", .what = "true or false"},

@@ -12,6 +12,7 @@
  * Revert runs `down` (a SET fragment) over every row the same way.
  */
 #include "kind.h"
+#include "../orchestrator/sqlparse.h"
 
 #include <inttypes.h>
 #include <string.h>
@@ -143,8 +144,10 @@ typedef struct {
 static const phg_field_t backfill_fields[] = {
 	PHG_ARG_TABLE(backfill_args_t),
 	{.key = "set", .type = PHG_FT_SQL, .offset = offsetof(backfill_args_t, set),
+	 .sql = PHG_SQLF_SET,
 	 .flags = PHG_FL_REQUIRED, .what = "a SET fragment such as \"new = old\""},
 	{.key = "where", .type = PHG_FT_SQL, .offset = offsetof(backfill_args_t, where),
+	 .sql = PHG_SQLF_WHERE,
 	 .what = "a filter such as \"new IS NULL\""},
 	{.key = "batch_size", .type = PHG_FT_UINT, .offset = offsetof(backfill_args_t, batch_size),
 	 .min = 1, .max = 1000000, .def = "5000",
@@ -155,6 +158,7 @@ static const phg_field_t backfill_fields[] = {
 	{.key = "key", .type = PHG_FT_IDENT_LIST, .offset = offsetof(backfill_args_t, key),
 	 .what = "the key column(s) covered by a unique index (default: the primary key)"},
 	{.key = "down", .type = PHG_FT_SQL, .offset = offsetof(backfill_args_t, down),
+	 .sql = PHG_SQLF_SET,
 	 .what = "a SET fragment that undoes `set`"},
 	{0},
 };
@@ -197,21 +201,6 @@ static int backfill_build(phg_build_t *b)
 	return 0;
 }
 
-static int backfill_check(const phg_plan_t *plan, const phg_step_t *step, phg_diag_t *d)
-{
-	const backfill_args_t *a = step->args;
-
-	(void)plan;
-	if (strchr(a->set, ';') != NULL || (a->where && strchr(a->where, ';') != NULL) ||
-	    (a->down && strchr(a->down, ';') != NULL)) {
-		phg_diag_error(d, step->pos,
-		               "backfill fragments must not contain \";\": `set`, `where` and "
-		               "`down` are parts of one UPDATE statement");
-		return PHG_EPLAN;
-	}
-	return 0;
-}
-
 static const char *backfill_revert_keeps(const phg_step_t *step)
 {
 	const backfill_args_t *a = step->args;
@@ -224,7 +213,7 @@ const phg_step_kind_t phg_kind_backfill = {
 	.summary = "UPDATE in key order, one committed, checkpointed batch at a time",
 	.fields = backfill_fields,
 	.args_size = sizeof(backfill_args_t),
-	.check = backfill_check,
+	.check = NULL, /* its SQL fragments are parsed in place by the loader */
 	.build = backfill_build,
 	.tables = phg_tables_first_arg,
 	.clean_on_fail = 0,

@@ -8,6 +8,7 @@
  * a unique index, a lock timeout) leaves no INVALID index behind.
  */
 #include "kind.h"
+#include "../orchestrator/sqlparse.h"
 
 #include <string.h>
 
@@ -32,6 +33,7 @@ static const phg_field_t create_index_fields[] = {
 	{.key = "unique", .type = PHG_FT_BOOL, .offset = offsetof(create_index_args_t, unique),
 	 .def = "false", .what = "true or false"},
 	{.key = "where", .type = PHG_FT_SQL, .offset = offsetof(create_index_args_t, where),
+	 .sql = PHG_SQLF_WHERE,
 	 .what = "a predicate for a partial index"},
 	{.key = "method", .type = PHG_FT_ENUM, .offset = offsetof(create_index_args_t, method),
 	 .flags = PHG_FL_ANYCASE, .enum_values = index_methods, .def = "btree",
@@ -80,25 +82,12 @@ static int create_index_build(phg_build_t *b)
 	return 0;
 }
 
-static int create_index_check(const phg_plan_t *plan, const phg_step_t *step, phg_diag_t *d)
-{
-	const create_index_args_t *a = step->args;
-
-	(void)plan;
-	if (a->where != NULL && strchr(a->where, ';') != NULL) {
-		phg_diag_error(d, phg_step_field_pos(step, "where"),
-		               "index predicate must not contain \";\"");
-		return PHG_EPLAN;
-	}
-	return 0;
-}
-
 const phg_step_kind_t phg_kind_create_index = {
 	.name = "create_index",
 	.summary = "CREATE INDEX CONCURRENTLY, INVALID leftovers dropped and rebuilt",
 	.fields = create_index_fields,
 	.args_size = sizeof(create_index_args_t),
-	.check = create_index_check,
+	.check = NULL, /* its SQL fragments are parsed in place by the loader */
 	.build = create_index_build,
 	.tables = phg_tables_first_arg,
 	.clean_on_fail = 1,

@@ -13,6 +13,7 @@
  * function whose trigger is gone is dropped (finalize).
  */
 #include "kind.h"
+#include "../orchestrator/sqlparse.h"
 
 #include <string.h>
 
@@ -33,8 +34,10 @@ static const phg_field_t sync_trigger_fields[] = {
 	{.key = "to", .type = PHG_FT_IDENT, .offset = offsetof(sync_trigger_args_t, to),
 	 .flags = PHG_FL_REQUIRED, .what = "the target column"},
 	{.key = "expr", .type = PHG_FT_SQL, .offset = offsetof(sync_trigger_args_t, expr),
+	 .sql = PHG_SQLF_EXPR,
 	 .what = "an expression over the row's columns giving `to`"},
 	{.key = "down_expr", .type = PHG_FT_SQL, .offset = offsetof(sync_trigger_args_t, down_expr),
+	 .sql = PHG_SQLF_EXPR,
 	 .what = "an expression over the row's columns giving `from`"},
 	{0},
 };

@@ -100,10 +100,11 @@ name: sig-stmt
 phases:
   - name: one
     steps:
-      - sql: { up: "SELECT pg_sleep(2); UPDATE cnt SET n = n + 1", down: "UPDATE cnt SET n = n - 1" }
+      # cnt has one row: the whole-table UPDATE is acknowledged
+      - sql: { up: "SELECT pg_sleep(2); UPDATE cnt SET n = n + 1 /* phasegate:safety_assured */", down: "UPDATE cnt SET n = n - 1 /* phasegate:safety_assured */" }
   - name: two
     steps:
-      - sql: { up: "UPDATE cnt SET n = n + 10", down: "UPDATE cnt SET n = n - 10" }
+      - sql: { up: "UPDATE cnt SET n = n + 10 /* phasegate:safety_assured */", down: "UPDATE cnt SET n = n - 10 /* phasegate:safety_assured */" }
 EOF
 stmt_running() {
 	[[ $(psql_q "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()

@@ -456,7 +456,7 @@ static const char all_kinds_plan[] =
     "          headers: { Authorization: \"Bearer ${TOKEN}\" }\n"
     "          body: \"\"\n"
     "          revert: { method: DELETE, body: '{\"x\": false}' }\n"
-    "      - sql: { up: \"UPDATE flags SET on = true WHERE id = 1\", down: \"UPDATE flags SET on = false WHERE id = 1\", transaction: false }\n"
+    "      - sql: { up: \"UPDATE flags SET enabled = true WHERE id = 1\", down: \"UPDATE flags SET enabled = false WHERE id = 1\", transaction: false }\n"
     "  - name: backfill\n"
     "    steps:\n"
     "      - backfill: { table: jobs, set: \"new_status = status\", where: \"new_status IS NULL\", key: id, batch_size: 1000000 }\n"
@@ -551,7 +551,7 @@ static void test_all_kinds(void **state)
 	assert_string_equal(ARG_KVV(st, "headers")->v[0].value, "Bearer ${TOKEN}");
 	st = &plan->phases[1].steps[1];
 	assert_int_equal(ARG_INT(st, "transaction"), 0);
-	assert_string_equal(ARG_STR(st, "down"), "UPDATE flags SET on = false WHERE id = 1");
+	assert_string_equal(ARG_STR(st, "down"), "UPDATE flags SET enabled = false WHERE id = 1");
 	st = &plan->phases[2].steps[0];
 	assert_int_equal(ARG_U64(st, "batch_size"), 1000000);
 	assert_int_equal(ARG_STRV(st, "key")->n, 1);
@@ -997,7 +997,7 @@ static void test_limits(void **state)
 		size_t shown = 0;
 
 		snprintf(y, 64 * 1024, "%s",
-		         "version: 1\nname: x\nphases: [ {name: a, steps: [ {sql: {up: x}} ]} ]\n");
+		         "version: 1\nname: x\nphases: [ {name: a, steps: [ {sql: {up: SELECT 1}} ]} ]\n");
 		for (int i = 0; i < 60; i++)
 			snprintf(y + strlen(y), 64, "bad%d: 1\n", i);
 		diag = load_bad(y);
