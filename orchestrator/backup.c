@@ -10,8 +10,11 @@
  *   DUMP     pg_dump --file=PATH.partial (child.c: timeout, SIGTERM, SIGKILL)
  *   STAT     the file is not empty
  *   LIST     pg_restore --list PATH.partial; every table has TABLE DATA
- *   HASH     sha256 on the threadpool, 1 MiB reads
+ *   HASH     sha256 on the threadpool, 1 MiB reads, then fsync: the bytes
+ *            are on disk before the file gets its final name
  *   RENAME   PATH.partial -> PATH: only a verified dump gets the final name
+ *   SYNCDIR  fsync the directory on the threadpool: the rename is on disk
+ *            before the backup is reported (and recorded)
  *   CLEANUP  on failure or cancel: unlink PATH.partial
  *   DONE     the callback ran (or, when canceled, the job was freed)
  *
@@ -22,8 +25,15 @@
  *
  * The connection parameters reach pg_dump only through its environment:
  * PQconninfoParse() gives every option with its libpq environment variable
- * (PGHOST, PGPASSWORD, ...), and those are set on top of our environment.
+ * (PGHOST, PGPORT, ...), and those are set on top of our environment --
+ * except the password, which /proc/PID/environ would show to anyone who
+ * may read it.  The password (from the conninfo, or a PGPASSWORD we
+ * inherited) goes into a password file that is never on disk: a memfd,
+ * mode 0600, close-on-exec, given to pg_dump alone as its fd 3 with
+ * PGPASSFILE=/proc/self/fd/3.  It vanishes with the last descriptor, even
+ * when phasegate is killed with -9.
  */
+#define _GNU_SOURCE /* memfd_create */
 #include "backup.h"
 
 #include <errno.h>
@@ -38,6 +48,8 @@
 
 #include <libpq-fe.h>
 #include <openssl/evp.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 
 #include "buf.h"
 #include "child.h"
@@ -61,6 +73,7 @@ typedef enum bk_state_e {
 	BK_LIST,
 	BK_HASH,
 	BK_RENAME,
+	BK_SYNCDIR,
 	BK_CLEANUP,
 	BK_DONE,
 } bk_state_t;
@@ -80,7 +93,8 @@ struct phg_backup_job_s {
 	char *partial;     /* path + ".partial" */
 	char *dump_bin, *restore_bin;
 	char **dump_argv, **list_argv;
-	char **env;        /* NULL: inherit; else holds the password: wiped on free */
+	char **env;        /* NULL: inherit; else wiped on free */
+	int passfd;        /* >0: the memfd password file, pg_dump's fd 3 */
 	phg_strv_t tables;
 	uint64_t timeout_ms, grace_ms;
 
@@ -113,7 +127,8 @@ static void bk_step(phg_backup_job_t *j);
 static const char *bk_state_name(bk_state_t s)
 {
 	static const char *const names[] = {"idle", "mkdir", "sweep", "reserve", "check", "dump",
-	                                    "stat", "list", "hash", "rename", "cleanup", "done"};
+	                                    "stat", "list", "hash", "rename", "syncdir", "cleanup",
+	                                    "done"};
 
 	return (size_t)s < sizeof(names) / sizeof(names[0]) ? names[s] : "?";
 }
@@ -181,6 +196,8 @@ static void bk_destroy(phg_backup_job_t *j)
 	free_argv(j->dump_argv, 0);
 	free_argv(j->list_argv, 0);
 	free_argv(j->env, 1);
+	if (j->passfd > 0)
+		close(j->passfd);
 	phg_strv_clear(&j->tables);
 	free(j->mk_cur);
 	phg_child_cleanup(&j->child);
@@ -641,6 +658,12 @@ static void bk_hash_work(uv_work_t *w)
 		}
 		j->hash_bytes += (uint64_t)n;
 	}
+	/* durable before it is renamed and recorded (pg_dump syncs its own file,
+	 * but a stand-in through PHG_PG_DUMP may not; this costs little after it) */
+	if (fsync(fd) != 0) {
+		j->hash_errno = errno;
+		goto out;
+	}
 	if (EVP_DigestFinal_ex(ctx, md, &mdlen) != 1 || mdlen != 32) {
 		j->hash_errno = EIO;
 		goto out;
@@ -657,6 +680,8 @@ out:
 }
 
 static void bk_on_rename(uv_fs_t *req);
+static void bk_syncdir_work(uv_work_t *w);
+static void bk_syncdir_done(uv_work_t *w, int status);
 
 static void bk_hash_done(uv_work_t *w, int status)
 {
@@ -669,7 +694,7 @@ static void bk_hash_done(uv_work_t *w, int status)
 		return;
 	}
 	if (j->hash_errno != 0) {
-		bk_fail(j, PHG_EIO, NULL, NULL, "could not read backup file \"%s\": %s", j->path,
+		bk_fail(j, PHG_EIO, NULL, NULL, "could not read and sync backup file \"%s\": %s", j->path,
 		        strerror(j->hash_errno));
 		return;
 	}
@@ -707,6 +732,42 @@ static void bk_on_rename(uv_fs_t *req)
 		return;
 	}
 	j->partial_made = 0;
+	bk_set_state(j, BK_SYNCDIR);
+	j->work.data = j;
+	r = uv_queue_work(j->loop, &j->work, bk_syncdir_work, bk_syncdir_done);
+	if (r < 0) {
+		bk_fail(j, PHG_EIO, NULL, NULL, "could not queue the sync of \"%s\": %s", j->dir,
+		        uv_strerror(r));
+		return;
+	}
+	j->pending = 1;
+}
+
+/* On the threadpool: the directory entry of the rename reaches the disk. */
+static void bk_syncdir_work(uv_work_t *w)
+{
+	phg_backup_job_t *j = w->data;
+	int fd = open(j->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+	j->hash_errno = 0;
+	if (fd < 0 || fsync(fd) != 0)
+		j->hash_errno = errno;
+	if (fd >= 0)
+		close(fd);
+}
+
+static void bk_syncdir_done(uv_work_t *w, int status)
+{
+	phg_backup_job_t *j = w->data;
+
+	j->pending = 0;
+	(void)status; /* RENAME and SYNCDIR are never canceled: the file is final */
+	if (j->hash_errno != 0) {
+		bk_fail(j, PHG_EIO, NULL, NULL,
+		        "could not sync backup directory \"%s\" (\"%s\" may not survive a crash): %s",
+		        j->dir, j->path, strerror(j->hash_errno));
+		return;
+	}
 	if (j->canceled)
 		bk_log(j, PHG_LOG_INFO, "backup canceled after it was verified; \"%s\" is kept",
 		       j->path);
@@ -840,6 +901,7 @@ static void bk_step(phg_backup_job_t *j)
 			co.file = j->dump_bin;
 			co.args = j->dump_argv;
 			co.env = j->env;
+			co.fd3 = j->passfd;
 		} else {
 			co.file = j->restore_bin;
 			co.args = j->list_argv;
@@ -935,22 +997,70 @@ static int env_is(const char *kv, const char *key)
 }
 
 /*
- * Our environment plus the conninfo's options as libpq variables (PGHOST,
- * PGPASSWORD, ...).  NULL in *out when the conninfo is empty (inherit).
- * Options without an environment variable are named in a warning.
+ * The password file pg_dump reads (see the top of this file): a memfd of
+ * one line "*:*:*:*:PASSWORD" (":" and "\\" escaped), mode 0600.  Its
+ * descriptor, or -1 with errno set.
  */
-static int bk_build_env(const char *conninfo, char ***out, phg_err_t *err)
+static int bk_passfile(const char *password)
+{
+	phg_buf_t b;
+	int fd, saved;
+	ssize_t w;
+
+	fd = memfd_create("phasegate-pgpass", MFD_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	phg_buf_init(&b, 4 * strlen(password) + 16);
+	phg_buf_adds(&b, "*:*:*:*:");
+	for (const char *p = password; *p != '\0'; p++) {
+		if (*p == ':' || *p == '\\')
+			phg_buf_adds(&b, "\\");
+		phg_buf_add(&b, p, 1);
+	}
+	phg_buf_adds(&b, "\n");
+	if (fchmod(fd, 0600) != 0)
+		saved = errno;
+	else if (phg_buf_error(&b) != 0)
+		saved = ENOMEM;
+	else if ((w = write(fd, b.data, b.len)) != (ssize_t)b.len)
+		saved = w < 0 ? errno : EIO;
+	else
+		saved = 0;
+	if (b.data != NULL)
+		memset(b.data, 0, b.len);
+	phg_buf_free(&b);
+	if (saved != 0) {
+		close(fd);
+		errno = saved;
+		return -1;
+	}
+	return fd;
+}
+
+/*
+ * Our environment plus the conninfo's options as libpq variables (PGHOST,
+ * PGPORT, ...), without PGPASSWORD: the password, from the conninfo or
+ * inherited, is put in *@pass (the caller wipes it) for the password file.
+ * NULL in *out when the conninfo is empty and there is no password
+ * (inherit).  Options without an environment variable are named in a
+ * warning.
+ */
+static int bk_build_env(const char *conninfo, char ***out, char **pass, phg_err_t *err)
 {
 	PQconninfoOption *opts = NULL, *o;
 	char *errmsg = NULL;
 	size_t n = 0, k = 0, nset = 0;
+	const char *inherited = getenv("PGPASSWORD");
 	char **env;
 
 	*out = NULL;
-	if (conninfo == NULL || conninfo[0] == '\0')
+	*pass = NULL;
+	if ((conninfo == NULL || conninfo[0] == '\0') && inherited == NULL)
 		return 0;
-	if (strncmp(conninfo, "postgresql://", 13) != 0 && strncmp(conninfo, "postgres://", 11) != 0 &&
-	    strchr(conninfo, '=') == NULL) {
+	if (conninfo == NULL || conninfo[0] == '\0') {
+		opts = NULL;
+	} else if (strncmp(conninfo, "postgresql://", 13) != 0 &&
+	           strncmp(conninfo, "postgres://", 11) != 0 && strchr(conninfo, '=') == NULL) {
 		opts = NULL; /* libpq reads a bare word as a database name */
 	} else {
 		opts = PQconninfoParse(conninfo, &errmsg);
@@ -972,13 +1082,14 @@ static int bk_build_env(const char *conninfo, char ***out, phg_err_t *err)
 	if (opts != NULL)
 		for (o = opts; o->keyword != NULL; o++)
 			nset++;
-	env = argv_new(n + nset + 1);
-	/* ours, minus what the conninfo sets */
+	env = argv_new(n + nset + 2);
+	/* ours, minus what the conninfo sets and any password */
 	for (size_t i = 0; i < n; i++) {
-		int overridden = 0;
+		int overridden = env_is(environ[i], "PGPASSWORD");
 
 		if (opts == NULL) {
-			overridden = env_is(environ[i], "PGDATABASE");
+			overridden |= conninfo != NULL && conninfo[0] != '\0' &&
+			              env_is(environ[i], "PGDATABASE");
 		} else {
 			for (o = opts; o->keyword != NULL; o++)
 				if (o->val != NULL && o->envvar != NULL && env_is(environ[i], o->envvar))
@@ -988,11 +1099,16 @@ static int bk_build_env(const char *conninfo, char ***out, phg_err_t *err)
 			env[k++] = phg_strdup(environ[i]);
 	}
 	if (opts == NULL) {
-		env[k++] = phg_asprintf("PGDATABASE=%s", conninfo);
+		if (conninfo != NULL && conninfo[0] != '\0')
+			env[k++] = phg_asprintf("PGDATABASE=%s", conninfo);
 	} else {
 		for (o = opts; o->keyword != NULL; o++) {
 			if (o->val == NULL)
 				continue;
+			if (strcmp(o->keyword, "password") == 0) {
+				*pass = phg_strdup(o->val);
+				continue;
+			}
 			if (o->envvar == NULL) {
 				phg_log(PHG_LOG_WARN, NULL,
 				        "connection option \"%s\" has no libpq environment variable and is "
@@ -1007,6 +1123,19 @@ static int bk_build_env(const char *conninfo, char ***out, phg_err_t *err)
 			if (o->val != NULL && strcmp(o->keyword, "password") == 0)
 				memset(o->val, 0, strlen(o->val));
 		PQconninfoFree(opts);
+	}
+	if (*pass == NULL && inherited != NULL && inherited[0] != '\0')
+		*pass = phg_strdup(inherited);
+	if (*pass != NULL) {
+		/* ours would be read first otherwise: libpq takes PGPASSFILE */
+		for (size_t i = 0; i < k; i++)
+			if (env_is(env[i], "PGPASSFILE")) {
+				free(env[i]);
+				env[i] = env[--k];
+				env[k] = NULL;
+				i--;
+			}
+		env[k++] = phg_strdup("PGPASSFILE=/proc/self/fd/3");
 	}
 	env[k] = NULL;
 	*out = env;
@@ -1028,6 +1157,7 @@ int phg_backup_start(uv_loop_t *loop, const phg_backup_opts_t *o, phg_backup_cb 
 	struct tm tm;
 	time_t now;
 	size_t nt, dlen, k;
+	char *password = NULL;
 	int rc;
 
 	if (out != NULL)
@@ -1050,7 +1180,14 @@ int phg_backup_start(uv_loop_t *loop, const phg_backup_opts_t *o, phg_backup_cb 
 			                   o->tables->v[i] != NULL ? o->tables->v[i] : "");
 
 	j = phg_calloc(1, sizeof(*j));
-	rc = bk_build_env(o->conninfo, &j->env, err);
+	rc = bk_build_env(o->conninfo, &j->env, &password, err);
+	if (rc == 0 && password != NULL) {
+		j->passfd = bk_passfile(password);
+		if (j->passfd < 0)
+			rc = phg_err_set(err, PHG_EIO, "could not make the password file for pg_dump: %s",
+			                 strerror(errno));
+		wipe_free(password);
+	}
 	if (rc != 0) {
 		bk_destroy(j);
 		return rc;
@@ -1153,7 +1290,7 @@ void phg_backup_cancel(phg_backup_job_t *j)
 		uv_cancel((uv_req_t *)&j->req);
 		break;
 	default:
-		break; /* RENAME, CLEANUP: let them finish */
+		break; /* RENAME, SYNCDIR, CLEANUP: let them finish */
 	}
 }
 

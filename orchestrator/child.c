@@ -280,7 +280,7 @@ static int runnable(const char *file)
 int phg_child_spawn(uv_loop_t *loop, phg_child_t *c, const phg_child_opts_t *o, phg_child_cb cb)
 {
 	uv_process_options_t po;
-	uv_stdio_container_t stdio[3];
+	uv_stdio_container_t stdio[4];
 	void *data;
 	char **wrapped = NULL;
 	int rc;
@@ -311,6 +311,8 @@ int phg_child_spawn(uv_loop_t *loop, phg_child_t *c, const phg_child_opts_t *o, 
 	stdio[0].flags = UV_IGNORE; /* libuv gives fds 0-2 /dev/null when ignored */
 	stdio[1].flags = UV_IGNORE;
 	stdio[2].flags = UV_IGNORE;
+	stdio[3].flags = UV_INHERIT_FD; /* only when o->fd3 (stdio_count 4) */
+	stdio[3].data.fd = o->fd3;
 	if (o->stdout_max > 0 && uv_pipe_init(loop, &c->pout, 0) == 0) {
 		c->pout.data = c;
 		c->pout_open = 1;
@@ -351,7 +353,7 @@ int phg_child_spawn(uv_loop_t *loop, phg_child_t *c, const phg_child_opts_t *o, 
 	po.env = o->env;
 	po.cwd = o->cwd;
 	po.exit_cb = child_on_exit;
-	po.stdio_count = 3;
+	po.stdio_count = o->fd3 > 0 ? 4 : 3;
 	po.stdio = stdio;
 	po.flags = UV_PROCESS_DETACHED;
 	c->proc.data = c;

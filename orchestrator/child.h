@@ -59,6 +59,8 @@ typedef struct phg_child_opts_s {
 	int die_with_parent;   /* 1: the child is killed when phasegate dies, even by
 	                        * kill -9 (PR_SET_PDEATHSIG, set by util-linux's
 	                        * setpriv before it execs the program) */
+	int fd3;               /* >0: this descriptor of ours is the child's fd 3
+	                        * (backup.c: the password file, a memfd) */
 } phg_child_opts_t;
 
 struct phg_child_s {

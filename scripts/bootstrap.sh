@@ -15,7 +15,7 @@ set -euo pipefail
 PACKAGES=(
 	build-essential cmake pkg-config
 	libuv1-dev libpq-dev libcurl4-openssl-dev libyaml-dev libjansson-dev
-	libcmocka-dev libssl-dev libpg-query-dev valgrind python3-jsonschema python3-yaml bsdutils
+	libcmocka-dev libssl-dev libpg-query-dev valgrind strace python3-jsonschema python3-yaml bsdutils
 	postgresql postgresql-contrib
 	curl clang
 )

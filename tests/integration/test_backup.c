@@ -138,8 +138,10 @@ static int fake_pg_dump(const char *mode, int argc, char **argv)
 	if (strcmp(mode, "missing-table") == 0)
 		return fake_exec_real(argc, argv, "--schema-only");
 	if (strcmp(mode, "record") == 0) {
-		const char *rec = getenv("PHG_FAKE_RECORD"), *pw = getenv("PGPASSWORD");
-		FILE *f;
+		const char *rec = getenv("PHG_FAKE_RECORD"), *pw = getenv("PGPASSWORD"), *pf;
+		FILE *f, *pff;
+		struct stat st;
+		char line[512];
 
 		if (rec == NULL || (f = fopen(rec, "w")) == NULL)
 			return 96;
@@ -147,6 +149,16 @@ static int fake_pg_dump(const char *mode, int argc, char **argv)
 			fprintf(f, "argv=%s\n", argv[i]);
 		fprintf(f, "PGPASSWORD=%s\n", pw != NULL ? pw : "(unset)");
 		fprintf(f, "PGDATABASE=%s\n", getenv("PGDATABASE") ? getenv("PGDATABASE") : "(unset)");
+		pf = getenv("PGPASSFILE");
+		fprintf(f, "PGPASSFILE=%s\n", pf != NULL ? pf : "(unset)");
+		/* what libpq will check and read: a regular file, 0600, one line */
+		if (pf != NULL && stat(pf, &st) == 0 && (pff = fopen(pf, "r")) != NULL) {
+			fprintf(f, "passfile_regular=%d\npassfile_mode=%o\n", S_ISREG(st.st_mode) ? 1 : 0,
+			        (unsigned)(st.st_mode & 0777));
+			if (fgets(line, sizeof(line), pff) != NULL)
+				fprintf(f, "passfile=%s", line);
+			fclose(pff);
+		}
 		fclose(f);
 		return fake_exec_real(argc, argv, NULL);
 	}
@@ -578,8 +590,13 @@ static void test_password_not_in_argv(void **state)
 	cmd = phg_asprintf("cat '%s'", rec);
 	out = cmd_output(cmd);
 	free(cmd);
-	/* the environment has it ... */
-	assert_contains(out, "PGPASSWORD=" SECRET "\n");
+	/* not in the environment (/proc/PID/environ): in a password file that
+	 * is never on disk, 0600, given to pg_dump alone */
+	assert_not_contains(out, "PGPASSWORD=" SECRET);
+	assert_contains(out, "PGPASSWORD=(unset)\n");
+	assert_contains(out, "PGPASSFILE=/proc/self/fd/3\n");
+	assert_contains(out, "passfile_regular=1\npassfile_mode=600\n");
+	assert_contains(out, "passfile=*:*:*:*:" SECRET "\n");
 	assert_contains(out, "PGDATABASE=" TEST_DB "\n");
 	/* ... argv has no trace of it, nor of any connection parameter */
 	{
@@ -609,6 +626,25 @@ static void test_password_not_in_argv(void **state)
 	assert_contains(out, want);
 	free(want);
 	assert_contains(out, "argv=-t\nargv=\"jobs\"\n");
+	free(out);
+
+	/* an inherited PGPASSWORD takes the same way, ":" and "\\" escaped */
+	o.conninfo = g_url;
+	setenv("PGPASSWORD", "pw:with\\odd", 1);
+	setenv("PHG_PG_DUMP", g_exe, 1);
+	setenv("PHG_FAKE_PG_DUMP_MODE", "record", 1);
+	setenv("PHG_FAKE_RECORD", rec, 1);
+	run_backup(&o, &r);
+	unsetenv("PGPASSWORD");
+	unsetenv("PHG_FAKE_PG_DUMP_MODE");
+	unsetenv("PHG_FAKE_RECORD");
+	unsetenv("PHG_PG_DUMP");
+	assert_int_equal(r.status, 0);
+	cmd = phg_asprintf("cat '%s'", rec);
+	out = cmd_output(cmd);
+	free(cmd);
+	assert_contains(out, "PGPASSWORD=(unset)\n");
+	assert_contains(out, "passfile=*:*:*:*:pw\\:with\\\\odd\n");
 	free(out);
 	free(conninfo);
 	free(rec);

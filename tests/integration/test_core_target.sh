@@ -146,6 +146,23 @@ assert_exit 0 phg rollback "$T/plan.yaml"
 assert_file_not_contains "$T/err" "right-Secret-42"
 [[ $(psql -X -A -t -d "$other_db" -c "SELECT count(*) FROM phasegate.runs WHERE target LIKE '%Secret%' OR who LIKE '%Secret%'") == 0 ]] ||
 	fail "a password reached the state tables"
+# the backup gate under password authentication: the real pg_dump logs in
+# through the password file phasegate gives it (never PGPASSWORD)
+cat >"$T/bk.yaml" <<YAML
+version: 1
+name: target-backup-pw
+backup: { dir: "$T/bk" }
+phases:
+  - name: expand
+    backup: true
+    steps:
+      - add_column: { table: t, column: c2, type: int }
+YAML
+assert_exit 0 phg apply "$T/bk.yaml"
+assert_file_not_contains "$T/err" "right-Secret-42"
+[[ $(psql -X -A -t -d "$other_db" -c "SELECT count(*) FROM phasegate.backups b JOIN phasegate.runs r ON r.id = b.run_id WHERE r.plan = 'target-backup-pw'") == 1 ]] ||
+	fail "no backup recorded under password authentication"
+[[ $(find "$T/bk" -name '*.dump' -size +0 | wc -l) == 1 ]] || fail "no backup file in $T/bk"
 unset DATABASE_URL
 
 # an unset ${VAR} is reported once, with every place that uses it

@@ -16,6 +16,8 @@
 # 4. scope: database dumps every table.
 # 5. kill -9 of phasegate during pg_dump: the dump dies with it (setpriv
 #    --pdeathsig), and the next apply removes the .partial file it left.
+# 6. Durable before recorded (strace): phasegate fsyncs the verified
+#    .partial file before it renames it, and the directory after.
 # shellcheck source=/dev/null
 source "$PHG_TEST_LIB"
 
@@ -245,6 +247,22 @@ assert_exit 0 phg apply "$T/kill9.yaml"
 assert_file_contains "$T/err" "a partial backup an interrupted run left"
 assert_eq 0 "$(find "$T/fb_kill" -name '*.dump.partial' | wc -l)" "the next apply removed it"
 assert_eq 1 "$(find "$T/fb_kill" -name '*.dump' | wc -l)" "and took its own, verified backup"
+
+# ---------------------------------------------------------------- 6. fsync, then rename, then fsync the directory
+psql_q "CREATE TABLE f_sync (id int PRIMARY KEY); INSERT INTO f_sync VALUES (1)" >/dev/null
+mkplan sync f_sync "$T/fb_sync"
+strace -f -y -qq -o "$T/strace.txt" -e trace=fsync,rename,renameat,renameat2,execve \
+	"$PHASEGATE" apply "$T/sync.yaml" >"$T/sync.out" 2>&1 || fail "apply under strace: $(cat "$T/sync.out")"
+# line numbers of: pg_restore --list started, our fsync of the .partial,
+# the rename to the final name, and an fsync of the directory
+n_list=$(grep -n 'execve(.*pg_restore' "$T/strace.txt" | tail -1 | cut -d: -f1)
+n_fsync=$(grep -n 'fsync([0-9]*</.*fb_sync/.*\.dump\.partial>' "$T/strace.txt" | tail -1 | cut -d: -f1)
+n_rename=$(grep -n 'rename.*\.dump\.partial".*\.dump"' "$T/strace.txt" | tail -1 | cut -d: -f1)
+n_dirsync=$(grep -n "fsync([0-9]*<$T/fb_sync>)" "$T/strace.txt" | tail -1 | cut -d: -f1)
+[[ -n $n_list && -n $n_fsync && -n $n_rename && -n $n_dirsync ]] ||
+	fail "strace shows no pg_restore ($n_list), fsync of the file ($n_fsync), rename ($n_rename) or fsync of the directory ($n_dirsync): $(grep -v execve "$T/strace.txt" | tail -20)"
+((n_list < n_fsync && n_fsync < n_rename && n_rename < n_dirsync)) ||
+	fail "order: pg_restore at $n_list, fsync(file) at $n_fsync, rename at $n_rename, fsync(dir) at $n_dirsync"
 
 if ((hang_child_left)); then
 	fail "hang: the fake pg_dump's child process ($(cat "$T/hang.sleep.pid"): its sleep 600) was left running after the backup timed out (only the direct child is signalled)"
