@@ -45,6 +45,8 @@ typedef struct cmd_s {
 #define OPT_FOLLOW 0x200u
 #define OPT_ATTEST 0x400u
 #define OPT_OUTPUT 0x800u
+#define OPT_STRICT 0x1000u
+#define OPT_TAKEOVER 0x2000u
 
 #define GONE_HELP                                                                            \
 	"  --url-env V  the plan file is gone: PLAN is the plan's name, the database comes\n"     \
@@ -52,14 +54,18 @@ typedef struct cmd_s {
 	"               is the one its last run recorded\n"
 
 static const cmd_t commands[] = {
-	{"validate", "phasegate validate PLAN.yaml [--format text|json|github]",
-	 "Parse and lint the plan; touch nothing. Errors are printed as FILE:LINE:COL: message\n"
+	{"validate", "phasegate validate PLAN.yaml [--strict] [--format text|json|github]",
+	 "Parse and lint the plan; touch nothing. Every SQL fragment is parsed by PostgreSQL's\n"
+	 "own parser in the statement it goes into. Errors are printed as FILE:LINE:COL: message\n"
 	 "with the source line and a caret (exit 2); lint warnings do not fail (exit 0).\n"
+	 "A statement holding the comment `-- phasegate:safety_assured` is acknowledged: the\n"
+	 "lint says nothing of it.\n"
+	 "  --strict         lint warnings are errors (exit 2)\n"
 	 "  --format json    one JSON document on stdout: {file, valid, plan, checksum, phases,\n"
 	 "                   diagnostics: [{severity, file, line, col, message}]}\n"
 	 "  --format github  GitHub Actions annotations on stdout (::error file=,line=,col=::)\n",
-	 OPT_FORMAT, 1,
-	 "0 valid (lint warnings do not fail), 2 invalid plan or bad invocation",
+	 OPT_FORMAT | OPT_STRICT, 1,
+	 "0 valid (lint warnings do not fail without --strict), 2 invalid plan or bad invocation",
 	 "parse and lint the plan; touch nothing"},
 	{"plan", "phasegate plan PLAN.yaml [--env E]",
 	 "Print every SQL statement and action of the plan, in order, with the lock settings\n"
@@ -67,13 +73,16 @@ static const cmd_t commands[] = {
 	 OPT_ENV, 1,
 	 "0, 2 invalid plan or bad invocation",
 	 "print every SQL statement and action, in order; connect to nothing"},
-	{"apply", "phasegate apply PLAN.yaml [--env E] [--to PHASE] [--dry-run] [--yes]",
+	{"apply", "phasegate apply PLAN.yaml [--env E] [--to PHASE] [--dry-run] [--yes] [--takeover]",
 	 "Apply the plan's phases in order, gating each one; resumable: run it again after a\n"
 	 "crash, kill -9 or Ctrl-C and it continues from the last checkpoint.\n"
 	 "  --to PHASE   stop after PHASE (apply continues later)\n"
 	 "  --dry-run    show the current state and what apply would run; change nothing\n"
-	 "  --yes        a protected environment without asking (CI; no terminal: required)\n",
-	 OPT_ENV | OPT_TO | OPT_DRY | OPT_YES, 1,
+	 "  --yes        a protected environment without asking (CI; no terminal: required)\n"
+	 "  --takeover   the plan's lock is held by the server session of a phasegate that is\n"
+	 "               gone (killed on this host): cancel, then terminate that session, and\n"
+	 "               resume from the recorded state (refused when the holder is alive)\n",
+	 OPT_ENV | OPT_TO | OPT_DRY | OPT_YES | OPT_TAKEOVER, 1,
 	 "0 done, 1 runtime error (database unreachable, connection lost), 2 bad invocation/plan/unset variable/drift, 3 failed and rolled back, 4 rollback failed or on_failure stop, 5 plan locked by another run, 130 interrupted",
 	 "apply the phases in order, gated; resumable"},
 	{"status", "phasegate status PLAN.yaml [--env E] [--json] [--url-env V]",
@@ -83,13 +92,14 @@ static const cmd_t commands[] = {
 	 OPT_ENV | OPT_JSON | OPT_URLENV, 1,
 	 "0, 1 database unreachable, 2 bad invocation or plan",
 	 "the plan's last run on the database, phase by phase"},
-	{"rollback", "phasegate rollback PLAN.yaml [--env E] [--to PHASE] [--yes] [--url-env V]",
+	{"rollback", "phasegate rollback PLAN.yaml [--env E] [--to PHASE] [--yes] [--takeover] [--url-env V]",
 	 "Revert applied phases in reverse order: all of them, or down to (and excluding)\n"
 	 "--to PHASE. Refuses before touching anything when a step cannot be reverted (exit 4).\n"
 	 "Works from the plan as the run recorded it when the file changed since (or is gone).\n"
 	 "  --yes        a protected environment without asking (CI; no terminal: required)\n"
+	 "  --takeover   as for apply: end the session of a phasegate that is gone\n"
 	 GONE_HELP,
-	 OPT_ENV | OPT_TO | OPT_YES | OPT_URLENV, 1,
+	 OPT_ENV | OPT_TO | OPT_YES | OPT_URLENV | OPT_TAKEOVER, 1,
 	 "0 done, 1 runtime error, 2 bad invocation or plan, 4 cannot be reverted or revert failed, 5 plan locked, 130 interrupted",
 	 "revert applied phases in reverse order"},
 	{"promote", "phasegate promote PLAN.yaml (--from ENV | --attestation FILE) --to ENV [--yes]",
@@ -426,6 +436,8 @@ static const struct option long_opts[] = {
 	{"follow", no_argument, NULL, 'w'},
 	{"attestation", required_argument, NULL, 'a'},
 	{"output", required_argument, NULL, 'o'},
+	{"strict", no_argument, NULL, 'S'},
+	{"takeover", no_argument, NULL, 'T'},
 	{NULL, 0, NULL, 0},
 };
 
@@ -437,7 +449,9 @@ int phg_cli_main(int argc, char **argv)
 
 	phg_log_set_json(0);
 	phg_log_set_run(NULL, NULL, 0, NULL);
+	phg_diag_set_strict(0);
 	rc = cli_main(argc, argv);
+	phg_diag_set_strict(0);
 	phg_log_status_clear();
 	phg_log_exit(rc); /* --log-format json: the outcome, as the last line */
 	return rc;
@@ -484,6 +498,8 @@ static int cli_main(int argc, char **argv)
 		case 'w': o.follow = 1; seen |= OPT_FOLLOW; break;
 		case 'a': attestation = optarg; seen |= OPT_ATTEST; break;
 		case 'o': o.output = optarg; seen |= OPT_OUTPUT; break;
+		case 'S': phg_diag_set_strict(1); seen |= OPT_STRICT; break;
+		case 'T': o.takeover = 1; seen |= OPT_TAKEOVER; break;
 		case 'F':
 			if (strcmp(optarg, "json") == 0)
 				vformat = PHG_DIAG_COLLECT;
@@ -562,7 +578,8 @@ static int cli_main(int argc, char **argv)
 		             {OPT_DRY, "--dry-run"}, {OPT_YES, "--yes"}, {OPT_JSON, "--json"},
 		             {OPT_URLENV, "--url-env"}, {OPT_FORMAT, "--format"},
 		             {OPT_RUN, "--run"}, {OPT_FOLLOW, "--follow"},
-		             {OPT_ATTEST, "--attestation"}, {OPT_OUTPUT, "--output"}};
+		             {OPT_ATTEST, "--attestation"}, {OPT_OUTPUT, "--output"},
+		             {OPT_STRICT, "--strict"}, {OPT_TAKEOVER, "--takeover"}};
 
 		for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
 			if (bad_need & names[i].bit)

@@ -31,6 +31,8 @@ typedef struct phg_run_opts_s {
 	int json;             /* status/history --json */
 	const char *db_env;   /* history without a plan: variable holding the URL */
 	int yes;              /* --yes: a protected environment without asking */
+	int takeover;         /* --takeover: end the server session of a phasegate that
+	                       * is gone (kill -9) and still holds the plan's lock */
 	const char *promoted_from; /* promote: the source run, recorded with the new one */
 	long long run;        /* events --run N (0: the newest run) */
 	int follow;           /* events --follow */

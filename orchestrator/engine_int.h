@@ -160,6 +160,8 @@ struct engine_s {
 	} tr;
 	int verify_status;
 	char lock_holder[512]; /* the session holding the plan lock (exit 5) */
+	int holder_backend;    /* its backend pid */
+	int takeover_tries;    /* --takeover: lock attempts since the cancel */
 
 	PGresult *res;
 	ek_t k;

@@ -9,6 +9,7 @@
  */
 #include "engine_int.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <signal.h>
@@ -33,10 +34,6 @@ static void retry_fire(uv_timer_t *t);
 static void connect_failed_closed(phg_pg_t *pg);
 static void on_connected(phg_pg_t *pg, int status, const phg_err_t *err);
 static void connect_start(engine_t *e);
-static void lock_holder_run(phg_pg_t *pg, int status, PGresult *res, const phg_err_t *err,
-                            void *arg);
-static void lock_holder(phg_pg_t *pg, int status, PGresult *res, const phg_err_t *err, void *arg);
-static void lock_taken(phg_pg_t *pg, int status, PGresult *res, const phg_err_t *err, void *arg);
 static void take_lock(engine_t *e);
 static void work_connected(engine_t *e);
 
@@ -364,25 +361,124 @@ void phg_eng_connect(engine_t *e, phg_pg_t *pg, ek_t k)
 	connect_start(e);
 }
 
+/* --takeover: lock attempts 200 ms apart; pg_terminate_backend at the
+ * 25th (5 s after the cancel), giving up at the 50th */
+#define TAKEOVER_EVERY_MS 200
+#define TAKEOVER_TERMINATE_AT 25
+#define TAKEOVER_GIVE_UP_AT 50
+
+static void takeover_fire(uv_timer_t *t)
+{
+	take_lock(t->data);
+}
+
+static void takeover_sent(phg_pg_t *pg, int status, PGresult *res, const phg_err_t *err,
+                          void *arg)
+{
+	engine_t *e = arg;
+
+	(void)pg;
+	(void)status;
+	(void)res;
+	(void)err;
+	uv_timer_start(&e->retry_timer, takeover_fire, TAKEOVER_EVERY_MS, 0);
+}
+
+/* Cancel (then terminate) the orphaned backend, and try the lock again. */
+static void takeover_step(engine_t *e)
+{
+	char pid[24];
+	const char *p[1] = {pid};
+	int terminate = e->takeover_tries == TAKEOVER_TERMINATE_AT;
+
+	snprintf(pid, sizeof(pid), "%d", e->holder_backend);
+	if (e->takeover_tries == 0 || terminate) {
+		phg_log(PHG_LOG_WARN, &e->log, "--takeover: %s backend pid %d",
+		        terminate ? "still held 5 s after the cancel: terminating" : "cancelling",
+		        e->holder_backend);
+		phg_pgq_query(&e->ctlq,
+		              terminate ? "SELECT pg_terminate_backend($1::int)"
+		                        : "SELECT pg_cancel_backend($1::int)",
+		              1, p, takeover_sent, e);
+	} else {
+		uv_timer_start(&e->retry_timer, takeover_fire, TAKEOVER_EVERY_MS, 0);
+	}
+	e->takeover_tries++;
+}
+
 static void lock_holder_run(phg_pg_t *pg, int status, PGresult *res, const phg_err_t *err,
                             void *arg)
 {
 	engine_t *e = arg;
 	phg_err_t out;
+	char me[256] = "";
+	size_t hn = sizeof(me);
+	const char *cpid = NULL, *chost = NULL;
+	long long client = 0;
+	int gone = 0, alive = 0;
 
 	(void)pg;
 	(void)err;
+	if (status == 0 && res != NULL && PQntuples(res) > 0 && !PQgetisnull(res, 0, 6)) {
+		cpid = PQgetvalue(res, 0, 6);
+		chost = PQgetvalue(res, 0, 7);
+	}
+	if (cpid != NULL && uv_os_gethostname(me, &hn) == 0 && strcmp(chost, me) == 0 &&
+	    phg_parse_int64(cpid, 1, INT_MAX, &client) == 0) {
+		if (kill((pid_t)client, 0) == 0 || errno == EPERM)
+			alive = 1;
+		else if (errno == ESRCH)
+			gone = 1;
+	}
+	if (gone && e->o->takeover && e->takeover_tries < TAKEOVER_GIVE_UP_AT) {
+		takeover_step(e);
+		return;
+	}
 	phg_err_clear(&out);
-	phg_err_set(&out, PHG_ELOCKED, "plan \"%s\" is being run by another phasegate on this database",
-	            e->plan->name);
-	if (status == 0 && res != NULL && PQntuples(res) > 0)
-		phg_err_detail(&out, "The plan's lock is held by run %s (%s, started %s by %s on %s, pid %s)%s",
-		               PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2),
-		               PQgetvalue(res, 0, 3), PQgetvalue(res, 0, 4), PQgetvalue(res, 0, 5),
-		               e->lock_holder);
-	else if (e->lock_holder[0] != '\0')
-		phg_err_detail(&out, "The plan's lock is held%s", e->lock_holder);
-	phg_err_hint(&out, "Wait for it to finish, or use `phasegate status` to see where it is.");
+	if (gone) {
+		phg_err_set(&out, PHG_ELOCKED,
+		            "plan \"%s\" is locked by a phasegate that is gone: pid %lld on this host "
+		            "no longer runs, but its server session (backend pid %d) still holds the "
+		            "plan's lock",
+		            e->plan->name, client, e->holder_backend);
+		if (e->o->takeover)
+			phg_err_detail(&out, "--takeover cancelled and then terminated backend %d, and it "
+			                     "still holds the lock after 10 s.",
+			               e->holder_backend);
+		else
+			phg_err_detail(&out, "It was killed (kill -9?) while its statement ran; the server "
+			                     "ends that session when the statement ends, or within "
+			                     "client_connection_check_interval.");
+		phg_err_hint(&out, "Run the same command with --takeover: it cancels backend %d "
+		                   "(pg_cancel_backend, then pg_terminate_backend) and resumes the run "
+		                   "from its recorded state; or wait for the server to end it.",
+		             e->holder_backend);
+	} else {
+		phg_err_set(&out, PHG_ELOCKED,
+		            "plan \"%s\" is being run by another phasegate on this database",
+		            e->plan->name);
+		if (status == 0 && res != NULL && PQntuples(res) > 0 && !PQgetisnull(res, 0, 0))
+			phg_err_detail(&out,
+			               "The plan's lock is held by run %s (%s, started %s by %s on %s, pid "
+			               "%s)%s",
+			               PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2),
+			               PQgetvalue(res, 0, 3), PQgetvalue(res, 0, 4), PQgetvalue(res, 0, 5),
+			               e->lock_holder);
+		else if (e->lock_holder[0] != '\0')
+			phg_err_detail(&out, "The plan's lock is held%s", e->lock_holder);
+		if (e->o->takeover && alive)
+			phg_err_hint(&out, "--takeover refused: phasegate pid %lld on this host is alive; "
+			                   "stop it (Ctrl-C, or kill %lld) or wait for it.",
+			             client, client);
+		else if (e->o->takeover)
+			phg_err_hint(&out, "--takeover refused: it cannot tell whether the holder (on host "
+			                   "\"%s\") is gone; stop it there, or end its session with "
+			                   "pg_terminate_backend(%d).",
+			             chost != NULL ? chost : "?", e->holder_backend);
+		else
+			phg_err_hint(&out,
+			             "Wait for it to finish, or use `phasegate status` to see where it is.");
+	}
 	phg_eng_ctx(e, -1, -1);
 	phg_eng_report(e, PHG_LOG_ERROR, &out);
 	phg_eng_shutdown(e, PHG_EXIT_LOCKED);
@@ -391,23 +487,78 @@ static void lock_holder_run(phg_pg_t *pg, int status, PGresult *res, const phg_e
 static void lock_holder(phg_pg_t *pg, int status, PGresult *res, const phg_err_t *err, void *arg)
 {
 	engine_t *e = arg;
-	const char *p[1] = {e->plan->name};
+	char bpid[24];
+	const char *p[2] = {e->plan->name, bpid};
+	long long v = 0;
 	phg_buf_t b;
 
 	(void)pg;
 	(void)err;
 	e->lock_holder[0] = '\0';
-	if (status == 0 && PQntuples(res) > 0)
+	e->holder_backend = 0;
+	if (status == 0 && PQntuples(res) > 0) {
 		snprintf(e->lock_holder, sizeof(e->lock_holder),
 		         " through backend pid %s (%s, connected since %s).", PQgetvalue(res, 0, 0),
 		         PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2));
-	else
+		if (phg_parse_int64(PQgetvalue(res, 0, 0), 1, INT_MAX, &v) == 0)
+			e->holder_backend = (int)v;
+	} else {
 		snprintf(e->lock_holder, sizeof(e->lock_holder), ".");
-	/* which run: the newest unfinished one of this plan (the state schema
-	 * may not exist yet: then the query fails and only the session is named) */
+	}
+	if (e->holder_backend == 0 && e->takeover_tries > 0) {
+		/* released between the two queries: try again */
+		uv_timer_start(&e->retry_timer, takeover_fire, TAKEOVER_EVERY_MS, 0);
+		return;
+	}
+	snprintf(bpid, sizeof(bpid), "%d", e->holder_backend);
+	/* which run: the newest unfinished one of this plan, and the phasegate
+	 * behind the session (the state schema may not exist yet: then the query
+	 * fails and only the session is named) */
 	phg_buf_init(&b, 4096);
 	phg_store_lock_holder_run_sql(&b, e->schema_q);
-	phg_pgq_query(&e->ctlq, b.data, 1, p, lock_holder_run, e);
+	phg_pgq_query(&e->ctlq, b.data, 2, p, lock_holder_run, e);
+	phg_buf_free(&b);
+}
+
+/* The lock is ours: record who holds it, so that a later phasegate can
+ * tell a holder that is gone from one that runs. */
+static void holder_recorded(phg_pg_t *pg, int status, PGresult *res, const phg_err_t *err,
+                            void *arg)
+{
+	engine_t *e = arg;
+
+	(void)pg;
+	(void)res;
+	if (status != 0) {
+		phg_err_t tmp;
+
+		phg_err_clear(&tmp);
+		phg_err_copy(&tmp, err);
+		phg_eng_fatal(e, PHG_EXIT_RUNTIME, &tmp);
+		return;
+	}
+	phg_eng_ready(e);
+}
+
+static void schema_ready(engine_t *e)
+{
+	char pid[24], host[256] = "?";
+	size_t hn = sizeof(host);
+	const char *p[3] = {e->plan->name, pid, host};
+	phg_buf_t b;
+
+	snprintf(pid, sizeof(pid), "%d", (int)getpid());
+	if (uv_os_gethostname(host, &hn) != 0)
+		snprintf(host, sizeof(host), "?");
+	phg_buf_init(&b, 4096);
+	phg_store_lock_holder_set_sql(&b, e->schema_q);
+	if (phg_pg_query(&e->work, b.data, 3, p, holder_recorded, e) != 0) {
+		phg_err_t tmp;
+
+		phg_err_clear(&tmp);
+		phg_err_set(&tmp, PHG_ECONNECT, "the database connection is not usable");
+		phg_eng_fatal(e, PHG_EXIT_RUNTIME, &tmp);
+	}
 	phg_buf_free(&b);
 }
 
@@ -426,11 +577,9 @@ static void lock_taken(phg_pg_t *pg, int status, PGresult *res, const phg_err_t 
 		return;
 	}
 	if (strcmp(PQgetvalue(res, 0, 0), "t") != 0) {
-		const char *p[1] = {e->plan->name};
 		char cls[32];
 		const char *p2[2] = {cls, e->plan->name};
 
-		(void)p;
 		snprintf(cls, sizeof(cls), "%d", PHG_LOCK_CLASS);
 		phg_pgq_query(&e->ctlq,
 		              "SELECT a.pid, coalesce(nullif(a.application_name, ''), '?') || "
@@ -441,10 +590,13 @@ static void lock_taken(phg_pg_t *pg, int status, PGresult *res, const phg_err_t 
 		              2, p2, lock_holder, e);
 		return;
 	}
+	if (e->takeover_tries > 0)
+		phg_log(PHG_LOG_WARN, &e->log, "--takeover: the plan's lock is ours; resuming from the "
+		                               "recorded state");
 	phg_log(PHG_LOG_DEBUG, &e->log, "plan lock taken");
 	phg_buf_init(&b, 64 * 1024);
 	phg_store_schema_sql(&b, e->schema_q);
-	phg_eng_queryb(e, &b, phg_eng_ready);
+	phg_eng_queryb(e, &b, schema_ready);
 }
 
 static void take_lock(engine_t *e)
@@ -452,7 +604,6 @@ static void take_lock(engine_t *e)
 	char cls[32];
 	const char *p[2] = {cls, e->plan->name};
 
-	phg_pgq_init(&e->ctlq, &e->ctl);
 	snprintf(cls, sizeof(cls), "%d", PHG_LOCK_CLASS);
 	/* on `work`: the session that writes the state holds the lock, so
 	 * losing it (fatal for the run anyway) is the only way to lose the lock */
@@ -466,6 +617,31 @@ static void take_lock(engine_t *e)
 	}
 }
 
+static void ignore_result(phg_pg_t *pg, int status, PGresult *res, const phg_err_t *err,
+                          void *arg)
+{
+	(void)pg;
+	(void)status;
+	(void)res;
+	(void)err;
+	(void)arg;
+}
+
+static void check_interval_set(phg_pg_t *pg, int status, PGresult *res, const phg_err_t *err,
+                               void *arg)
+{
+	(void)pg;
+	(void)status; /* not worth failing for */
+	(void)res;
+	(void)err;
+	take_lock(arg);
+}
+
+/* PostgreSQL 14+: a session whose client is gone (phasegate killed while
+ * a statement of it runs) ends within this much, not when the statement
+ * ends; the plan's lock goes with it. */
+#define PHG_CHECK_INTERVAL "SELECT set_config('client_connection_check_interval', '2s', false)"
+
 static void work_connected(engine_t *e)
 {
 	phg_log(PHG_LOG_DEBUG, &e->log, "connected (work pid %d, ctl pid %d)", e->work.backend_pid,
@@ -475,6 +651,12 @@ static void work_connected(engine_t *e)
 	phg_log(PHG_LOG_INFO, &e->log, "target: %s%s%s%s", e->target,
 	        e->o->env ? ", environment \"" : "", e->o->env ? e->o->env : "",
 	        e->o->env ? "\"" : "");
+	phg_pgq_init(&e->ctlq, &e->ctl);
+	if (PQserverVersion(e->work.conn) >= 140000) {
+		phg_pgq_query(&e->ctlq, PHG_CHECK_INTERVAL, 0, NULL, ignore_result, NULL);
+		if (phg_pg_query(&e->work, PHG_CHECK_INTERVAL, 0, NULL, check_interval_set, e) == 0)
+			return;
+	}
 	take_lock(e);
 }
 

@@ -355,10 +355,13 @@ void phg_store_create_run_sql(phg_buf_t *b, const char *schema_q, const phg_plan
 void phg_store_lock_holder_run_sql(phg_buf_t *out, const char *schema_q)
 {
 	phg_buf_printf(out,
-	               "SELECT id, state, date_trunc('second', started_at)::text, coalesce(who, '?'), "
-	               "coalesce(host, '?'), coalesce(pid::text, '?') FROM %s.runs WHERE plan = $1 "
-	               "ORDER BY id DESC LIMIT 1",
-	               schema_q);
+	               "SELECT r.id, r.state, date_trunc('second', r.started_at)::text, "
+	               "coalesce(r.who, '?'), coalesce(r.host, '?'), coalesce(r.pid::text, '?'), "
+	               "h.client_pid::text, h.host FROM (SELECT 1) one "
+	               "LEFT JOIN LATERAL (SELECT * FROM %s.runs WHERE plan = $1 ORDER BY id DESC "
+	               "LIMIT 1) r ON true "
+	               "LEFT JOIN %s.lock_holders h ON h.plan = $1 AND h.backend_pid = $2::int",
+	               schema_q, schema_q);
 }
 
 /* ---- events and backups ---- */
@@ -676,7 +679,27 @@ void phg_store_schema_sql(phg_buf_t *o, const char *s)
 	               "  size bigint NOT NULL,\n"
 	               "  sha256 text NOT NULL,\n"
 	               "  duration_ms bigint NOT NULL,\n"
-	               "  taken_at timestamptz NOT NULL DEFAULT now());\n"
+	               "  taken_at timestamptz NOT NULL DEFAULT now());\n",
+	               s);
+	/* who holds each plan's lock: the server session, and the phasegate
+	 * process and host behind it (a kill -9 leaves the session running) */
+	phg_buf_printf(o,
+	               "CREATE TABLE IF NOT EXISTS %s.lock_holders (\n"
+	               "  plan text PRIMARY KEY,\n"
+	               "  backend_pid int NOT NULL,\n"
+	               "  client_pid int NOT NULL,\n"
+	               "  host text NOT NULL,\n"
+	               "  since timestamptz NOT NULL DEFAULT now());\n"
 	               "COMMIT;\n",
 	               s);
+}
+
+void phg_store_lock_holder_set_sql(phg_buf_t *out, const char *schema_q)
+{
+	phg_buf_printf(out,
+	               "INSERT INTO %s.lock_holders (plan, backend_pid, client_pid, host) "
+	               "VALUES ($1, pg_backend_pid(), $2::int, $3) ON CONFLICT (plan) DO UPDATE SET "
+	               "backend_pid = EXCLUDED.backend_pid, client_pid = EXCLUDED.client_pid, "
+	               "host = EXCLUDED.host, since = now()",
+	               schema_q);
 }

@@ -171,8 +171,12 @@ void phg_store_create_run_sql(phg_buf_t *out, const char *schema_q, const phg_pl
                               const char *const *phase_name_lits,
                               const char *const *phase_sum_lits);
 /* The newest run of plan $1, for the message of a locked plan: id, state,
- * started, who, host, pid. */
+ * started, who, host, pid; then the phasegate pid and host recorded for
+ * the lock's holder, backend pid $2 (NULL: not recorded). */
 void phg_store_lock_holder_run_sql(phg_buf_t *out, const char *schema_q);
+/* Record this session as the holder of plan $1's lock: $2 our pid, $3 our
+ * host (the lock_holders table). */
+void phg_store_lock_holder_set_sql(phg_buf_t *out, const char *schema_q);
 
 /* ---- events and backups ---- */
 
