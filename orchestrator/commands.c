@@ -213,22 +213,44 @@ static int run_engine(phg_plan_t *plan, const phg_run_opts_t *o, phg_engine_mode
 		return PHG_EXIT_USAGE;
 	if (confirm_protected(plan, o, mode) != 0)
 		return PHG_EXIT_USAGE;
-	if (uv_loop_init(&loop) != 0)
-		return PHG_EXIT_RUNTIME;
-	e = phg_engine_new(&loop, mode, plan, o, &code);
-	if (e != NULL) {
-		phg_engine_start(e);
-		uv_run(&loop, UV_RUN_DEFAULT);
-		code = phg_engine_free(e);
+	/* A connection lost mid-run (the server restarted, a failover): a new
+	 * engine reconnects -- with backoff, up to connect_retries attempts --
+	 * and resumes the run from its recorded state, as `apply` would; at most
+	 * connect_retries times in one command. */
+	for (uint64_t again = 0;; again++) {
+		int lost = 0;
+
+		if (uv_loop_init(&loop) != 0)
+			return PHG_EXIT_RUNTIME;
+		e = phg_engine_new(&loop, mode, plan, o, &code);
+		if (e != NULL) {
+			phg_engine_start(e);
+			uv_run(&loop, UV_RUN_DEFAULT);
+			lost = phg_engine_conn_lost(e);
+			code = phg_engine_free(e);
+		}
+		rc = uv_loop_close(&loop);
+		if (rc != 0) {
+			phg_log(PHG_LOG_ERROR, NULL,
+			        "internal error: the event loop still has handles (%s)", uv_strerror(rc));
+			if (code == 0)
+				code = PHG_EXIT_RUNTIME;
+			return code;
+		}
+		if (!lost)
+			return code;
+		if (again >= plan->settings.connect_retries) {
+			phg_log(PHG_LOG_ERROR, NULL,
+			        "the connection was lost %" PRIu64 " times in this run; giving up: run %s "
+			        "again to resume",
+			        again + 1, mode == PHG_ENGINE_APPLY ? "apply" : "rollback");
+			return code;
+		}
+		phg_log(PHG_LOG_WARN, NULL,
+		        "reconnecting to resume the run (after a lost connection: %" PRIu64 "/%" PRIu64
+		        ")",
+		        again + 1, plan->settings.connect_retries);
 	}
-	rc = uv_loop_close(&loop);
-	if (rc != 0) {
-		phg_log(PHG_LOG_ERROR, NULL, "internal error: the event loop still has handles (%s)",
-		        uv_strerror(rc));
-		if (code == 0)
-			code = PHG_EXIT_RUNTIME;
-	}
-	return code;
 }
 
 int phg_cmd_apply(phg_plan_t *plan, const phg_run_opts_t *o)

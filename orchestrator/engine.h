@@ -64,6 +64,10 @@ phg_engine_t *phg_engine_new(uv_loop_t *loop, phg_engine_mode_t mode, phg_plan_t
                              const phg_run_opts_t *o, int *exit_code);
 void phg_engine_start(phg_engine_t *e);
 int phg_engine_free(phg_engine_t *e);
+/* After the loop: 1 when the run ended (exit 1, state saved) because the
+ * connection to the database was lost mid-run -- a server restart, say --
+ * so that a new engine can reconnect and resume it. */
+int phg_engine_conn_lost(const phg_engine_t *e);
 
 int phg_cmd_apply(phg_plan_t *plan, const phg_run_opts_t *o);
 int phg_cmd_rollback(phg_plan_t *plan, const phg_run_opts_t *o);

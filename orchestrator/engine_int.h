@@ -106,6 +106,7 @@ struct engine_s {
 	uv_timer_t retry_timer;
 	int retry_open;
 	int stop_requested;
+	int conn_lost;       /* the run ended because the connection was lost */
 	int signals;
 	int connect_attempt;
 	phg_pg_t *connecting;

@@ -39,6 +39,17 @@ static void work_connected(engine_t *e);
 
 void phg_eng_fatal(engine_t *e, int code, const phg_err_t *err)
 {
+	if (code == PHG_EXIT_RUNTIME && e->run_id > 0 && err != NULL && err->code == PHG_ECONNECT &&
+	    !e->stop_requested && !e->conn_lost) {
+		/* the command reconnects and resumes (commands.c): a warning */
+		e->conn_lost = 1;
+		phg_eng_report(e, PHG_LOG_WARN, err);
+		phg_log(PHG_LOG_WARN, &e->log,
+		        "the connection to the database was lost mid-run; state is saved up to the "
+		        "last committed step");
+		phg_eng_shutdown(e, code);
+		return;
+	}
 	if (err != NULL && err->code != 0)
 		phg_eng_report(e, PHG_LOG_ERROR, err);
 	if (code == PHG_EXIT_RUNTIME && e->run_id > 0)
@@ -762,6 +773,11 @@ phg_engine_t *phg_engine_new(uv_loop_t *loop, phg_engine_mode_t mode, phg_plan_t
 void phg_engine_start(phg_engine_t *e)
 {
 	phg_eng_connect(e, &e->ctl, phg_eng_ctl_connected);
+}
+
+int phg_engine_conn_lost(const phg_engine_t *e)
+{
+	return e->conn_lost;
 }
 
 int phg_engine_free(phg_engine_t *e)
