@@ -22,6 +22,29 @@
  * the event log holds the whole run; at most PHG_EVENT_DRAIN_MS. */
 #define PHG_EVENT_DRAIN_MS 3000
 
+/* A query of the session's own failed: the run cannot go on.  1 if so. */
+static int query_failed(engine_t *e, int status, const phg_err_t *err)
+{
+	phg_err_t tmp;
+
+	if (status == 0)
+		return 0;
+	phg_err_clear(&tmp);
+	phg_err_copy(&tmp, err);
+	phg_eng_fatal(e, PHG_EXIT_RUNTIME, &tmp);
+	return 1;
+}
+
+/* A query could not even be sent. */
+static void not_usable(engine_t *e)
+{
+	phg_err_t tmp;
+
+	phg_err_clear(&tmp);
+	phg_err_set(&tmp, PHG_ECONNECT, "the database connection is not usable");
+	phg_eng_fatal(e, PHG_EXIT_RUNTIME, &tmp);
+}
+
 static void eq_cb(phg_pg_t *pg, int status, PGresult *res, const phg_err_t *err, void *arg);
 static void on_pg_closed(phg_pg_t *pg);
 static void on_exec_closed(phg_exec_t *x);
@@ -84,13 +107,8 @@ static void eq_cb(phg_pg_t *pg, int status, PGresult *res, const phg_err_t *err,
 void phg_eng_query(engine_t *e, const char *sql, int np, const char *const *params, ek_t k)
 {
 	e->k = k;
-	if (phg_pg_query(&e->work, sql, np, params, eq_cb, e) != 0) {
-		phg_err_t tmp;
-
-		phg_err_clear(&tmp);
-		phg_err_set(&tmp, PHG_ECONNECT, "the database connection is not usable");
-		phg_eng_fatal(e, PHG_EXIT_RUNTIME, &tmp);
-	}
+	if (phg_pg_query(&e->work, sql, np, params, eq_cb, e) != 0)
+		not_usable(e);
 }
 
 void phg_eng_queryb(engine_t *e, phg_buf_t *b, ek_t k)
@@ -540,14 +558,8 @@ static void holder_recorded(phg_pg_t *pg, int status, PGresult *res, const phg_e
 
 	(void)pg;
 	(void)res;
-	if (status != 0) {
-		phg_err_t tmp;
-
-		phg_err_clear(&tmp);
-		phg_err_copy(&tmp, err);
-		phg_eng_fatal(e, PHG_EXIT_RUNTIME, &tmp);
+	if (query_failed(e, status, err))
 		return;
-	}
 	phg_eng_ready(e);
 }
 
@@ -564,11 +576,7 @@ static void schema_ready(engine_t *e)
 	phg_buf_init(&b, 4096);
 	phg_store_lock_holder_set_sql(&b, e->schema_q);
 	if (phg_pg_query(&e->work, b.data, 3, p, holder_recorded, e) != 0) {
-		phg_err_t tmp;
-
-		phg_err_clear(&tmp);
-		phg_err_set(&tmp, PHG_ECONNECT, "the database connection is not usable");
-		phg_eng_fatal(e, PHG_EXIT_RUNTIME, &tmp);
+		not_usable(e);
 	}
 	phg_buf_free(&b);
 }
@@ -579,14 +587,8 @@ static void lock_taken(phg_pg_t *pg, int status, PGresult *res, const phg_err_t 
 	phg_buf_t b;
 
 	(void)pg;
-	if (status != 0) {
-		phg_err_t tmp;
-
-		phg_err_clear(&tmp);
-		phg_err_copy(&tmp, err);
-		phg_eng_fatal(e, PHG_EXIT_RUNTIME, &tmp);
+	if (query_failed(e, status, err))
 		return;
-	}
 	if (strcmp(PQgetvalue(res, 0, 0), "t") != 0) {
 		char cls[32];
 		const char *p2[2] = {cls, e->plan->name};
@@ -620,11 +622,7 @@ static void take_lock(engine_t *e)
 	 * losing it (fatal for the run anyway) is the only way to lose the lock */
 	if (phg_pg_query(&e->work, "SELECT pg_try_advisory_lock($1::int, hashtext($2))", 2, p,
 	                 lock_taken, e) != 0) {
-		phg_err_t tmp;
-
-		phg_err_clear(&tmp);
-		phg_err_set(&tmp, PHG_ECONNECT, "the database connection is not usable");
-		phg_eng_fatal(e, PHG_EXIT_RUNTIME, &tmp);
+		not_usable(e);
 	}
 }
 

@@ -389,6 +389,11 @@ static void drop_or_rename(stmt_t *s, const char *what, const char *name, const 
 		        what, name, alt);
 }
 
+static const char *unique_word(const char *contype)
+{
+	return strcmp(contype, "CONSTR_UNIQUE") == 0 ? "UNIQUE" : "PRIMARY KEY";
+}
+
 static void lint_add_column(stmt_t *s, json_t *col)
 {
 	json_t *cons = json_object_get(col, "constraints");
@@ -433,7 +438,7 @@ static void lint_add_column(stmt_t *s, json_t *col)
 			finding(s, PHG_LINT_ERROR,
 			        "ADD COLUMN \"%s\" %s builds its index under ACCESS EXCLUSIVE; add the "
 			        "column, then a create_index step (unique: true)",
-			        name, strcmp(ct, "CONSTR_UNIQUE") == 0 ? "UNIQUE" : "PRIMARY KEY");
+			        name, unique_word(ct));
 		} else if (strcmp(ct, "CONSTR_FOREIGN") == 0) {
 			finding(s, PHG_LINT_WARN,
 			        "ADD COLUMN \"%s\" REFERENCES locks the referenced table too; add the "
@@ -482,7 +487,7 @@ static void lint_add_constraint(stmt_t *s, const char *rel, json_t *c)
 			        "ADD CONSTRAINT %s %s builds its index under ACCESS EXCLUSIVE; build it "
 			        "with a create_index step (unique: true), then ADD CONSTRAINT ... USING "
 			        "INDEX",
-			        name, strcmp(ct, "CONSTR_UNIQUE") == 0 ? "UNIQUE" : "PRIMARY KEY");
+			        name, unique_word(ct));
 	} else if (strcmp(ct, "CONSTR_EXCLUSION") == 0) {
 		finding(s, PHG_LINT_ERROR,
 		        "ADD CONSTRAINT %s EXCLUDE builds its index and checks every row under ACCESS "
