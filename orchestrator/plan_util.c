@@ -314,5 +314,5 @@ size_t phg_plan_diff_phases(const phg_plan_t *was, const phg_plan_t *now, phg_bu
 
 int phg_phase_is_contract(const phg_phase_t *ph)
 {
-	return ph->backup || strstr(ph->name, "contract") != NULL;
+	return ph->backup || (ph->name != NULL && strstr(ph->name, "contract") != NULL);
 }

@@ -106,9 +106,15 @@ static int lint(const phg_plan_t *plan, const phg_step_t *step, const char *key,
 	for (size_t p = 0; ph != NULL && p <= ph->index; p++)
 		for (size_t i = 0; i < plan->phases[p].nsteps && (p < ph->index || i < idx); i++) {
 			const phg_step_t *st = &plan->phases[p].steps[i];
+			const char *table, *check;
 
-			if (strcmp(st->kind->name, "add_check") == 0)
-				phg_lint_known_check(&l, str_arg(st, "table"), str_arg(st, "check"));
+			/* a step the loader refused has no kind or no arguments */
+			if (st->kind == NULL || st->args == NULL || strcmp(st->kind->name, "add_check") != 0)
+				continue;
+			table = str_arg(st, "table");
+			check = str_arg(st, "check");
+			if (table != NULL && check != NULL)
+				phg_lint_known_check(&l, table, check);
 		}
 	phg_lint_sql(&l, sql);
 	phg_lint_free(&l);

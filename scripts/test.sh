@@ -10,6 +10,13 @@
 #                       whole suite there too; the default is 1 under CI
 #                       (CI=true) and 0 otherwise (PHG_SANITIZE=0 turns it off)
 #                       tests there (off by default)
+#   PHG_VALGRIND=1      also run every unit test executable of build/ under
+#                       valgrind (memcheck: any error or a definite leak
+#                       fails); the default is 1 under CI and 0 otherwise
+#   PHG_FUZZ=1          also run scripts/fuzz.sh (libFuzzer targets with
+#                       clang, ASan+UBSan, regressions replayed) for
+#                       PHG_FUZZ_SECONDS (default 60) in all; the default is
+#                       1 under CI and 0 otherwise
 #   PHG_SKIP_BOOTSTRAP=1  do not run scripts/bootstrap.sh
 #   PHG_CTEST_ARGS      extra arguments for ctest (e.g. "-R test_buf")
 #
@@ -43,8 +50,45 @@ build_and_test() {
 	return "$rc"
 }
 
+# ci_default VALUE: VALUE if set, else 1 under CI (CI=true), else 0
+ci_default() {
+	if [[ -n $1 ]]; then
+		printf '%s\n' "$1"
+	elif [[ ${CI:-} == true ]]; then
+		echo 1
+	else
+		echo 0
+	fi
+}
+
+# valgrind_units DIR: every unit test executable of DIR under memcheck
+valgrind_units() {
+	local dir=$1 name n=0 rc=0
+	for name in $(ctest --test-dir "$dir" -N -L unit | awk '/Test +#[0-9]+:/ {print $3}'); do
+		[[ -x $dir/tests/$name ]] || continue # a script (golden_errors)
+		n=$((n + 1))
+		if ! PHG_SOURCE_DIR=$PWD valgrind -q --error-exitcode=99 --leak-check=full \
+			--errors-for-leak-kinds=definite --show-leak-kinds=definite \
+			"$dir/tests/$name" >"$dir/valgrind-$name.log" 2>&1; then
+			printf 'test.sh: valgrind: %s failed:\n' "$name"
+			tail -40 "$dir/valgrind-$name.log"
+			rc=1
+		fi
+	done
+	printf 'test.sh: valgrind: %d unit test(s) run under memcheck%s\n' "$n" \
+		"$([[ $rc == 0 ]] && echo ', no error' || echo ', FAILED')"
+	return "$rc"
+}
+
 rc=0
 build_and_test build || rc=$?
+if [[ $(ci_default "${PHG_VALGRIND:-}") == 1 ]]; then
+	vrc=0
+	valgrind_units build || vrc=$?
+	if [[ $rc -eq 0 ]]; then
+		rc=$vrc
+	fi
+fi
 
 sanitize=${PHG_SANITIZE:-}
 if [[ -z $sanitize ]]; then
@@ -57,6 +101,14 @@ if [[ $sanitize == 1 ]]; then
 		build_and_test build-asan -DPHG_ASAN=ON -DPHG_UBSAN=ON || src=$?
 	if [[ $rc -eq 0 ]]; then
 		rc=$src
+	fi
+fi
+
+if [[ $(ci_default "${PHG_FUZZ:-}") == 1 ]]; then
+	frc=0
+	bash scripts/fuzz.sh "${PHG_FUZZ_SECONDS:-60}" || frc=$?
+	if [[ $rc -eq 0 ]]; then
+		rc=$frc
 	fi
 fi
 
