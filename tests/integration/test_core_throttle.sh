@@ -152,7 +152,9 @@ assert_file_contains "$T/err" "over budget. One statement cannot be paused"
 assert_eq "t" "$(psql_q "SELECT bool_and((data->>'over')::boolean AND (data->>'p99_ms')::numeric > 20 AND (data->>'samples')::int > 5)
 	FROM phasegate.events WHERE kind = 'throttle_observed'")" "the VALIDATE's impact recorded, over budget"
 seed 3000
-validate_plan "$T/obs2.yaml" "2x"
+# an absolute budget: on 2 shared cores, the plain probe's p99 moves by a few ms with
+# whatever else runs (2x of a 0.7 ms baseline is the 2 ms floor); not by 50
+validate_plan "$T/obs2.yaml" "{ budget: 50ms }"
 assert_exit 0 phg apply "$T/obs2.yaml"
 assert_eq "f" "$(psql_q "SELECT bool_or((data->>'over')::boolean) FROM phasegate.events WHERE kind = 'throttle_observed'")" \
 	"the plain probe during the VALIDATE: within budget"
