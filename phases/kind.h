@@ -41,6 +41,11 @@ void phg_tables_first_arg(const phg_step_t *step, phg_strv_t *out);
 int phg_constraint_build(phg_build_t *b, const char *table, const char *name,
                          const char *definition);
 
+/* set_default.c: the ops of set_default (@def) and drop_default (@def
+ * NULL): apply records the column's default in the memo and sets or drops
+ * it; revert restores the recorded one. */
+int phg_default_build(phg_build_t *b, const char *table, const char *column, const char *def);
+
 /* The phase holding @step, and its index there in *@idx (build.c). */
 const phg_phase_t *phg_step_phase(const phg_plan_t *plan, const phg_step_t *step, size_t *idx);
 

@@ -17,6 +17,8 @@ extern const phg_step_kind_t phg_kind_add_foreign_key;
 extern const phg_step_kind_t phg_kind_sync_trigger;
 extern const phg_step_kind_t phg_kind_http;
 extern const phg_step_kind_t phg_kind_sql;
+extern const phg_step_kind_t phg_kind_set_default;
+extern const phg_step_kind_t phg_kind_drop_default;
 
 const phg_step_kind_t *const phg_step_kinds[] = {
 	&phg_kind_add_column,
@@ -30,6 +32,8 @@ const phg_step_kind_t *const phg_step_kinds[] = {
 	&phg_kind_sync_trigger,
 	&phg_kind_http,
 	&phg_kind_sql,
+	&phg_kind_set_default,
+	&phg_kind_drop_default,
 	NULL,
 };
 

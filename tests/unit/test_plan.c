@@ -464,7 +464,9 @@ static const char all_kinds_plan[] =
     "    steps:\n"
     "      - set_not_null: { table: jobs, column: new_status }\n"
     "      - drop_column: { table: jobs, column: status }\n"
-    "      - rename_column: { table: jobs, column: new_status, to: status }\n";
+    "      - rename_column: { table: jobs, column: new_status, to: status }\n"
+    "      - set_default: { table: jobs, column: status, default: \"'queued'\" }\n"
+    "      - drop_default: { table: jobs, column: created_at }\n";
 
 static void test_all_kinds(void **state)
 {
@@ -500,7 +502,7 @@ static void test_all_kinds(void **state)
 	for (size_t k = 0; phg_step_kinds[k] != NULL; k++, nkinds++)
 		if (seen[k] != 1)
 			fail_msg("step kind %s appears %d times", phg_step_kinds[k]->name, seen[k]);
-	assert_int_equal(nkinds, 11);
+	assert_int_equal(nkinds, 13);
 
 	flags = phg_plan_find_check(plan, "flags");
 	assert_string_equal(flags->method, "POST");
@@ -556,6 +558,12 @@ static void test_all_kinds(void **state)
 	assert_int_equal(ARG_U64(st, "batch_size"), 1000000);
 	assert_int_equal(ARG_STRV(st, "key")->n, 1);
 	assert_string_equal(ARG_STRV(st, "key")->v[0], "id");
+	st = &plan->phases[3].steps[3];
+	assert_string_equal(st->kind->name, "set_default");
+	assert_string_equal(ARG_STR(st, "default"), "'queued'");
+	st = &plan->phases[3].steps[4];
+	assert_string_equal(st->kind->name, "drop_default");
+	assert_string_equal(ARG_STR(st, "column"), "created_at");
 
 	/* environment resolution */
 	prod = &plan->envs[0];
