@@ -1647,6 +1647,17 @@ static void step_free(phg_step_t *st)
 	st->kind = NULL;
 }
 
+/* A node refused while parsing anywhere under @n. */
+static int has_bad(const node_t *n)
+{
+	if (n->type == N_BAD)
+		return 1;
+	for (size_t i = 0; i < n->n; i++)
+		if (has_bad(n->kids[i]))
+			return 1;
+	return 0;
+}
+
 static void load_step(ld_t *ld, phg_phase_t *ph, size_t idx, const node_t *n,
                       const char *pwhere)
 {
@@ -1713,8 +1724,11 @@ static void load_step(ld_t *ld, phg_phase_t *ph, size_t idx, const node_t *n,
 	st->args = phg_calloc(1, kind->args_size);
 	st->field_pos = phg_calloc(nfields(kind->fields) + 1, sizeof(phg_pos_t));
 	load_map(ld, v, kind->fields, st->args, where, k->pos, st->field_pos, NULL, LM_NORMAL);
-	if (phg_diag_errors(ld->d) != before)
-		step_free(st); /* kind checks and later steps never see half a step */
+	/* kind checks and later steps never see half a step: not after an error
+	 * here, nor when a value was refused (and reported) while parsing -- an
+	 * alias, an oversized scalar -- which leaves its field unset */
+	if (phg_diag_errors(ld->d) != before || has_bad(v))
+		step_free(st);
 }
 
 static void phase_checksum(phg_phase_t *ph, const node_t *n)
