@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -21,6 +22,7 @@
 #include "engine.h"
 #include "log.h"
 #include "plan.h"
+#include "plandir.h"
 #include "step.h"
 
 typedef struct cmd_s {
@@ -54,7 +56,7 @@ typedef struct cmd_s {
 	"               is the one its last run recorded\n"
 
 static const cmd_t commands[] = {
-	{"validate", "phasegate validate PLAN.yaml [--strict] [--format text|json|github]",
+	{"validate", "phasegate validate PLAN.yaml|DIR [--strict] [--format text|json|github]",
 	 "Parse and lint the plan; touch nothing. Every SQL fragment is parsed by PostgreSQL's\n"
 	 "own parser in the statement it goes into. Errors are printed as FILE:LINE:COL: message\n"
 	 "with the source line and a caret (exit 2); lint warnings do not fail (exit 0).\n"
@@ -67,13 +69,13 @@ static const cmd_t commands[] = {
 	 OPT_FORMAT | OPT_STRICT, 1,
 	 "0 valid (lint warnings do not fail without --strict), 2 invalid plan or bad invocation",
 	 "parse and lint the plan; touch nothing"},
-	{"plan", "phasegate plan PLAN.yaml [--env E]",
+	{"plan", "phasegate plan PLAN.yaml|DIR [--env E]",
 	 "Print every SQL statement and action of the plan, in order, with the lock settings\n"
 	 "they run under; connects to nothing.\n",
 	 OPT_ENV, 1,
 	 "0, 2 invalid plan or bad invocation",
 	 "print every SQL statement and action, in order; connect to nothing"},
-	{"apply", "phasegate apply PLAN.yaml [--env E] [--to PHASE] [--dry-run] [--yes] [--takeover]",
+	{"apply", "phasegate apply PLAN.yaml|DIR [--env E] [--to PHASE] [--dry-run] [--yes] [--takeover]",
 	 "Apply the plan's phases in order, gating each one; resumable: run it again after a\n"
 	 "crash, kill -9 or Ctrl-C and it continues from the last checkpoint.\n"
 	 "  --to PHASE   stop after PHASE (apply continues later)\n"
@@ -85,14 +87,14 @@ static const cmd_t commands[] = {
 	 OPT_ENV | OPT_TO | OPT_DRY | OPT_YES | OPT_TAKEOVER, 1,
 	 "0 done, 1 runtime error (database unreachable, connection lost), 2 bad invocation/plan/unset variable/drift, 3 failed and rolled back, 4 rollback failed or on_failure stop, 5 plan locked by another run, 130 interrupted",
 	 "apply the phases in order, gated; resumable"},
-	{"status", "phasegate status PLAN.yaml [--env E] [--json] [--url-env V]",
+	{"status", "phasegate status PLAN.yaml|DIR [--env E] [--json] [--url-env V]",
 	 "Show the plan's last run on the database: its state and each phase's and step's.\n"
 	 "When the file differs from the plan as applied, the phases shown are the recorded\n"
 	 "ones (and drift is said).\n" GONE_HELP,
 	 OPT_ENV | OPT_JSON | OPT_URLENV, 1,
 	 "0, 1 database unreachable, 2 bad invocation or plan",
 	 "the plan's last run on the database, phase by phase"},
-	{"rollback", "phasegate rollback PLAN.yaml [--env E] [--to PHASE] [--yes] [--takeover] [--url-env V]",
+	{"rollback", "phasegate rollback PLAN.yaml|DIR [--env E] [--to PHASE] [--yes] [--takeover] [--url-env V]",
 	 "Revert applied phases in reverse order: all of them, or down to (and excluding)\n"
 	 "--to PHASE. Refuses before touching anything when a step cannot be reverted (exit 4).\n"
 	 "Works from the plan as the run recorded it when the file changed since (or is gone).\n"
@@ -102,7 +104,7 @@ static const cmd_t commands[] = {
 	 OPT_ENV | OPT_TO | OPT_YES | OPT_URLENV | OPT_TAKEOVER, 1,
 	 "0 done, 1 runtime error, 2 bad invocation or plan, 4 cannot be reverted or revert failed, 5 plan locked, 130 interrupted",
 	 "revert applied phases in reverse order"},
-	{"promote", "phasegate promote PLAN.yaml (--from ENV | --attestation FILE) --to ENV [--yes]",
+	{"promote", "phasegate promote PLAN.yaml|DIR (--from ENV | --attestation FILE) --to ENV [--yes]",
 	 "Apply the plan to --to only if --from has a completed run of the same plan checksum.\n"
 	 "  --attestation FILE  instead of --from, when --to's job cannot reach the source\n"
 	 "               database: the source's `status --env ENV --json`, saved to FILE (signed\n"
@@ -111,18 +113,18 @@ static const cmd_t commands[] = {
 	 OPT_FROM | OPT_TO | OPT_YES | OPT_ATTEST, 1,
 	 "0 promoted, 1 runtime error, 2 bad invocation, 3/4/5/130 as apply, 6 promotion refused",
 	 "apply to one environment what another completed"},
-	{"pause", "phasegate pause PLAN.yaml [--env E]",
+	{"pause", "phasegate pause PLAN.yaml|DIR [--env E]",
 	 "Pause the plan's running apply, from any machine that reaches the database: it stops\n"
 	 "after its current backfill batch and waits, keeping its lock (recorded in the state\n"
 	 "schema; status shows it).\n",
 	 OPT_ENV, 1,
 	 "0 paused, 1 no unfinished run or database unreachable, 2 bad invocation or plan",
 	 "pause the running apply between backfill batches"},
-	{"resume", "phasegate resume PLAN.yaml [--env E]",
+	{"resume", "phasegate resume PLAN.yaml|DIR [--env E]",
 	 "Let a paused apply go on.\n", OPT_ENV, 1,
 	 "0 resumed, 1 no unfinished run or database unreachable, 2 bad invocation or plan",
 	 "let a paused apply go on"},
-	{"events", "phasegate events PLAN.yaml [--env E] [--run N] [--follow] [--json] [--url-env V]",
+	{"events", "phasegate events PLAN.yaml|DIR [--env E] [--run N] [--follow] [--json] [--url-env V]",
 	 "Print the events recorded in the database for the plan's newest run (or run N):\n"
 	 "transitions, gate probes, backfill progress, lock retries, throttle and pause\n"
 	 "decisions, backups, oldest first. From any machine that reaches the database.\n"
@@ -133,7 +135,7 @@ static const cmd_t commands[] = {
 	 OPT_ENV | OPT_JSON | OPT_RUN | OPT_FOLLOW | OPT_URLENV, 1,
 	 "0, 1 no such run or database unreachable, 2 bad invocation or plan, 130 interrupted",
 	 "the recorded events of a run; --follow watches it live"},
-	{"report", "phasegate report PLAN.yaml [--env E] [--run N] -o FILE.html [--url-env V]",
+	{"report", "phasegate report PLAN.yaml|DIR [--env E] [--run N] -o FILE.html [--url-env V]",
 	 "Write one self-contained HTML page of the plan's newest run (or run N), built from its\n"
 	 "recorded events: identity and outcome, an SVG timeline (a lane per phase with its\n"
 	 "steps, gates, backups, lock retries; a lane per health check with every probe), the\n"
@@ -144,7 +146,17 @@ static const cmd_t commands[] = {
 	 OPT_ENV | OPT_RUN | OPT_OUTPUT | OPT_URLENV, 1,
 	 "0, 1 no such run, database unreachable or the file cannot be written, 2 bad invocation or plan",
 	 "a run as one self-contained HTML page, with a timeline"},
-	{"history", "phasegate history [PLAN.yaml] [--env E] [--json] [--url-env V]",
+	{"current", "phasegate current PLAN.yaml|DIR [--env E] [--json]",
+	 "Where the database stands in a directory of plans (Alembic's `current`): the last plan\n"
+	 "of the directory's completed prefix, and the head (its last plan) with how many plans\n"
+	 "are still to apply; a plan after the current one that is applied or unfinished is\n"
+	 "named too. Of one plan file: its state.\n"
+	 "  --json       {directory, head, current, behind, plans: [{plan, state, run_id, drift,\n"
+	 "               file}]}\n",
+	 OPT_ENV | OPT_JSON, 1,
+	 "0, 1 database unreachable, 2 bad invocation or plan",
+	 "where the database stands in a directory of plans"},
+	{"history", "phasegate history [PLAN.yaml|DIR] [--env E] [--json] [--url-env V]",
 	 "List the runs recorded in the database (of PLAN, when given; else every plan, using\n"
 	 "$DATABASE_URL, or $V with --url-env V). --env keeps the runs of that environment.\n"
 	 "An apply and a later rollback of its run are entries of their own. PLAN may be the\n"
@@ -255,6 +267,14 @@ static void render_plan(const phg_plan_t *plan, const int *done, phg_buf_t *out)
 	               plan->url_env, s->state_schema, s->lock_timeout_ms, s->lock_retries,
 	               s->retry_backoff_ms, s->retry_backoff_max_ms, s->statement_timeout_ms,
 	               on_failure[s->on_failure]);
+	if (plan->requires.n > 0)
+		render_list(out, "requires the completed plans", &plan->requires);
+	if (plan->alembic.stamps != NULL)
+		phg_buf_printf(out, "-- Alembic: %s must hold revision \"%s\" before anything runs; the "
+		                    "plan's completion writes \"%s\" (in the same transaction); a "
+		                    "rollback writes \"%s\" back\n\n",
+		               plan->alembic.table, plan->alembic.requires, plan->alembic.stamps,
+		               plan->alembic.requires);
 	for (size_t p = 0; p < plan->nphases; p++) {
 		const phg_phase_t *ph = &plan->phases[p];
 
@@ -299,7 +319,7 @@ static void render_plan(const phg_plan_t *plan, const int *done, phg_buf_t *out)
 	}
 }
 
-static int cmd_plan(phg_plan_t *plan)
+int phg_cli_render(phg_plan_t *plan)
 {
 	phg_buf_t out;
 
@@ -310,7 +330,7 @@ static int cmd_plan(phg_plan_t *plan)
 	return PHG_EXIT_OK;
 }
 
-static int cmd_dry_run(phg_plan_t *plan, const phg_run_opts_t *o)
+int phg_cli_dry_run(phg_plan_t *plan, const phg_run_opts_t *o)
 {
 	json_t *st = NULL;
 	int rc = phg_status_json(plan, o, &st);
@@ -340,6 +360,47 @@ static int cmd_dry_run(phg_plan_t *plan, const phg_run_opts_t *o)
 	free(done);
 	json_decref(st);
 	return PHG_EXIT_OK;
+}
+
+/* `current` of one plan file: its state in one line (or --json) */
+static int cmd_current(phg_plan_t *plan, const phg_run_opts_t *o)
+{
+	json_t *st = NULL;
+	int rc = phg_status_json(plan, o, &st);
+	json_t *run;
+
+	if (rc != 0 || st == NULL)
+		return rc ? rc : PHG_EXIT_RUNTIME;
+	run = json_object_get(st, "run_id");
+	if (o->json) {
+		json_t *out = json_object();
+
+		json_object_set(out, "plan", json_object_get(st, "plan"));
+		json_object_set(out, "state", json_object_get(st, "state"));
+		json_object_set(out, "run_id", run ? run : json_null());
+		json_object_set_new(out, "drift", json_boolean(json_is_true(json_object_get(st, "drift"))));
+		char *text = json_dumps(out, JSON_COMPACT | JSON_PRESERVE_ORDER);
+
+		printf("%s\n", text);
+		free(text);
+		json_decref(out);
+	} else if (json_is_integer(run)) {
+		printf("%s: %s, run %lld%s\n", plan->name,
+		       json_string_value(json_object_get(st, "state")),
+		       (long long)json_integer_value(run),
+		       json_is_true(json_object_get(st, "drift")) ? " (the file changed since)" : "");
+	} else {
+		printf("%s: not applied on this database\n", plan->name);
+	}
+	json_decref(st);
+	return PHG_EXIT_OK;
+}
+
+static int is_dir(const char *path)
+{
+	struct stat sb;
+
+	return stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
 }
 
 /* ---- main ---- */
@@ -387,7 +448,7 @@ static int validate_machine(const char *file, phg_diag_format_t f, json_t *diags
 /* The plan of a rollback or status whose file is gone: @name must be a plan
  * name; a stand-in carries it and the database variable until the command
  * reads the plan its last run recorded (phg_plan_as_recorded). */
-static int stand_in(const char *name, const char *url_env, const char *env, phg_plan_t **out)
+int phg_plan_stand_in(const char *name, const char *url_env, const char *env, phg_plan_t **out)
 {
 	phg_buf_t y;
 	phg_err_t err;
@@ -610,6 +671,16 @@ static int cli_main(int argc, char **argv)
 	} else if (phg_log_is_json()) {
 		phg_diag_set_format(PHG_DIAG_JSON, NULL);
 	}
+	if (file != NULL && is_dir(file)) {
+		if (url_env != NULL)
+			return usage_error(c, "--url-env is for a plan whose file is gone; \"%s\" is a "
+			                      "directory",
+			                   file);
+		rc = phg_dir_cmd(c->name, file, &o, vformat, from, attestation);
+		phg_diag_set_format(PHG_DIAG_TEXT, NULL);
+		json_decref(diags);
+		return rc;
+	}
 	if (vformat != PHG_DIAG_TEXT && file != NULL) {
 		rc = validate_machine(file, vformat, diags);
 		phg_diag_set_format(PHG_DIAG_TEXT, NULL);
@@ -618,7 +689,7 @@ static int cli_main(int argc, char **argv)
 	}
 	if (file != NULL && (c->opts & OPT_URLENV) && access(file, F_OK) != 0 && errno == ENOENT) {
 		/* rollback/status/history of a plan whose file is gone */
-		if ((rc = stand_in(file, url_env, o.env, &plan)) != 0)
+		if ((rc = phg_plan_stand_in(file, url_env, o.env, &plan)) != 0)
 			return rc;
 	} else if (file != NULL && url_env != NULL) {
 		return usage_error(c, "--url-env is for a plan whose file is gone; \"%s\" exists (the "
@@ -647,9 +718,13 @@ static int cli_main(int argc, char **argv)
 		       plan->nphases, plan->checksum);
 		rc = PHG_EXIT_OK;
 	} else if (strcmp(c->name, "plan") == 0) {
-		rc = cmd_plan(plan);
+		rc = phg_cli_render(plan);
 	} else if (strcmp(c->name, "apply") == 0) {
-		rc = o.dry_run ? cmd_dry_run(plan, &o) : phg_cmd_apply(plan, &o);
+		rc = o.dry_run ? phg_cli_dry_run(plan, &o) : phg_requires_check(plan, &o);
+		if (rc == 0 && !o.dry_run)
+			rc = phg_cmd_apply(plan, &o);
+	} else if (strcmp(c->name, "current") == 0) {
+		rc = cmd_current(plan, &o);
 	} else if (strcmp(c->name, "status") == 0) {
 		rc = phg_cmd_status(plan, &o);
 	} else if (strcmp(c->name, "rollback") == 0) {

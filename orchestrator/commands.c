@@ -20,6 +20,7 @@
 #include <openssl/hmac.h>
 
 #include "http.h"
+#include "plandir.h"
 
 static int env_preflight(const phg_plan_t *plan);
 
@@ -502,4 +503,43 @@ int phg_cmd_promote(phg_plan_t *plan, const char *from, const char *to, int yes,
 	o.env = to;
 	o.promoted_from = source;
 	return phg_cmd_apply(plan, &o);
+}
+
+int phg_requires_check(const phg_plan_t *plan, const phg_run_opts_t *o)
+{
+	int bad = 0;
+
+	for (size_t i = 0; i < plan->requires.n; i++) {
+		const char *name = plan->requires.v[i];
+		phg_plan_t *req = NULL;
+		json_t *st = NULL;
+		phg_run_opts_t so = *o;
+		const char *state;
+		int rc;
+
+		if ((rc = phg_plan_stand_in(name, plan->url_env, NULL, &req)) != 0)
+			return rc;
+		so.json = 1;
+		rc = phg_status_json(req, &so, &st);
+		phg_plan_free(req);
+		if (rc != 0 || st == NULL) {
+			json_decref(st);
+			return rc ? rc : PHG_EXIT_RUNTIME;
+		}
+		state = json_string_value(json_object_get(st, "state"));
+		if (state == NULL || strcmp(state, "completed") != 0) {
+			phg_log(PHG_LOG_ERROR, NULL, "plan \"%s\" requires plan \"%s\", which is %s on this "
+			                             "database",
+			        plan->name, name,
+			        state == NULL || strcmp(state, "not_started") == 0 ? "not applied"
+			        : strcmp(state, "rolled_back") == 0                ? "rolled back"
+			                                                           : state);
+			phg_log_note("HINT", "Apply \"%s\" first (or the directory of plans, which runs "
+			                     "them in order). Nothing was changed.",
+			             name);
+			bad = 1;
+		}
+		json_decref(st);
+	}
+	return bad ? PHG_EXIT_USAGE : 0;
 }

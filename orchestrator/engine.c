@@ -294,6 +294,7 @@ void phg_eng_set_state(engine_t *e, level_t lvl, int pi, int si, int new_state,
 			lw = phg_eng_lit(e, user);
 			lh = phg_eng_lit(e, host);
 		}
+		phg_eng_alembic_cte(e, old, new_state, &b);
 		phg_store_run_state_sql(&b, e->schema_q, e->run_id, new_state, e->run_action, n, lw, lh);
 		free(n);
 		free(lw);
@@ -575,12 +576,19 @@ void phg_eng_drift(engine_t *e, const char *what)
 	phg_eng_fatal(e, PHG_EXIT_USAGE, &err);
 }
 
-static void apply_have_run(engine_t *e)
+static void apply_resume(engine_t *e)
 {
 	phg_buf_t b;
 
+	phg_buf_init(&b, 4096);
+	phg_eng_load_state_sql(e, &b);
+	phg_eng_queryb(e, &b, apply_state_loaded);
+}
+
+static void apply_have_run(engine_t *e)
+{
 	if (!phg_eng_last_run_read(e) || e->run_state == PHG_RUN_ROLLED_BACK) {
-		phg_eng_create_run(e);
+		phg_eng_alembic_check(e, 0, phg_eng_create_run);
 		return;
 	}
 	phg_eng_ctx(e, -1, -1);
@@ -595,9 +603,7 @@ static void apply_have_run(engine_t *e)
 		phg_eng_exit_ok(e);
 		return;
 	}
-	phg_buf_init(&b, 4096);
-	phg_eng_load_state_sql(e, &b);
-	phg_eng_queryb(e, &b, apply_state_loaded);
+	phg_eng_alembic_check(e, 0, apply_resume);
 }
 
 void phg_eng_ready(engine_t *e)
@@ -657,10 +663,17 @@ static void rollback_state_loaded(engine_t *e)
 	phg_eng_set_state(e, PHG_LVL_RUN, 0, 0, PHG_RUN_RUNNING, NULL, phg_eng_reconcile);
 }
 
-static void rollback_have_run(engine_t *e)
+static void rollback_resume(engine_t *e)
 {
 	phg_buf_t b;
 
+	phg_buf_init(&b, 4096);
+	phg_eng_load_state_sql(e, &b);
+	phg_eng_queryb(e, &b, rollback_state_loaded);
+}
+
+static void rollback_have_run(engine_t *e)
+{
 	phg_eng_ctx(e, -1, -1);
 	if (!phg_eng_last_run_read(e)) {
 		phg_log(PHG_LOG_INFO, &e->log, "nothing to roll back: plan \"%s\" has no run on this "
@@ -678,9 +691,7 @@ static void rollback_have_run(engine_t *e)
 		phg_eng_exit_ok(e);
 		return;
 	}
-	phg_buf_init(&b, 4096);
-	phg_eng_load_state_sql(e, &b);
-	phg_eng_queryb(e, &b, rollback_state_loaded);
+	phg_eng_alembic_check(e, e->run_state == PHG_RUN_COMPLETED, rollback_resume);
 }
 
 int phg_eng_to_phase(phg_plan_t *plan, const char *name, int *out)

@@ -39,6 +39,7 @@ typedef struct phg_run_opts_s {
 	const char *output;   /* report -o FILE */
 	const phg_plan_t *file_plan; /* status: the plan file, when the plan shown is the
 	                              * recorded one (drift, or the file is gone) */
+	const phg_strv_t *plans; /* history of a directory: only the runs of these plans */
 } phg_run_opts_t;
 
 /*
@@ -104,5 +105,8 @@ int phg_cmd_report(phg_plan_t *plan, const phg_run_opts_t *o);
  * and waits, keeping its lock, until resumed.  Exit 0, or 1 when there is no
  * such run. */
 int phg_cmd_pause(phg_plan_t *plan, const phg_run_opts_t *o, int pause);
+/* A plan's `requires:` (plan names): each must be completed on the plan's
+ * database.  0, or exit 2 after saying which is not (and its state). */
+int phg_requires_check(const phg_plan_t *plan, const phg_run_opts_t *o);
 
 #endif /* PHG_ENGINE_H */

@@ -164,12 +164,29 @@ struct engine_s {
 	int holder_backend;    /* its backend pid */
 	int takeover_tries;    /* --takeover: lock attempts since the cancel */
 
+	/* alembic: { requires, stamps }: the revision the version table must
+	 * hold before the run goes on (engine_alembic.c), and what then */
+	const char *alembic_want;
+	ek_t alembic_k;
+
 	PGresult *res;
 	ek_t k;
 	ek_t after_exec;
 	phg_ops_t ops;
 	uint64_t started_ms;
 };
+
+/* ---- engine_alembic.c ---- */
+/* Before the run touches anything: the plan's Alembic version table must
+ * hold its `requires` revision (@completed: a completed run being rolled
+ * back, its `stamps`), else exit 2 naming both; then @k.  No `alembic:`:
+ * @k at once. */
+void phg_eng_alembic_check(engine_t *e, int completed, ek_t k);
+/* A WITH clause for the run's transition from @old_state to @new_state:
+ * completing writes `stamps`, leaving completed (a rollback starting)
+ * writes `requires` back, in the statement -- the transaction -- that
+ * records the transition.  Nothing without `alembic:`. */
+void phg_eng_alembic_cte(engine_t *e, int old_state, int new_state, phg_buf_t *b);
 
 /* ---- engine.c ---- */
 /* Change what the engine is doing; an illegal change is an internal error

@@ -77,6 +77,8 @@ typedef enum phg_ftype_e {
 #define PHG_FL_REQUIRED 0x1u  /* missing key is an error */
 #define PHG_FL_EMPTY_OK 0x2u  /* an empty string scalar is accepted */
 #define PHG_FL_ANYCASE 0x8u   /* PHG_FT_ENUM: matched case-insensitively, as SQL keywords */
+#define PHG_FL_NAMES 0x10u    /* PHG_FT_IDENT_LIST: the items are names such as plan
+                                 names ([A-Za-z0-9_.-]{1,63}), not SQL identifiers */
 #define PHG_FL_SHORTHAND 0x4u /* PHG_FT_MAP: a scalar stands for its first sub-key
                                  (`throttle: off` = `throttle: { budget: off }`) */
 
@@ -213,6 +215,16 @@ typedef struct phg_backup_s {
 	uint64_t compress;   /* pg_dump -Z level, default 1 */
 } phg_backup_t;
 
+/* `alembic: { requires, stamps, table }`: the Alembic revision the database
+ * must be at before the plan touches anything, and the one the plan's
+ * completion writes (in the transaction that records it); a rollback of the
+ * plan puts `requires` back.  Not configured: stamps == NULL. */
+typedef struct phg_alembic_s {
+	char *requires; /* revision id */
+	char *stamps;   /* revision id */
+	char *table;    /* default "alembic_version" (name or schema.name) */
+} phg_alembic_t;
+
 struct phg_step_kind_s;
 struct phg_phase_s;
 
@@ -261,6 +273,8 @@ typedef struct phg_plan_s {
 	size_t nnotify;
 	phg_phase_t *phases;
 	size_t nphases;
+	phg_strv_t requires;    /* `requires:` plan names that must be completed first */
+	phg_alembic_t alembic;
 	const phg_env_t *env;   /* selected by phg_plan_select_env, or NULL */
 	/* private (plan_load.c): the plan's own settings, checks and url_env.
 	 * settings/checks/url_env above alias these, or the selected

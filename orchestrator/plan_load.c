@@ -609,6 +609,16 @@ static const phg_field_t target_fields[] = {
 	{0},
 };
 
+static const phg_field_t alembic_fields[] = {
+	{.key = "requires", .type = PHG_FT_STRING, .offset = offsetof(phg_alembic_t, requires),
+	 .flags = PHG_FL_REQUIRED, .what = "the Alembic revision the database must be at"},
+	{.key = "stamps", .type = PHG_FT_STRING, .offset = offsetof(phg_alembic_t, stamps),
+	 .flags = PHG_FL_REQUIRED, .what = "the Alembic revision the completed plan writes"},
+	{.key = "table", .type = PHG_FT_TABLE, .offset = offsetof(phg_alembic_t, table),
+	 .def = "alembic_version", .what = "Alembic's version table (name or schema.name)"},
+	{0},
+};
+
 static const phg_field_t top_fields[] = {
 	{.key = "version", .type = PHG_FT_UINT, .offset = offsetof(phg_plan_t, version),
 	 .flags = PHG_FL_REQUIRED, .what = "the plan format version, 1"},
@@ -622,6 +632,10 @@ static const phg_field_t top_fields[] = {
 	 .sub = settings_fields, .what = "a mapping of settings"},
 	{.key = "backup", .type = PHG_FT_MAP, .offset = offsetof(phg_plan_t, backup),
 	 .sub = backup_fields, .what = "a mapping of backup settings"},
+	{.key = "requires", .type = PHG_FT_IDENT_LIST, .offset = offsetof(phg_plan_t, requires),
+	 .flags = PHG_FL_NAMES, .what = "a list of plan names"},
+	{.key = "alembic", .type = PHG_FT_MAP, .offset = offsetof(phg_plan_t, alembic),
+	 .sub = alembic_fields, .what = "a mapping {requires, stamps, table}"},
 	{0},
 };
 
@@ -1083,6 +1097,9 @@ static void load_map(ld_t *ld, const node_t *map, const phg_field_t *fields, voi
                      const char *where, phg_pos_t at, phg_pos_t *fpos, extra_t *extras,
                      lmode_t mode);
 
+static int name_ok(const char *s);
+static const char NAME_RULE[] = "1 to 63 letters, digits, \"_\", \".\" or \"-\"";
+
 /* A list field: a sequence of scalars, or one scalar as a list of one. */
 static void load_list(ld_t *ld, const phg_field_t *f, const node_t *n, void *p,
                       const char *key, const char *where)
@@ -1103,7 +1120,9 @@ static void load_list(ld_t *ld, const phg_field_t *f, const node_t *n, void *p,
 		               f->what ? f->what : "at least one item");
 		return;
 	}
-	one.type = f->type == PHG_FT_IDENT_LIST ? PHG_FT_IDENT : PHG_FT_UINT;
+	one.type = f->type == PHG_FT_IDENT_LIST
+	               ? ((f->flags & PHG_FL_NAMES) ? PHG_FT_STRING : PHG_FT_IDENT)
+	               : PHG_FT_UINT;
 	one.flags = 0;
 	if (f->type == PHG_FT_IDENT_LIST) {
 		phg_strv_t *v = p;
@@ -1116,8 +1135,15 @@ static void load_list(ld_t *ld, const phg_field_t *f, const node_t *n, void *p,
 				type_error(ld, items[i], "a scalar", key, where);
 				continue;
 			}
-			if (conv_scalar(ld, &one, items[i], &s, key, where) == 0)
-				v->v[v->n++] = s;
+			if (conv_scalar(ld, &one, items[i], &s, key, where) != 0)
+				continue;
+			if ((f->flags & PHG_FL_NAMES) && !name_ok(s)) {
+				phg_diag_error(ld->d, items[i]->pos, "invalid name %s in %s in %s: expected %s",
+				               Q(s), Q(key), where, NAME_RULE);
+				free(s);
+				continue;
+			}
+			v->v[v->n++] = s;
 		}
 	} else {
 		phg_intv_t *v = p;
@@ -1294,6 +1320,14 @@ static void load_map(ld_t *ld, const node_t *map, const phg_field_t *fields, voi
 /* the plan's parts                                                     */
 /* ------------------------------------------------------------------ */
 
+/* An Alembic revision id: alembic_version.version_num is varchar(32). */
+static int revision_ok(const char *s)
+{
+	size_t n = strlen(s);
+
+	return n > 0 && n <= 32 && name_ok(s);
+}
+
 /* Plan, phase, check and environment names: [A-Za-z0-9_.-]{1,63}. */
 static int name_ok(const char *s)
 {
@@ -1309,7 +1343,6 @@ static int name_ok(const char *s)
 	return n >= 1 && n <= 63;
 }
 
-static const char NAME_RULE[] = "1 to 63 letters, digits, \"_\", \".\" or \"-\"";
 
 static int envvar_ok(const char *s)
 {
@@ -1833,8 +1866,9 @@ static void load_top(ld_t *ld, const node_t *root)
 	phg_plan_t *plan = ld->plan;
 	extra_t extras[] = {{.key = "checks"}, {.key = "environments"}, {.key = "phases"},
 	                    {.key = "notify"}, {0}};
-	phg_pos_t fpos[8] = {{0, 0}};
+	phg_pos_t fpos[12] = {{0, 0}};
 	int iv = field_index(top_fields, "version"), in = field_index(top_fields, "name");
+	int ir = field_index(top_fields, "requires"), ia = field_index(top_fields, "alembic");
 	phg_pos_t url_env_pos = {0, 0};
 
 	/* a version that does not parse stays 1: reported once, as unparsable */
@@ -1846,6 +1880,21 @@ static void load_top(ld_t *ld, const node_t *root)
 	if (plan->name != NULL && !name_ok(plan->name))
 		phg_diag_error(ld->d, fpos[in], "invalid plan name %s: expected %s", Q(plan->name),
 		               NAME_RULE);
+	for (size_t i = 0; plan->name != NULL && i < plan->requires.n; i++)
+		if (strcmp(plan->requires.v[i], plan->name) == 0)
+			phg_diag_error(ld->d, fpos[ir], "plan %s requires itself", Q(plan->name));
+	if (plan->alembic.stamps != NULL && plan->alembic.requires != NULL) {
+		const char *r = plan->alembic.requires, *s = plan->alembic.stamps;
+
+		if (!revision_ok(r) || !revision_ok(s))
+			phg_diag_error(ld->d, fpos[ia], "invalid Alembic revision %s in \"alembic\": "
+			                                "expected 1 to 32 of [A-Za-z0-9_.-]",
+			               Q(revision_ok(r) ? s : r));
+		else if (strcmp(r, s) == 0)
+			phg_diag_error(ld->d, fpos[ia], "\"alembic\" requires and stamps the same "
+			                                "revision %s: stamps must be the plan's own",
+			               Q(r));
+	}
 	/* target.url_env: find where it was written */
 	for (size_t i = 0; i < NPAIRS(root); i++) {
 		const node_t *k = KEY(root, i), *v = VAL(root, i);
@@ -2118,6 +2167,8 @@ void phg_plan_free(phg_plan_t *plan)
 		free_fields(notify_fields, &plan->notify[i]);
 	free(plan->notify);
 	free_fields(backup_fields, &plan->backup);
+	free_fields(alembic_fields, &plan->alembic);
+	phg_strv_clear(&plan->requires);
 	free(plan->name);
 	free(plan->description);
 	free(plan->source);

@@ -450,13 +450,29 @@ static void status_start(report_t *r)
 
 /* ---- history ---- */
 
+/* history of a directory: the runs of its plans only */
+static int history_keeps(const report_t *r, const char *plan)
+{
+	if (r->o->plans == NULL)
+		return 1;
+	for (size_t i = 0; i < r->o->plans->n; i++)
+		if (strcmp(r->o->plans->v[i], plan) == 0)
+			return 1;
+	return 0;
+}
+
 static void history_rows(report_t *r, PGresult *res)
 {
 	int n = res ? PQntuples(res) : 0; /* NULL: no state schema, no runs */
+	int shown = 0;
 
 	for (int i = 0; i < n; i++) {
-		json_t *o = json_object();
+		json_t *o;
 
+		if (!history_keeps(r, PQgetvalue(res, i, 1)))
+			continue;
+		shown++;
+		o = json_object();
 		json_object_set_new(o, "run_id", json_integer(phg_db_num(PQgetvalue(res, i, 0), LLONG_MIN, LLONG_MAX, 0, NULL)));
 		json_object_set_new(o, "plan", json_string(PQgetvalue(res, i, 1)));
 		json_object_set_new(o, "checksum", json_string(PQgetvalue(res, i, 2)));
@@ -484,12 +500,14 @@ static void history_rows(report_t *r, PGresult *res)
 
 		printf("%s\n", s);
 		free(s);
-	} else if (n == 0) {
+	} else if (shown == 0) {
 		printf("no runs recorded\n");
 	} else {
 		printf("%-5s %-28s %-12s %-9s %-12s %-20s %-20s %-7s %s\n", "RUN", "PLAN", "ENV", "ACTION",
 		       "STATE", "STARTED", "FINISHED", "PHASES", "WHO");
 		for (int i = 0; i < n; i++) {
+			if (!history_keeps(r, PQgetvalue(res, i, 1)))
+				continue;
 			printf("%-5s %-28s %-12s %-9s %-12s %-20s %-20s %3s/%-3s %s@%s\n",
 			       PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), PQgetvalue(res, i, 3),
 			       PQgetvalue(res, i, 4), PQgetvalue(res, i, 5), PQgetvalue(res, i, 6),
@@ -510,7 +528,7 @@ static void history_rows(report_t *r, PGresult *res)
 static void history_schema(report_t *r, PGresult *res)
 {
 	phg_buf_t b;
-	const char *p[2] = {r->plan ? r->plan->name : NULL, r->o->env};
+	const char *p[2] = {r->plan && r->o->plans == NULL ? r->plan->name : NULL, r->o->env};
 
 	if (PQgetisnull(res, 0, 0)) {
 		history_rows(r, NULL);
