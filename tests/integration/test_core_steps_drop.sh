@@ -5,7 +5,8 @@
 # along: a held lock makes a drop wait and retry; apply drops the index and
 # the constraints and leaves a view of the old name; rollback rebuilds them
 # concurrently and renames the table back, exactly as they were
-# (pg_get_indexdef, pg_get_constraintdef, validity, comments); a complete
+# (pg_get_indexdef, pg_get_constraintdef, validity, comments), an INVALID
+# leftover under an index's name dropped first; a complete
 # apply drops the view (finalize), and a rollback after that still restores
 # everything.  An index that backs a constraint is refused before anything
 # is dropped.
@@ -104,7 +105,14 @@ psql_q "DELETE FROM jobs WHERE code = 'c1'" >/dev/null
 assert_ne "0" "$(psql_q "SELECT count(*) FROM tasks WHERE state = 'w'")" "the application wrote through the old name"
 sleep 0.3
 
+# an INVALID leftover under the index's name (a concurrent build that
+# failed, as an interrupted rebuild leaves one): the revert drops it first
+psql -X -q -d "$TEST_DB" -c "CREATE UNIQUE INDEX CONCURRENTLY jobs_note_idx ON tasks (state)" >/dev/null 2>&1 &&
+	fail "the unique build should have failed on duplicates"
+assert_eq "f" "$(psql_q "SELECT indisvalid FROM pg_index WHERE indexrelid = 'jobs_note_idx'::regclass")" "an INVALID leftover"
+
 assert_exit 0 phg rollback "$T/plan.yaml"
+assert_file_contains "$T/err" "an INVALID leftover exists"
 assert_eq "$before" "$(snap)" "rollback restores every index and constraint exactly, and the table's name"
 assert_eq "for the search page|no empty state" "$(comments)" "the comments are restored"
 assert_eq "t" "$(psql_q "SELECT condeferred FROM pg_constraint WHERE conname = 'jobs_code_uq'")" \
