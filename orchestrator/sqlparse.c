@@ -242,7 +242,29 @@ typedef struct {
 	size_t off;  /* the statement's first token */
 	int assured; /* the statement carries phasegate:safety_assured */
 	int silent;  /* a table this sequence created: record, report nothing */
+	json_t *stmts; /* every statement of the text, and this one's index */
+	size_t at;
 } stmt_t;
+
+/* A later statement of the same text creates a view named @rel: a table
+ * renamed away keeps its old name working (rename_table). */
+static int view_follows(const stmt_t *s, const char *rel)
+{
+	for (size_t i = s->at + 1; i < json_array_size(s->stmts); i++) {
+		json_t *v = node_of(json_object_get(json_array_get(s->stmts, i), "stmt"), "ViewStmt");
+		char *name;
+		int same;
+
+		if (v == NULL)
+			continue;
+		name = rel_name(json_object_get(v, "view"));
+		same = strcmp(name, rel) == 0;
+		free(name);
+		if (same)
+			return 1;
+	}
+	return 0;
+}
 
 static void finding(stmt_t *s, phg_lint_sev_t sev, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -690,7 +712,7 @@ static void lint_stmt(stmt_t *s, json_t *st)
 			               "use a rename_column step (with a sync_trigger while both "
 			               "releases run)");
 			free(what);
-		} else if (!created(l, rel) && strcmp(rt, "OBJECT_TABLE") == 0) {
+		} else if (!created(l, rel) && strcmp(rt, "OBJECT_TABLE") == 0 && !view_follows(s, rel)) {
 			char *what = phg_asprintf("of table %s", rel);
 
 			drop_or_rename(s, "RENAME", what,
@@ -796,7 +818,7 @@ int phg_lint_sql(phg_lint_t *l, const char *sql)
 		if (from > len)
 			from = len;
 		s = (stmt_t){.l = l, .sql = sql, .off = first_token(sql, from, to),
-		             .assured = assured_in(sql, from, to)};
+		             .assured = assured_in(sql, from, to), .stmts = stmts, .at = i};
 		lint_stmt(&s, json_object_get(e, "stmt"));
 	}
 	json_decref(tree);

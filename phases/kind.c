@@ -33,6 +33,20 @@ void phg_tables_first_arg(const phg_step_t *step, phg_strv_t *out)
 	phg_strv_push(out, *(char *const *)step->args);
 }
 
+void phg_constraint_add(phg_build_t *b, const char *table, const char *name,
+                        const char *definition)
+{
+	const char *t = phg_qtable(b, table), *k = phg_q(b, name);
+	phg_op_t *op;
+
+	op = phg_op_new(b, PHG_OP_TX, PHG_OPF_DDL, "add constraint %s to %s NOT VALID", k, t);
+	phg_op_sql(op, "ALTER TABLE %s ADD CONSTRAINT %s %s NOT VALID", t, k, definition);
+	op = phg_op_new(b, PHG_OP_TX, PHG_OPF_DDL | PHG_OPF_SCAN,
+	                "validate constraint %s: scans %s, writes continue", k, t);
+	phg_op_sql(op, "ALTER TABLE %s VALIDATE CONSTRAINT %s", t, k);
+	op->observe_sql = phg_asprintf("SELECT 1 FROM %s LIMIT 1", t);
+}
+
 int phg_constraint_build(phg_build_t *b, const char *table, const char *name,
                          const char *definition)
 {
@@ -41,13 +55,7 @@ int phg_constraint_build(phg_build_t *b, const char *table, const char *name,
 
 	switch (b->dir) {
 	case PHG_DIR_APPLY:
-		op = phg_op_new(b, PHG_OP_TX, PHG_OPF_DDL, "add constraint %s to %s NOT VALID",
-		                k, t);
-		phg_op_sql(op, "ALTER TABLE %s ADD CONSTRAINT %s %s NOT VALID", t, k, definition);
-		op = phg_op_new(b, PHG_OP_TX, PHG_OPF_DDL | PHG_OPF_SCAN,
-		                "validate constraint %s: scans %s, writes continue", k, t);
-		phg_op_sql(op, "ALTER TABLE %s VALIDATE CONSTRAINT %s", t, k);
-		op->observe_sql = phg_asprintf("SELECT 1 FROM %s LIMIT 1", t);
+		phg_constraint_add(b, table, name, definition);
 		break;
 	case PHG_DIR_REVERT:
 		if (b->progress == 0)

@@ -36,6 +36,11 @@ const char *phg_qsibling(phg_build_t *b, const char *table, const char *name);
 /* tables(): every table step's args struct starts with `char *table`. */
 void phg_tables_first_arg(const phg_step_t *step, phg_strv_t *out);
 
+/* Two ops: ADD CONSTRAINT @name @definition NOT VALID (brief lock), then
+ * VALIDATE in its own transaction (SHARE UPDATE EXCLUSIVE: writes go on). */
+void phg_constraint_add(phg_build_t *b, const char *table, const char *name,
+                        const char *definition);
+
 /* add_check / add_foreign_key: ADD CONSTRAINT @name @definition NOT VALID,
  * then VALIDATE (writes continue); revert drops it. */
 int phg_constraint_build(phg_build_t *b, const char *table, const char *name,
@@ -45,6 +50,20 @@ int phg_constraint_build(phg_build_t *b, const char *table, const char *name,
  * NULL): apply records the column's default in the memo and sets or drops
  * it; revert restores the recorded one. */
 int phg_default_build(phg_build_t *b, const char *table, const char *column, const char *def);
+
+/* ---- drop_index.c, also used by drop_constraint ---- */
+
+/* @indexdef (pg_get_indexdef) as CREATE [UNIQUE] INDEX CONCURRENTLY IF NOT
+ * EXISTS, or NULL when it is not of that form (a partitioned index). */
+const char *phg_index_concurrently(phg_build_t *b, const char *indexdef);
+/* jsonb_build_object(...) FROM ... recording the index whose oid is the SQL
+ * expression @index_oid: "indexdef", "index_schema", "index_name",
+ * "table_schema", "table_name", "index_valid", "index_comment". */
+const char *phg_index_memo_sql(phg_build_t *b, const char *index_oid);
+/* Append the ops that rebuild the index recorded by phg_index_memo_sql in
+ * b->memo concurrently (an INVALID leftover dropped first), and restore its
+ * comment.  Not recorded: b->irreversible, the reason in b->err naming @what. */
+int phg_index_rebuild(phg_build_t *b, const char *what);
 
 /* The phase holding @step, and its index there in *@idx (build.c). */
 const phg_phase_t *phg_step_phase(const phg_plan_t *plan, const phg_step_t *step, size_t *idx);

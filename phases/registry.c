@@ -19,6 +19,9 @@ extern const phg_step_kind_t phg_kind_http;
 extern const phg_step_kind_t phg_kind_sql;
 extern const phg_step_kind_t phg_kind_set_default;
 extern const phg_step_kind_t phg_kind_drop_default;
+extern const phg_step_kind_t phg_kind_drop_index;
+extern const phg_step_kind_t phg_kind_drop_constraint;
+extern const phg_step_kind_t phg_kind_rename_table;
 
 const phg_step_kind_t *const phg_step_kinds[] = {
 	&phg_kind_add_column,
@@ -34,6 +37,9 @@ const phg_step_kind_t *const phg_step_kinds[] = {
 	&phg_kind_sql,
 	&phg_kind_set_default,
 	&phg_kind_drop_default,
+	&phg_kind_drop_index,
+	&phg_kind_drop_constraint,
+	&phg_kind_rename_table,
 	NULL,
 };
 

@@ -99,8 +99,9 @@ static size_t lint_backfill(seen_t *s, const phg_backfill_spec_t *bf)
 }
 
 /* Lint every op of @step built for @dir; returns the statements linted. */
-static size_t lint_step(const phg_plan_t *plan, const phg_phase_t *ph, const phg_step_t *st,
-                        phg_dir_t dir, size_t progress, seen_t *s)
+static size_t lint_step_memo(const phg_plan_t *plan, const phg_phase_t *ph,
+                             const phg_step_t *st, phg_dir_t dir, size_t progress,
+                             const json_t *memo, seen_t *s, phg_ops_t *keep)
 {
 	static const char *const dirs[] = {"apply", "revert", "finalize"};
 	phg_ops_t ops = {0};
@@ -111,7 +112,7 @@ static size_t lint_step(const phg_plan_t *plan, const phg_phase_t *ph, const phg
 	int rc;
 
 	phg_err_clear(&err);
-	rc = phg_step_build(plan, st, dir, progress, NULL, NULL, &ops, &err);
+	rc = phg_step_build(plan, st, dir, progress, memo, NULL, &ops, &err);
 	if (rc == PHG_EIRREVERSIBLE) {
 		phg_ops_free(&ops);
 		return 0;
@@ -138,8 +139,17 @@ static size_t lint_step(const phg_plan_t *plan, const phg_phase_t *ph, const phg
 			n += lint_backfill(s, op->backfill);
 	}
 	phg_lint_free(&l);
-	phg_ops_free(&ops);
+	if (keep != NULL)
+		*keep = ops;
+	else
+		phg_ops_free(&ops);
 	return n;
+}
+
+static size_t lint_step(const phg_plan_t *plan, const phg_phase_t *ph, const phg_step_t *st,
+                        phg_dir_t dir, size_t progress, seen_t *s)
+{
+	return lint_step_memo(plan, ph, st, dir, progress, NULL, s, NULL);
 }
 
 static size_t lint_plan(const char *path, seen_t *s)
@@ -213,6 +223,81 @@ static void test_own_sql_passes_lint(void **state)
 	assert_int_equal(s.findings, 0);
 }
 
+/* The reverts of drop_index and drop_constraint are built from what apply
+ * recorded: with memos as the server writes them, their SQL passes the
+ * lint, and the recorded index definition is run CONCURRENTLY. */
+#define IDX_MEMO                                                                           \
+	"\"index_schema\": \"public\", \"index_name\": \"jobs_x\", \"table_schema\": \"public\", " \
+	"\"table_name\": \"jobs\", \"index_valid\": true"
+
+static void test_recorded_reverts(void **state)
+{
+	static const struct {
+		const char *kind, *memo, *first; /* the first statement of the revert */
+		size_t nops;
+	} cases[] = {
+		{"drop_index",
+		 "{\"indexdef\": \"CREATE INDEX jobs_x ON public.jobs USING btree (lower(note)) INCLUDE "
+		 "(state) WHERE (note IS NOT NULL)\", \"index_comment\": \"it's for search\", " IDX_MEMO "}",
+		 "CREATE INDEX CONCURRENTLY IF NOT EXISTS jobs_x ON public.jobs USING btree (lower(note)) "
+		 "INCLUDE (state) WHERE (note IS NOT NULL)",
+		 2},
+		{"drop_constraint",
+		 "{\"condef\": \"CHECK ((state <> ''::text))\", \"contype\": \"c\", \"con_comment\": "
+		 "\"no empty state\"}",
+		 "ALTER TABLE \"jobs\" ADD CONSTRAINT \"jobs_status_ck\" CHECK ((state <> ''::text)) NOT "
+		 "VALID",
+		 2},
+		{"drop_constraint",
+		 "{\"condef\": \"FOREIGN KEY (owner_id) REFERENCES users(id) ON DELETE SET NULL NOT "
+		 "VALID\", \"contype\": \"f\"}",
+		 "ALTER TABLE \"jobs\" ADD CONSTRAINT \"jobs_status_ck\" FOREIGN KEY (owner_id) REFERENCES "
+		 "users(id) ON DELETE SET NULL NOT VALID",
+		 1},
+		{"drop_constraint",
+		 "{\"condef\": \"UNIQUE (code) DEFERRABLE INITIALLY DEFERRED\", \"contype\": \"u\", "
+		 "\"deferrable\": true, \"deferred\": true, \"indexdef\": \"CREATE UNIQUE INDEX jobs_x ON "
+		 "public.jobs USING btree (code)\", " IDX_MEMO "}",
+		 "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS jobs_x ON public.jobs USING btree (code)",
+		 2},
+	};
+	const char *src = getenv("PHG_SOURCE_DIR");
+	char *path = phg_asprintf("%s/tests/unit/data/every_kind.yaml", src ? src : ".");
+	phg_plan_t *plan = NULL;
+	phg_err_t err;
+	seen_t s = {0};
+	size_t n = 0;
+
+	(void)state;
+	phg_err_clear(&err);
+	assert_int_equal(phg_plan_load(path, stderr, &plan, &err), 0);
+	for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+		json_t *memo = json_loads(cases[c].memo, 0, NULL);
+		const phg_step_t *st = NULL;
+		const phg_phase_t *ph = NULL;
+		phg_ops_t ops = {0};
+
+		assert_non_null(memo);
+		for (size_t p = 0; p < plan->nphases && st == NULL; p++)
+			for (size_t i = 0; i < plan->phases[p].nsteps && st == NULL; i++)
+				if (strcmp(plan->phases[p].steps[i].kind->name, cases[c].kind) == 0) {
+					ph = &plan->phases[p];
+					st = &ph->steps[i];
+				}
+		assert_non_null(st);
+		n += lint_step_memo(plan, ph, st, PHG_DIR_REVERT, 2, memo, &s, &ops);
+		assert_int_equal(ops.n, cases[c].nops);
+		assert_true(ops.v[0].nsql >= 1);
+		assert_string_equal(ops.v[0].sql[0], cases[c].first);
+		phg_ops_free(&ops);
+		json_decref(memo);
+	}
+	assert_true(n >= 8);
+	assert_int_equal(s.findings, 0);
+	phg_plan_free(plan);
+	free(path);
+}
+
 /* The lint is not vacuous: the same walk finds an unsafe statement. */
 static void test_lint_finds(void **state)
 {
@@ -231,12 +316,21 @@ static void test_lint_finds(void **state)
 	assert_int_equal(l.assured, 1);
 	assert_int_equal(s.findings, 0);
 	phg_lint_free(&l);
+	/* a table renamed away is an error, unless the same text leaves a view
+	 * of the old name (rename_table) */
+	phg_lint_init(&l, PHG_LINT_TX, NULL, NULL);
+	phg_lint_sql(&l, "ALTER TABLE jobs RENAME TO tasks");
+	assert_int_equal(l.errors, 1);
+	phg_lint_sql(&l, "ALTER TABLE jobs RENAME TO tasks; CREATE VIEW jobs AS SELECT * FROM tasks");
+	assert_int_equal(l.errors, 1);
+	phg_lint_free(&l);
 }
 
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_own_sql_passes_lint),
+		cmocka_unit_test(test_recorded_reverts),
 		cmocka_unit_test(test_lint_finds),
 	};
 

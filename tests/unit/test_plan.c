@@ -466,7 +466,10 @@ static const char all_kinds_plan[] =
     "      - drop_column: { table: jobs, column: status }\n"
     "      - rename_column: { table: jobs, column: new_status, to: status }\n"
     "      - set_default: { table: jobs, column: status, default: \"'queued'\" }\n"
-    "      - drop_default: { table: jobs, column: created_at }\n";
+    "      - drop_default: { table: jobs, column: created_at }\n"
+    "      - drop_index: { index: app.jobs_x }\n"
+    "      - drop_constraint: { table: jobs, constraint: jobs_status_ck }\n"
+    "      - rename_table: { table: app.old_jobs, to: older_jobs }\n";
 
 static void test_all_kinds(void **state)
 {
@@ -502,7 +505,7 @@ static void test_all_kinds(void **state)
 	for (size_t k = 0; phg_step_kinds[k] != NULL; k++, nkinds++)
 		if (seen[k] != 1)
 			fail_msg("step kind %s appears %d times", phg_step_kinds[k]->name, seen[k]);
-	assert_int_equal(nkinds, 13);
+	assert_int_equal(nkinds, 16);
 
 	flags = phg_plan_find_check(plan, "flags");
 	assert_string_equal(flags->method, "POST");
@@ -564,6 +567,16 @@ static void test_all_kinds(void **state)
 	st = &plan->phases[3].steps[4];
 	assert_string_equal(st->kind->name, "drop_default");
 	assert_string_equal(ARG_STR(st, "column"), "created_at");
+	st = &plan->phases[3].steps[5];
+	assert_string_equal(st->kind->name, "drop_index");
+	assert_string_equal(ARG_STR(st, "index"), "app.jobs_x");
+	assert_null(ARG_STR(st, "table"));
+	st = &plan->phases[3].steps[6];
+	assert_string_equal(st->kind->name, "drop_constraint");
+	assert_string_equal(ARG_STR(st, "constraint"), "jobs_status_ck");
+	st = &plan->phases[3].steps[7];
+	assert_string_equal(st->kind->name, "rename_table");
+	assert_string_equal(ARG_STR(st, "to"), "older_jobs");
 
 	/* environment resolution */
 	prod = &plan->envs[0];
