@@ -8,8 +8,12 @@
 #                       spaces (e.g. "-DPHG_ASAN=ON -DPHG_WERROR=OFF")
 #   PHG_SANITIZE=1      also build in build-asan with ASan+UBSan and run the
 #                       whole suite there too; the default is 1 under CI
-#                       (CI=true) and 0 otherwise (PHG_SANITIZE=0 turns it off)
-#                       tests there (off by default)
+#                       (CI=true) and 0 otherwise (PHG_SANITIZE=0 turns it off).
+#                       The kill matrices (test_fault_*) then split their
+#                       fault points: every third in build-asan, the others
+#                       in build (PHG_FAULT_STRIDE/PHG_FAULT_RESIDUES,
+#                       tests/integration/fault_lib.sh); without it, build
+#                       tries them all
 #   PHG_VALGRIND=1      also run every unit test executable of build/ under
 #                       valgrind (memcheck: any error or a definite leak
 #                       fails); the default is 1 under CI and 0 otherwise
@@ -80,8 +84,20 @@ valgrind_units() {
 	return "$rc"
 }
 
+sanitize=${PHG_SANITIZE:-}
+if [[ -z $sanitize ]]; then
+	if [[ ${CI:-} == true ]]; then sanitize=1; else sanitize=0; fi
+fi
+
 rc=0
-build_and_test build || rc=$?
+if [[ $sanitize == 1 && -z ${PHG_FAULT_RESIDUES:-} ]]; then
+	# the kill matrices (tests/integration/fault_lib.sh): the sanitizer
+	# build tries every third fault point, the plain build the others, so
+	# the run tries each point once and the two builds share the time
+	PHG_FAULT_STRIDE=3 PHG_FAULT_RESIDUES="1 2" build_and_test build || rc=$?
+else
+	build_and_test build || rc=$?
+fi
 if [[ $(ci_default "${PHG_VALGRIND:-}") == 1 ]]; then
 	vrc=0
 	valgrind_units build || vrc=$?
@@ -90,10 +106,6 @@ if [[ $(ci_default "${PHG_VALGRIND:-}") == 1 ]]; then
 	fi
 fi
 
-sanitize=${PHG_SANITIZE:-}
-if [[ -z $sanitize ]]; then
-	if [[ ${CI:-} == true ]]; then sanitize=1; else sanitize=0; fi
-fi
 if [[ $sanitize == 1 ]]; then
 	src=0
 	ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1} \

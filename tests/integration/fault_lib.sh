@@ -12,8 +12,11 @@
 #
 # Under a sanitizer build (PHG_SANITIZED=1) every PHG_FAULT_STRIDE-th point
 # is tried (default 3), so the suite stays within its time; the plain build
-# tries every point.  FAULT_ONLY=REGEX tries only the matching points (for
-# debugging by hand).
+# tries every point.  PHG_FAULT_RESIDUES="1 2" (with PHG_FAULT_STRIDE=3)
+# tries the points whose index modulo the stride is one of those instead:
+# CI gives the plain build the points the sanitizer build does not try
+# (scripts/test.sh), so every point is tried once per CI run.
+# FAULT_ONLY=REGEX tries only the matching points (for debugging by hand).
 #
 # Provided (after source "$PHG_TEST_LIB"; source fault_lib.sh):
 #   fault_setup              template database, plan copy, demo binary
@@ -107,9 +110,12 @@ fault_selected() {
 	local stride=1
 	if [[ ${PHG_SANITIZED:-0} == 1 ]]; then
 		stride=${PHG_FAULT_STRIDE:-3}
+	elif [[ -n ${PHG_FAULT_RESIDUES:-} ]]; then
+		stride=${PHG_FAULT_STRIDE:-3}
 	fi
-	awk -v s="$stride" -v only="${FAULT_ONLY:-}" \
-		'(only == "" || $0 ~ only) && (NR - 1) % s == 0' "$1"
+	awk -v s="$stride" -v only="${FAULT_ONLY:-}" -v res="${PHG_FAULT_RESIDUES:-0}" \
+		'BEGIN { n = split(res, r, " "); for (i = 1; i <= n; i++) keep[r[i]] = 1 }
+		 (only == "" || $0 ~ only) && (s == 1 || ((NR - 1) % s) in keep)' "$1"
 }
 
 # fault_db NAME [TEMPLATE] - a fresh database from TEMPLATE.
