@@ -87,6 +87,15 @@ static const cmd_t commands[] = {
 	 OPT_ENV | OPT_TO | OPT_DRY | OPT_YES | OPT_TAKEOVER, 1,
 	 "0 done, 1 runtime error (database unreachable, connection lost), 2 bad invocation/plan/unset variable/drift, 3 failed and rolled back, 4 rollback failed or on_failure stop, 5 plan locked by another run, 130 interrupted",
 	 "apply the phases in order, gated; resumable"},
+	{"finalize", "phasegate finalize PLAN.yaml|DIR [--env E] [--yes]",
+	 "Run what a completed plan with `settings: { finalize: manual }` left undone: the\n"
+	 "irreversible drops (a drop_column's hidden column dropped for good). Until then the\n"
+	 "plan is completed and `rollback` restores everything; after it, no rollback past them.\n"
+	 "Of a directory: each completed plan, in order.\n"
+	 "  --yes        a protected environment without asking\n",
+	 OPT_ENV | OPT_YES, 1,
+	 "0 done (or nothing left), 1 runtime error, 2 bad invocation or plan, or the plan is not completed, 5 plan locked, 130 interrupted",
+	 "run a completed plan's deferred drops (finalize: manual)"},
 	{"status", "phasegate status PLAN.yaml|DIR [--env E] [--json] [--url-env V]",
 	 "Show the plan's last run on the database: its state and each phase's and step's.\n"
 	 "When the file differs from the plan as applied, the phases shown are the recorded\n"
@@ -723,6 +732,9 @@ static int cli_main(int argc, char **argv)
 		rc = o.dry_run ? phg_cli_dry_run(plan, &o) : phg_requires_check(plan, &o);
 		if (rc == 0 && !o.dry_run)
 			rc = phg_cmd_apply(plan, &o);
+	} else if (strcmp(c->name, "finalize") == 0) {
+		o.finalize = 1;
+		rc = phg_cmd_apply(plan, &o);
 	} else if (strcmp(c->name, "current") == 0) {
 		rc = cmd_current(plan, &o);
 	} else if (strcmp(c->name, "status") == 0) {

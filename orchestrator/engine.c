@@ -585,15 +585,42 @@ static void apply_resume(engine_t *e)
 	phg_eng_queryb(e, &b, apply_state_loaded);
 }
 
+/* `phasegate finalize` of a plan that is not completed: nothing to do yet */
+static void finalize_refused(engine_t *e, const char *why)
+{
+	phg_err_t err;
+
+	phg_err_clear(&err);
+	phg_err_set(&err, PHG_EINVAL, "plan \"%s\" cannot be finalized: %s", e->plan->name, why);
+	phg_err_hint(&err, "`phasegate finalize` runs the irreversible drops a completed plan with "
+	                   "`finalize: manual` left; apply the plan to completion first. Nothing "
+	                   "was changed.");
+	phg_eng_fatal(e, PHG_EXIT_USAGE, &err);
+}
+
 static void apply_have_run(engine_t *e)
 {
-	if (!phg_eng_last_run_read(e) || e->run_state == PHG_RUN_ROLLED_BACK) {
-		phg_eng_alembic_check(e, 0, phg_eng_create_run);
+	int have = phg_eng_last_run_read(e);
+
+	if (e->o->finalize && (!have || e->run_state != PHG_RUN_COMPLETED)) {
+		finalize_refused(e, !have ? "it has no run on this database"
+		                    : e->run_state == PHG_RUN_ROLLED_BACK ? "its last run was rolled back"
+		                                                          : "its run is not completed");
+		return;
+	}
+	if (!have || e->run_state == PHG_RUN_ROLLED_BACK) {
+		phg_eng_alembic_check(e, ALEMBIC_REQUIRES, phg_eng_create_run);
 		return;
 	}
 	phg_eng_ctx(e, -1, -1);
 	if (!phg_plan_checksum_is(e->plan, e->run_checksum)) {
 		phg_eng_drift(e, e->run_state == PHG_RUN_COMPLETED ? "completed" : "started");
+		return;
+	}
+	if (e->run_state == PHG_RUN_COMPLETED && e->o->finalize) {
+		/* the completed run again, through GOAL_FINALIZE, with every op */
+		phg_log(PHG_LOG_INFO, &e->log, "finalizing run %lld", e->run_id);
+		phg_eng_alembic_check(e, ALEMBIC_STAMPS, apply_resume);
 		return;
 	}
 	if (e->run_state == PHG_RUN_COMPLETED) {
@@ -603,7 +630,7 @@ static void apply_have_run(engine_t *e)
 		phg_eng_exit_ok(e);
 		return;
 	}
-	phg_eng_alembic_check(e, 0, apply_resume);
+	phg_eng_alembic_check(e, ALEMBIC_EITHER, apply_resume);
 }
 
 void phg_eng_ready(engine_t *e)
@@ -691,7 +718,8 @@ static void rollback_have_run(engine_t *e)
 		phg_eng_exit_ok(e);
 		return;
 	}
-	phg_eng_alembic_check(e, e->run_state == PHG_RUN_COMPLETED, rollback_resume);
+	phg_eng_alembic_check(e, e->run_state == PHG_RUN_COMPLETED ? ALEMBIC_STAMPS : ALEMBIC_REQUIRES,
+	                      rollback_resume);
 }
 
 int phg_eng_to_phase(phg_plan_t *plan, const char *name, int *out)

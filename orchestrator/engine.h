@@ -40,6 +40,8 @@ typedef struct phg_run_opts_s {
 	const phg_plan_t *file_plan; /* status: the plan file, when the plan shown is the
 	                              * recorded one (drift, or the file is gone) */
 	const phg_strv_t *plans; /* history of a directory: only the runs of these plans */
+	int finalize;         /* `phasegate finalize`: the completed run's deferred
+	                       * finalize ops (settings.finalize: manual) */
 } phg_run_opts_t;
 
 /*

@@ -55,7 +55,10 @@ static void alembic_rows(engine_t *e)
 	const char *holds = PQgetvalue(res, 0, 0);
 	char what[512];
 
-	if (strcmp(PQgetvalue(res, 0, 1), "t") != 0) {
+	if (strcmp(PQgetvalue(res, 0, 1), "t") != 0 && strcmp(PQgetvalue(res, 0, 2), "t") == 0) {
+		/* a finalize cut short: the plan had completed and stamped */
+		e->alembic_want = e->alembic_also;
+	} else if (strcmp(PQgetvalue(res, 0, 1), "t") != 0) {
 		if (holds[0] == '\0')
 			snprintf(what, sizeof(what), "is empty (no revision)");
 		else
@@ -71,7 +74,7 @@ static void alembic_rows(engine_t *e)
 static void alembic_exists(engine_t *e)
 {
 	phg_buf_t b;
-	const char *p[1] = {e->alembic_want};
+	const char *p[2] = {e->alembic_want, e->alembic_also ? e->alembic_also : ""};
 
 	if (strcmp(PQgetvalue(e->res, 0, 0), "t") != 0) {
 		alembic_fail(e, "does not exist on this database");
@@ -79,13 +82,14 @@ static void alembic_exists(engine_t *e)
 	}
 	phg_buf_init(&b, 4096);
 	phg_buf_adds(&b, "SELECT coalesce(string_agg(version_num::text, ', ' ORDER BY version_num), "
-	                 "''), coalesce(bool_or(version_num = $1), false) FROM ");
+	                 "''), coalesce(bool_or(version_num = $1), false), coalesce(bool_or(version_num = $2), "
+	                 "false) FROM ");
 	alembic_table(e->plan, &b);
-	phg_eng_query(e, b.data, 1, p, alembic_rows);
+	phg_eng_query(e, b.data, 2, p, alembic_rows);
 	phg_buf_free(&b);
 }
 
-void phg_eng_alembic_check(engine_t *e, int completed, ek_t k)
+void phg_eng_alembic_check(engine_t *e, alembic_want_t want, ek_t k)
 {
 	phg_buf_t b;
 	const char *p[1];
@@ -94,7 +98,8 @@ void phg_eng_alembic_check(engine_t *e, int completed, ek_t k)
 		k(e);
 		return;
 	}
-	e->alembic_want = completed ? e->plan->alembic.stamps : e->plan->alembic.requires;
+	e->alembic_want = want == ALEMBIC_STAMPS ? e->plan->alembic.stamps : e->plan->alembic.requires;
+	e->alembic_also = want == ALEMBIC_EITHER ? e->plan->alembic.stamps : NULL;
 	e->alembic_k = k;
 	phg_buf_init(&b, 4096);
 	alembic_table(e->plan, &b);
@@ -114,7 +119,7 @@ void phg_eng_alembic_cte(engine_t *e, int old_state, int new_state, phg_buf_t *b
 	if (new_state == PHG_RUN_COMPLETED) {
 		from = a->requires;
 		to = a->stamps;
-	} else if (old_state == PHG_RUN_COMPLETED) {
+	} else if (old_state == PHG_RUN_COMPLETED && strcmp(e->run_action, "rollback") == 0) {
 		from = a->stamps;
 		to = a->requires;
 	} else {

@@ -167,7 +167,9 @@ struct engine_s {
 	/* alembic: { requires, stamps }: the revision the version table must
 	 * hold before the run goes on (engine_alembic.c), and what then */
 	const char *alembic_want;
+	const char *alembic_also; /* or this one (a resume), or NULL */
 	ek_t alembic_k;
+	size_t final_deferred;    /* irreversible finalize steps left for `finalize` */
 
 	PGresult *res;
 	ek_t k;
@@ -178,13 +180,17 @@ struct engine_s {
 
 /* ---- engine_alembic.c ---- */
 /* Before the run touches anything: the plan's Alembic version table must
- * hold its `requires` revision (@completed: a completed run being rolled
- * back, its `stamps`), else exit 2 naming both; then @k.  No `alembic:`:
- * @k at once. */
-void phg_eng_alembic_check(engine_t *e, int completed, ek_t k);
+ * hold the revision @want says, else exit 2 naming both; then @k.  No
+ * `alembic:`: @k at once. */
+typedef enum {
+	ALEMBIC_REQUIRES, /* a new run */
+	ALEMBIC_STAMPS,   /* a completed run: rolled back, or finalized */
+	ALEMBIC_EITHER,   /* the resume of an unfinished one (a finalize may have been cut short) */
+} alembic_want_t;
+void phg_eng_alembic_check(engine_t *e, alembic_want_t want, ek_t k);
 /* A WITH clause for the run's transition from @old_state to @new_state:
- * completing writes `stamps`, leaving completed (a rollback starting)
- * writes `requires` back, in the statement -- the transaction -- that
+ * completing writes `stamps`, a rollback leaving completed writes
+ * `requires` back, in the statement -- the transaction -- that
  * records the transition.  Nothing without `alembic:`. */
 void phg_eng_alembic_cte(engine_t *e, int old_state, int new_state, phg_buf_t *b);
 

@@ -124,6 +124,13 @@ typedef enum phg_on_failure_e {
 	PHG_ON_FAILURE_STOP,
 } phg_on_failure_t;
 
+/* settings.finalize: when a completed plan's irreversible finalize ops (the
+ * physical DROP of a drop_column's tombstone) run */
+typedef enum phg_finalize_e {
+	PHG_FINALIZE_ON_COMPLETE = 0, /* as the plan completes */
+	PHG_FINALIZE_MANUAL,          /* by `phasegate finalize`; rollback works until then */
+} phg_finalize_t;
+
 /* A latency budget: off, a factor of a baseline measured just before, or an
  * absolute limit. */
 typedef struct phg_budget_s {
@@ -157,6 +164,7 @@ typedef struct phg_settings_s {
 	phg_throttle_cfg_t throttle;   /* the latency budget of backfills */
 	uint64_t max_replica_lag_ms;   /* default 10000; 0 = not watched */
 	uint64_t gate_timeout_ms;      /* default 5m: a verify gate with no verdict by then fails */
+	int finalize;                  /* phg_finalize_t, default on-complete */
 } phg_settings_t;
 
 typedef struct phg_check_s {

@@ -496,6 +496,7 @@ static int build_tree(phg_diag_t *d, const char *src, size_t len, node_t **rootp
 static const char *const on_failure_values[] = {"rollback-phase", "rollback-plan", "stop",
                                                 NULL};
 static const char *const backup_scope_values[] = {"tables", "database", NULL};
+static const char *const finalize_values[] = {"on-complete", "manual", NULL};
 
 static const phg_field_t throttle_fields[] = {
 	{.key = "budget", .type = PHG_FT_BUDGET, .offset = offsetof(phg_throttle_cfg_t, budget),
@@ -532,6 +533,9 @@ static const phg_field_t settings_fields[] = {
 	 .what = "a schema name"},
 	{.key = "on_failure", .type = PHG_FT_ENUM, .offset = offsetof(phg_settings_t, on_failure),
 	 .enum_values = on_failure_values, .def = "rollback-phase", .what = "a failure policy"},
+	{.key = "finalize", .type = PHG_FT_ENUM, .offset = offsetof(phg_settings_t, finalize),
+	 .enum_values = finalize_values, .def = "on-complete",
+	 .what = "when the irreversible drops run: on-complete or manual (phasegate finalize)"},
 	{.key = "retry_backoff", .type = PHG_FT_DURATION,
 	 .offset = offsetof(phg_settings_t, retry_backoff_ms), .def = "200ms",
 	 .what = "a duration such as 200ms"},

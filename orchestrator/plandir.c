@@ -443,6 +443,24 @@ static int dir_rollback(const plandir_t *d, const phg_run_opts_t *o)
 	return PHG_EXIT_OK;
 }
 
+/* finalize DIR: each completed plan, in order (those with nothing left
+ * finish at once) */
+static int dir_finalize(const plandir_t *d, phg_run_opts_t *o)
+{
+	dstate_t *s = phg_calloc(d->n, sizeof(*s));
+	int rc = dir_states(d, o, s);
+
+	for (size_t i = 0; rc == 0 && i < d->n; i++) {
+		if (!is_state(&s[i], "completed") || s[i].drift)
+			continue;
+		o->finalize = 1;
+		rc = phg_cmd_apply(d->v[i].plan, o);
+		o->finalize = 0;
+	}
+	states_free(s, d->n);
+	return rc;
+}
+
 /* status and current: the plans' states, and where the database stands */
 static int dir_status(const plandir_t *d, const phg_run_opts_t *o, int current)
 {
@@ -587,6 +605,8 @@ int phg_dir_cmd(const char *cmd, const char *dir, phg_run_opts_t *o, phg_diag_fo
 		rc = dir_rollback(&d, o);
 	} else if (strcmp(cmd, "status") == 0 || strcmp(cmd, "current") == 0) {
 		rc = dir_status(&d, o, cmd[0] == 'c');
+	} else if (strcmp(cmd, "finalize") == 0) {
+		rc = dir_finalize(&d, o);
 	} else if (strcmp(cmd, "history") == 0) {
 		o->plans = &d.names;
 		rc = phg_cmd_history(d.v[0].plan, o);

@@ -266,8 +266,17 @@ static void run_completed(engine_t *e)
 	double secs = (double)(phg_eng_now_ms() - e->started_ms) / 1000.0;
 
 	phg_eng_ctx(e, -1, -1);
-	phg_log(PHG_LOG_INFO, &e->log, "plan completed: %zu phase(s) applied in %.1f s",
-	        e->plan->nphases, secs);
+	if (e->o->finalize)
+		phg_log(PHG_LOG_INFO, &e->log, "plan finalized: every drop is done; the plan can no "
+		                               "longer be rolled back past them");
+	else
+		phg_log(PHG_LOG_INFO, &e->log, "plan completed: %zu phase(s) applied in %.1f s",
+		        e->plan->nphases, secs);
+	if (e->final_deferred > 0)
+		phg_log(PHG_LOG_INFO, &e->log, "%zu step(s) keep what they dropped until `phasegate "
+		                               "finalize` (settings.finalize: manual); `phasegate "
+		                               "rollback` restores everything until then",
+		        e->final_deferred);
 	phg_eng_exit_ok(e);
 }
 
@@ -387,6 +396,8 @@ static void next_finalize(engine_t *e)
 {
 	phg_err_t err;
 
+	e->final_deferred = 0; /* counted again on every pass */
+
 	for (size_t pi = 0; pi < e->plan->nphases; pi++) {
 		for (size_t si = 0; si < e->plan->phases[pi].nsteps; si++) {
 			step_rt_t *s = &e->ph[pi].steps[si];
@@ -394,6 +405,12 @@ static void next_finalize(engine_t *e)
 
 			if (s->state != PHG_STEP_APPLIED)
 				continue;
+			if (step->kind->final_irreversible && e->st->finalize == PHG_FINALIZE_MANUAL &&
+			    !e->o->finalize && s->final_progress == 0) {
+				/* left for `phasegate finalize`: revertible until then */
+				e->final_deferred++;
+				continue;
+			}
 			phg_err_clear(&err);
 			if (phg_eng_build_ops(e, (int)pi, (int)si, PHG_DIR_FINALIZE, &err) != 0) {
 				phg_eng_report(e, PHG_LOG_ERROR, &err);
@@ -419,7 +436,8 @@ static void next_finalize(engine_t *e)
 	}
 	e->goal = GOAL_END;
 	phg_eng_ctx(e, -1, -1);
-	phg_eng_set_state(e, PHG_LVL_RUN, 0, 0, PHG_RUN_COMPLETED, NULL, run_completed);
+	phg_eng_set_state(e, PHG_LVL_RUN, 0, 0, PHG_RUN_COMPLETED,
+	                  e->final_deferred > 0 ? "completed; finalize pending" : NULL, run_completed);
 }
 
 static void on_failure_done(engine_t *e)

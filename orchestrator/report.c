@@ -192,6 +192,10 @@ static void status_print(report_t *r)
 				       json_number_value(json_object_get(t, "budget_ms")),
 				       json_number_value(json_object_get(t, "p99_ms")));
 		}
+		if (json_integer_value(json_object_get(o, "finalize_pending")) > 0)
+			printf("finalize: %lld step(s) keep what they dropped until `phasegate finalize` "
+			       "(rollback restores everything until then)\n",
+			       (long long)json_integer_value(json_object_get(o, "finalize_pending")));
 		if (json_is_string(json_object_get(o, "note")))
 			printf("note:     %s\n", json_string_value(json_object_get(o, "note")));
 		if (json_is_string(json_object_get(o, "error")))
@@ -293,6 +297,23 @@ static void status_phases(report_t *r, PGresult *res)
 		                                                                LLONG_MIN, LLONG_MAX, 0, NULL))
 		                                      : json_null());
 		json_object_set_new(step, "updated_at", jstr_or_null(res, i, 7));
+	}
+	/* a completed run whose irreversible drops wait for `phasegate finalize` */
+	if (strcmp(json_string_value(json_object_get(r->out, "state")), "completed") == 0) {
+		size_t i, j, pending = 0;
+		json_t *ph, *step;
+
+		json_array_foreach(json_object_get(r->out, "phases"), i, ph) {
+			json_array_foreach(json_object_get(ph, "steps"), j, step) {
+				const phg_step_kind_t *k =
+				    phg_step_kind_find(json_string_value(json_object_get(step, "kind")));
+
+				pending += k != NULL && k->final_irreversible &&
+				           strcmp(json_string_value(json_object_get(step, "state")),
+				                  "applied") == 0;
+			}
+		}
+		json_object_set_new(r->out, "finalize_pending", json_integer((json_int_t)pending));
 	}
 	{
 		phg_buf_t b;
