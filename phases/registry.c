@@ -19,6 +19,8 @@ extern const phg_step_kind_t phg_kind_http;
 extern const phg_step_kind_t phg_kind_sql;
 extern const phg_step_kind_t phg_kind_set_default;
 extern const phg_step_kind_t phg_kind_drop_default;
+extern const phg_step_kind_t phg_kind_create_table;
+extern const phg_step_kind_t phg_kind_drop_table;
 
 const phg_step_kind_t *const phg_step_kinds[] = {
 	&phg_kind_add_column,
@@ -34,6 +36,8 @@ const phg_step_kind_t *const phg_step_kinds[] = {
 	&phg_kind_sql,
 	&phg_kind_set_default,
 	&phg_kind_drop_default,
+	&phg_kind_create_table,
+	&phg_kind_drop_table,
 	NULL,
 };
 
