@@ -55,6 +55,24 @@ typedef struct phg_intv_s {
 	size_t n;
 } phg_intv_t;
 
+/* PHG_FT_IDENT_LISTS: lists of identifiers, with where each list starts. */
+typedef struct phg_strvv_s {
+	phg_strv_t *v;
+	phg_pos_t *pos;
+	size_t n;
+} phg_strvv_t;
+
+/* PHG_FT_MAP_LIST: @n items of the field's sub_size bytes each, one after
+ * the other in @v, each loaded by the field's sub table; @pos is where each
+ * item starts, @field_pos (n x the sub table's length) where each of its
+ * values was written (line 0: key absent).  phg_maplist_field_pos() reads it. */
+typedef struct phg_maplist_s {
+	void *v;
+	size_t n;
+	phg_pos_t *pos;
+	phg_pos_t *field_pos;
+} phg_maplist_t;
+
 /* ---- field tables: how a YAML mapping maps onto a C struct ---- */
 
 typedef enum phg_ftype_e {
@@ -72,6 +90,11 @@ typedef enum phg_ftype_e {
 	PHG_FT_INT_LIST,   /* phg_intv_t: sequence of integers within [min, max] */
 	PHG_FT_MAP,        /* nested struct at offset, described by sub */
 	PHG_FT_BUDGET,     /* phg_budget_t: 2x, 1.5x (of a baseline), 20ms (absolute) or off */
+	PHG_FT_SQL_LIST,   /* phg_strv_t: sequence of SQL fragments, each parsed as PHG_FT_SQL
+	                      (a single scalar is a list of one) */
+	PHG_FT_IDENT_LISTS, /* phg_strvv_t: sequence of IDENT_LIST; a sequence of scalars
+	                       only is one list, a scalar item a list of one */
+	PHG_FT_MAP_LIST,   /* phg_maplist_t: sequence of mappings, each described by sub */
 } phg_ftype_t;
 
 #define PHG_FL_REQUIRED 0x1u  /* missing key is an error */
@@ -91,7 +114,8 @@ typedef struct phg_field_s {
 	                                        PHG_FT_DURATION bounds in ms;
 	                                        max 0 = no upper bound */
 	const char *const *enum_values;      /* PHG_FT_ENUM: NULL-terminated */
-	const struct phg_field_s *sub;       /* PHG_FT_MAP */
+	const struct phg_field_s *sub;       /* PHG_FT_MAP, PHG_FT_MAP_LIST */
+	size_t sub_size;                     /* PHG_FT_MAP_LIST: bytes of one item */
 	const char *what;                    /* for messages: "a column name" */
 	int sql;                             /* PHG_FT_SQL: the place the fragment is
 	                                        pasted into, a phg_sqlf_t (sqlparse.h);
@@ -326,6 +350,10 @@ const phg_phase_t *phg_plan_find_phase(const phg_plan_t *plan, const char *name)
 
 /* Where the value of field @key of @step was written (line 0 if absent). */
 phg_pos_t phg_step_field_pos(const phg_step_t *step, const char *key);
+/* Where the value of key @key of item @i of @list (loaded by field table
+ * @sub) was written (line 0 if absent; the item starts at @list->pos[@i]). */
+phg_pos_t phg_maplist_field_pos(const phg_field_t *sub, const phg_maplist_t *list, size_t i,
+                                const char *key);
 
 /* ---- helpers shared by the loader and step kinds (plan_util.c) ---- */
 

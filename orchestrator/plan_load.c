@@ -688,8 +688,30 @@ static void free_value(const phg_field_t *f, void *p)
 		*(char **)p = NULL;
 		break;
 	case PHG_FT_IDENT_LIST:
+	case PHG_FT_SQL_LIST:
 		phg_strv_clear(p);
 		break;
+	case PHG_FT_IDENT_LISTS: {
+		phg_strvv_t *v = p;
+
+		for (size_t i = 0; i < v->n; i++)
+			phg_strv_clear(&v->v[i]);
+		free(v->v);
+		free(v->pos);
+		memset(v, 0, sizeof(*v));
+		break;
+	}
+	case PHG_FT_MAP_LIST: {
+		phg_maplist_t *v = p;
+
+		for (size_t i = 0; i < v->n; i++)
+			free_fields(f->sub, (char *)v->v + i * f->sub_size);
+		free(v->v);
+		free(v->pos);
+		free(v->field_pos);
+		memset(v, 0, sizeof(*v));
+		break;
+	}
 	case PHG_FT_STRMAP:
 		kvv_free(p);
 		break;
@@ -722,6 +744,15 @@ static void free_fields(const phg_field_t *fields, void *base)
 }
 
 static void copy_fields(const phg_field_t *fields, void *dst, const void *src);
+static size_t nfields(const phg_field_t *f);
+
+static void strv_copy(phg_strv_t *dv, const phg_strv_t *sv)
+{
+	dv->v = sv->n ? phg_calloc(sv->n, sizeof(char *)) : NULL;
+	for (size_t i = 0; i < sv->n; i++)
+		dv->v[i] = phg_strdup(sv->v[i]);
+	dv->n = sv->n;
+}
 
 static void copy_value(const phg_field_t *f, void *d, const void *s)
 {
@@ -733,13 +764,38 @@ static void copy_value(const phg_field_t *f, void *d, const void *s)
 	case PHG_FT_SQLTYPE:
 		*(char **)d = phg_strdup(*(char *const *)s);
 		break;
-	case PHG_FT_IDENT_LIST: {
-		const phg_strv_t *sv = s;
-		phg_strv_t *dv = d;
+	case PHG_FT_IDENT_LIST:
+	case PHG_FT_SQL_LIST:
+		strv_copy(d, s);
+		break;
+	case PHG_FT_IDENT_LISTS: {
+		const phg_strvv_t *sv = s;
+		phg_strvv_t *dv = d;
 
-		dv->v = sv->n ? phg_calloc(sv->n, sizeof(char *)) : NULL;
-		for (size_t i = 0; i < sv->n; i++)
-			dv->v[i] = phg_strdup(sv->v[i]);
+		dv->v = sv->n ? phg_calloc(sv->n, sizeof(phg_strv_t)) : NULL;
+		dv->pos = sv->n ? phg_calloc(sv->n, sizeof(phg_pos_t)) : NULL;
+		for (size_t i = 0; i < sv->n; i++) {
+			strv_copy(&dv->v[i], &sv->v[i]);
+			dv->pos[i] = sv->pos[i];
+		}
+		dv->n = sv->n;
+		break;
+	}
+	case PHG_FT_MAP_LIST: {
+		const phg_maplist_t *sv = s;
+		phg_maplist_t *dv = d;
+		size_t nf = nfields(f->sub);
+
+		dv->v = sv->n ? phg_calloc(sv->n, f->sub_size) : NULL;
+		dv->pos = sv->n ? phg_calloc(sv->n, sizeof(phg_pos_t)) : NULL;
+		dv->field_pos = sv->n && nf ? phg_calloc(sv->n * nf, sizeof(phg_pos_t)) : NULL;
+		for (size_t i = 0; i < sv->n; i++) {
+			copy_fields(f->sub, (char *)dv->v + i * f->sub_size,
+			            (const char *)sv->v + i * f->sub_size);
+			dv->pos[i] = sv->pos[i];
+		}
+		if (dv->field_pos != NULL)
+			memcpy(dv->field_pos, sv->field_pos, sv->n * nf * sizeof(phg_pos_t));
 		dv->n = sv->n;
 		break;
 	}
@@ -1089,6 +1145,9 @@ static int conv_scalar(ld_t *ld, const phg_field_t *f, const node_t *n, void *p,
 		}
 		return 0;
 	case PHG_FT_IDENT_LIST:
+	case PHG_FT_SQL_LIST:
+	case PHG_FT_IDENT_LISTS:
+	case PHG_FT_MAP_LIST:
 	case PHG_FT_STRMAP:
 	case PHG_FT_INT_LIST:
 	case PHG_FT_MAP:
@@ -1126,9 +1185,10 @@ static void load_list(ld_t *ld, const phg_field_t *f, const node_t *n, void *p,
 	}
 	one.type = f->type == PHG_FT_IDENT_LIST
 	               ? ((f->flags & PHG_FL_NAMES) ? PHG_FT_STRING : PHG_FT_IDENT)
-	               : PHG_FT_UINT;
+	           : f->type == PHG_FT_SQL_LIST ? PHG_FT_SQL
+	                                        : PHG_FT_UINT;
 	one.flags = 0;
-	if (f->type == PHG_FT_IDENT_LIST) {
+	if (f->type == PHG_FT_IDENT_LIST || f->type == PHG_FT_SQL_LIST) {
 		phg_strv_t *v = p;
 
 		v->v = phg_calloc(count, sizeof(char *));
@@ -1164,6 +1224,84 @@ static void load_list(ld_t *ld, const phg_field_t *f, const node_t *n, void *p,
 			if (conv_scalar(ld, &one, items[i], &u, key, where) == 0)
 				v->v[v->n++] = (long)u;
 		}
+	}
+}
+
+/* PHG_FT_IDENT_LISTS: `[[a, b], [c]]` is two lists, `[a, b]` (scalars only)
+ * or `a` one; a scalar among lists is a list of one. */
+static void load_lists(ld_t *ld, const phg_field_t *f, const node_t *n, phg_strvv_t *v,
+                       const char *key, const char *where)
+{
+	phg_field_t one = *f; /* each list loaded as an IDENT_LIST, never empty */
+	int nested = 0;
+
+	one.type = PHG_FT_IDENT_LIST;
+	one.flags = PHG_FL_REQUIRED;
+	one.what = "one or more names";
+	for (size_t i = 0; n->type == N_SEQ && i < n->n; i++)
+		nested |= n->kids[i]->type == N_SEQ;
+	if (n->type == N_SEQ && n->n == 0) {
+		if (f->flags & PHG_FL_REQUIRED)
+			phg_diag_error(ld->d, n->pos, "empty list for %s in %s: expected %s", Q(key),
+			               where, f->what ? f->what : "at least one list");
+		return;
+	}
+	if (!nested) {
+		v->v = phg_calloc(1, sizeof(phg_strv_t));
+		v->pos = phg_calloc(1, sizeof(phg_pos_t));
+		v->pos[0] = n->pos;
+		v->n = 1;
+		load_list(ld, &one, n, &v->v[0], key, where);
+		return;
+	}
+	v->v = phg_calloc(n->n, sizeof(phg_strv_t));
+	v->pos = phg_calloc(n->n, sizeof(phg_pos_t));
+	for (size_t i = 0; i < n->n; i++) {
+		const node_t *it = n->kids[i];
+
+		if (it->type == N_BAD)
+			continue;
+		if (it->type == N_MAP || is_null(it)) {
+			type_error(ld, it, "a list of names", key, where);
+			continue;
+		}
+		v->pos[v->n] = it->pos;
+		load_list(ld, &one, it, &v->v[v->n++], key, where);
+	}
+}
+
+/* PHG_FT_MAP_LIST: a sequence of mappings, each loaded by f->sub into an
+ * item of f->sub_size bytes; messages name "item N of KEY of WHERE". */
+static void load_map_list(ld_t *ld, const phg_field_t *f, const node_t *n, phg_maplist_t *v,
+                          const char *key, const char *where)
+{
+	size_t nf = nfields(f->sub);
+	char sub[512];
+
+	if (n->type != N_SEQ) {
+		type_error(ld, n, "a list of mappings", key, where);
+		return;
+	}
+	if (n->n == 0) {
+		if (f->flags & PHG_FL_REQUIRED)
+			phg_diag_error(ld->d, n->pos, "empty list for %s in %s: expected %s", Q(key),
+			               where, f->what ? f->what : "at least one item");
+		return;
+	}
+	v->v = phg_calloc(n->n, f->sub_size);
+	v->pos = phg_calloc(n->n, sizeof(phg_pos_t));
+	v->field_pos = phg_calloc(n->n * (nf ? nf : 1), sizeof(phg_pos_t));
+	for (size_t i = 0; i < n->n; i++) {
+		const node_t *it = n->kids[i];
+
+		if (it->type != N_MAP) {
+			type_error(ld, it, "a mapping", key, where);
+			continue;
+		}
+		snprintf(sub, sizeof(sub), "item %zu of %s of %s", i + 1, Q(key), where);
+		load_map(ld, it, f->sub, (char *)v->v + v->n * f->sub_size, sub, it->pos,
+		         v->field_pos + v->n * nf, NULL, LM_NORMAL);
+		v->pos[v->n++] = it->pos;
 	}
 }
 
@@ -1235,13 +1373,21 @@ static void load_value(ld_t *ld, const phg_field_t *f, const node_t *n, void *p,
 		load_strmap(ld, n, p, key, where);
 		return;
 	case PHG_FT_IDENT_LIST:
+	case PHG_FT_SQL_LIST:
 	case PHG_FT_INT_LIST:
+	case PHG_FT_IDENT_LISTS:
+	case PHG_FT_MAP_LIST:
 		if (is_null(n)) {
 			phg_diag_error(ld->d, n->pos, "missing value for %s in %s: expected %s", Q(key),
 			               where, f->what ? f->what : "a list");
 			return;
 		}
-		load_list(ld, f, n, p, key, where);
+		if (f->type == PHG_FT_IDENT_LISTS)
+			load_lists(ld, f, n, p, key, where);
+		else if (f->type == PHG_FT_MAP_LIST)
+			load_map_list(ld, f, n, p, key, where);
+		else
+			load_list(ld, f, n, p, key, where);
 		return;
 	default:
 		break;
@@ -2245,4 +2391,18 @@ phg_pos_t phg_step_field_pos(const phg_step_t *step, const char *key)
 		return none;
 	i = field_index(step->kind->fields, key);
 	return i < 0 ? none : step->field_pos[i];
+}
+
+phg_pos_t phg_maplist_field_pos(const phg_field_t *sub, const phg_maplist_t *list, size_t i,
+                                const char *key)
+{
+	phg_pos_t none = {0, 0};
+	int k;
+
+	if (list == NULL || i >= list->n || list->pos == NULL)
+		return none;
+	k = field_index(sub, key);
+	if (k < 0 || list->field_pos == NULL)
+		return none;
+	return list->field_pos[i * nfields(sub) + (size_t)k];
 }

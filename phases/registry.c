@@ -22,6 +22,8 @@ extern const phg_step_kind_t phg_kind_drop_default;
 extern const phg_step_kind_t phg_kind_drop_index;
 extern const phg_step_kind_t phg_kind_drop_constraint;
 extern const phg_step_kind_t phg_kind_rename_table;
+extern const phg_step_kind_t phg_kind_create_table;
+extern const phg_step_kind_t phg_kind_drop_table;
 
 const phg_step_kind_t *const phg_step_kinds[] = {
 	&phg_kind_add_column,
@@ -40,6 +42,8 @@ const phg_step_kind_t *const phg_step_kinds[] = {
 	&phg_kind_drop_index,
 	&phg_kind_drop_constraint,
 	&phg_kind_rename_table,
+	&phg_kind_create_table,
+	&phg_kind_drop_table,
 	NULL,
 };
 

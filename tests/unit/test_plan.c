@@ -469,7 +469,10 @@ static const char all_kinds_plan[] =
     "      - drop_default: { table: jobs, column: created_at }\n"
     "      - drop_index: { index: app.jobs_x }\n"
     "      - drop_constraint: { table: jobs, constraint: jobs_status_ck }\n"
-    "      - rename_table: { table: app.old_jobs, to: older_jobs }\n";
+    "      - rename_table: { table: app.old_jobs, to: older_jobs }\n"
+
+    "      - create_table: { table: reviews, columns: [{ name: id, type: bigint }] }\n"
+    "      - drop_table: { table: legacy_jobs }\n";
 
 static void test_all_kinds(void **state)
 {
@@ -505,7 +508,7 @@ static void test_all_kinds(void **state)
 	for (size_t k = 0; phg_step_kinds[k] != NULL; k++, nkinds++)
 		if (seen[k] != 1)
 			fail_msg("step kind %s appears %d times", phg_step_kinds[k]->name, seen[k]);
-	assert_int_equal(nkinds, 16);
+	assert_int_equal(nkinds, 18);
 
 	flags = phg_plan_find_check(plan, "flags");
 	assert_string_equal(flags->method, "POST");
@@ -1103,12 +1106,98 @@ static void test_free_path(void **state)
 	phg_plan_free(NULL);
 }
 
+/* The loader's list types create_table uses (PHG_FT_MAP_LIST,
+ * PHG_FT_IDENT_LISTS, PHG_FT_SQL_LIST): items, positions, shorthands, and
+ * errors that name the item. */
+static void test_table_lists(void **state)
+{
+	static const char head[] = "version: 1\nname: t\nphases:\n  - name: contract\n"
+	                           "    steps:\n      - create_table:\n";
+	phg_plan_t *plan;
+	const phg_step_t *st;
+	const phg_field_t *cf;
+	const phg_maplist_t *cols;
+	const phg_strvv_t *uq;
+	char *yaml, *diag;
+
+	(void)state;
+	yaml = phg_asprintf("%s"
+	                    "          table: app.reviews\n"                       /* 7 */
+	                    "          columns:\n"                                 /* 8 */
+	                    "            - { name: id, type: bigint, identity: true }\n"
+	                    "            - name: job_id\n"                         /* 10 */
+	                    "              type: bigint\n"
+	                    "              references: jobs(id)\n"                 /* 12 */
+	                    "          unique: [[job_id, id], id]\n"               /* 13 */
+	                    "          checks: [\"job_id > 0\", \"id <> job_id\"]\n",
+	                    head);
+	plan = load_ok(yaml);
+	free(yaml);
+	st = &plan->phases[0].steps[0];
+	cf = fieldp(st->kind->fields, "columns");
+	cols = (const phg_maplist_t *)argp(st, "columns");
+	assert_int_equal(cols->n, 2);
+	assert_string_equal(*(char *const *)((const char *)cols->v + cf->sub_size +
+	                                     fieldp(cf->sub, "name")->offset),
+	                    "job_id");
+	assert_int_equal(*(const int *)((const char *)cols->v + fieldp(cf->sub, "identity")->offset), 1);
+	assert_int_equal(cols->pos[1].line, 10);
+	assert_int_equal(cols->pos[1].col, 15);
+	assert_int_equal(phg_maplist_field_pos(cf->sub, cols, 1, "references").line, 12);
+	assert_int_equal(phg_maplist_field_pos(cf->sub, cols, 1, "references").col, 27);
+	assert_int_equal(phg_maplist_field_pos(cf->sub, cols, 1, "default").line, 0);
+	uq = (const phg_strvv_t *)argp(st, "unique");
+	assert_int_equal(uq->n, 2); /* a scalar among lists is a list of one */
+	assert_int_equal(uq->v[0].n, 2);
+	assert_string_equal(uq->v[0].v[1], "id");
+	assert_int_equal(uq->v[1].n, 1);
+	assert_int_equal(uq->pos[1].line, 13);
+	assert_int_equal(uq->pos[1].col, 34);
+	assert_int_equal(ARG_STRV(st, "checks")->n, 2);
+	assert_string_equal(ARG_STRV(st, "checks")->v[1], "id <> job_id");
+	phg_plan_free(plan);
+
+	/* a flat list is one constraint; one check is a list of one */
+	yaml = phg_asprintf("%s          table: r\n          columns: [{name: a, type: int}, {name: b, "
+	                    "type: int}]\n          unique: [a, b]\n          checks: \"a > b\"\n",
+	                    head);
+	plan = load_ok(yaml);
+	free(yaml);
+	st = &plan->phases[0].steps[0];
+	uq = (const phg_strvv_t *)argp(st, "unique");
+	assert_int_equal(uq->n, 1);
+	assert_int_equal(uq->v[0].n, 2);
+	assert_int_equal(ARG_STRV(st, "checks")->n, 1);
+	phg_plan_free(plan);
+
+	/* errors name the item, the key and where they are */
+	yaml = phg_asprintf("%s          table: r\n          columns:\n            - {name: a, type: int, "
+	                    "not_nul: true}\n            - b\n          unique: [[a], []]\n"
+	                    "          checks: [\"a >\"]\n",
+	                    head);
+	diag = load_bad(yaml);
+	free(yaml);
+	assert_contains(diag, ":9:36: unknown key \"not_nul\" in item 1 of \"columns\" of create_table "
+	                      "step, did you mean \"not_null\"?");
+	assert_contains(diag, ":10:15: expected a mapping for \"columns\" in create_table step, found "
+	                      "\"b\"");
+	assert_contains(diag, ":11:25: empty list for \"unique\" in create_table step: expected one or more names");
+	assert_contains(diag, ":12:24: invalid SQL in \"checks\" in create_table step");
+	free(diag);
+	yaml = phg_asprintf("%s          table: r\n          columns: {name: a, type: int}\n", head);
+	diag = load_bad(yaml);
+	free(yaml);
+	assert_contains(diag, ":8:20: expected a list of mappings for \"columns\" in create_table step");
+	free(diag);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_spec_example),
 	    cmocka_unit_test(test_select_env),
 	    cmocka_unit_test(test_all_kinds),
+	    cmocka_unit_test(test_table_lists),
 	    cmocka_unit_test(test_defaults),
 	    cmocka_unit_test(test_checksums),
 	    cmocka_unit_test(test_parse_duration),
