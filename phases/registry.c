@@ -19,6 +19,9 @@ extern const phg_step_kind_t phg_kind_http;
 extern const phg_step_kind_t phg_kind_sql;
 extern const phg_step_kind_t phg_kind_set_default;
 extern const phg_step_kind_t phg_kind_drop_default;
+extern const phg_step_kind_t phg_kind_alter_column_type;
+extern const phg_step_kind_t phg_kind_create_enum;
+extern const phg_step_kind_t phg_kind_add_enum_value;
 
 const phg_step_kind_t *const phg_step_kinds[] = {
 	&phg_kind_add_column,
@@ -34,6 +37,9 @@ const phg_step_kind_t *const phg_step_kinds[] = {
 	&phg_kind_sql,
 	&phg_kind_set_default,
 	&phg_kind_drop_default,
+	&phg_kind_alter_column_type,
+	&phg_kind_create_enum,
+	&phg_kind_add_enum_value,
 	NULL,
 };
 

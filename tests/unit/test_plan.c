@@ -466,11 +466,15 @@ static const char all_kinds_plan[] =
     "      - drop_column: { table: jobs, column: status }\n"
     "      - rename_column: { table: jobs, column: new_status, to: status }\n"
     "      - set_default: { table: jobs, column: status, default: \"'queued'\" }\n"
-    "      - drop_default: { table: jobs, column: created_at }\n";
+    "      - drop_default: { table: jobs, column: created_at }\n"
+    "      - alter_column_type: { table: jobs, column: title, type: varchar, from: text }\n"
+    "      - create_enum: { name: app.job_state, values: [queued, done] }\n"
+    "      - add_enum_value: { type: app.job_state, value: running, before: done }\n";
 
 static void test_all_kinds(void **state)
 {
-	phg_plan_t *plan = load_ok(all_kinds_plan);
+	/* add_enum_value always warns: it cannot be reverted */
+	phg_plan_t *plan = load_warned(all_kinds_plan, "add_enum_value cannot be reverted");
 	const phg_step_t *st;
 	const phg_check_t *flags;
 	const phg_env_t *prod, *staging;
@@ -502,7 +506,7 @@ static void test_all_kinds(void **state)
 	for (size_t k = 0; phg_step_kinds[k] != NULL; k++, nkinds++)
 		if (seen[k] != 1)
 			fail_msg("step kind %s appears %d times", phg_step_kinds[k]->name, seen[k]);
-	assert_int_equal(nkinds, 13);
+	assert_int_equal(nkinds, 16);
 
 	flags = phg_plan_find_check(plan, "flags");
 	assert_string_equal(flags->method, "POST");
@@ -564,6 +568,17 @@ static void test_all_kinds(void **state)
 	st = &plan->phases[3].steps[4];
 	assert_string_equal(st->kind->name, "drop_default");
 	assert_string_equal(ARG_STR(st, "column"), "created_at");
+	st = &plan->phases[3].steps[5];
+	assert_string_equal(st->kind->name, "alter_column_type");
+	assert_string_equal(ARG_STR(st, "type"), "varchar");
+	assert_string_equal(ARG_STR(st, "from"), "text");
+	st = &plan->phases[3].steps[6];
+	assert_string_equal(st->kind->name, "create_enum");
+	assert_int_equal(ARG_STRV(st, "values")->n, 2);
+	assert_string_equal(ARG_STRV(st, "values")->v[1], "done");
+	st = &plan->phases[3].steps[7];
+	assert_string_equal(st->kind->name, "add_enum_value");
+	assert_string_equal(ARG_STR(st, "before"), "done");
 
 	/* environment resolution */
 	prod = &plan->envs[0];
@@ -1080,7 +1095,7 @@ static void test_free_path(void **state)
 
 	(void)state;
 	for (int round = 0; round < 3; round++) {
-		phg_plan_t *plan = load_ok(all_kinds_plan);
+		phg_plan_t *plan = load_warned(all_kinds_plan, "add_enum_value cannot be reverted");
 
 		assert_int_equal(phg_plan_select_env(plan, "staging", NULL), 0);
 		phg_plan_free(plan);
