@@ -267,7 +267,8 @@ static int widens(phg_widen_t w, int fm, int tm)
 	case PHG_WIDEN_LENGTH:
 		return fm >= 0 && tm >= fm;
 	case PHG_WIDEN_NUMERIC:
-		return fm >= 0 && ((tm - 4) & 2047) == ((fm - 4) & 2047) && ((tm - 4) >> 16) >= ((fm - 4) >> 16);
+		return fm >= 0 && ((tm - 4) & 2047) == ((fm - 4) & 2047) &&
+		       ((tm - 4) >> 16) >= ((fm - 4) >> 16);
 	case PHG_WIDEN_PREC:
 		return tm >= 6 || (fm >= 0 && tm >= fm);
 	case PHG_WIDEN_NONE:
@@ -290,7 +291,8 @@ phg_tc_t phg_type_change(const phg_sqltype_t *from, const phg_sqltype_t *to, con
 	if (from->typname == NULL || to->typname == NULL)
 		return PHG_TC_UNKNOWN;
 	if (strcmp(from->typname, to->typname) == 0) {
-		if (to->typmod == -1 || to->typmod == from->typmod || widens(to->widen, from->typmod, to->typmod))
+		if (to->typmod == -1 || to->typmod == from->typmod ||
+		    widens(to->widen, from->typmod, to->typmod))
 			return PHG_TC_FREE;
 		*why = from->typmod == -1 ? "adds a limit every row must be checked against"
 		       : to->widen == PHG_WIDEN_NUMERIC ? "changes the scale or lowers the precision"
@@ -309,21 +311,36 @@ phg_tc_t phg_type_change(const phg_sqltype_t *from, const phg_sqltype_t *to, con
 	return PHG_TC_FREE;
 }
 
+/* phg_type_rule_sql(): the same-type modifier rule of widens(), on f.mod
+ * (the old modifier) and @tm. */
+static void widen_sql(phg_buf_t *out, phg_widen_t w, const char *tm)
+{
+	switch (w) {
+	case PHG_WIDEN_LENGTH:
+		phg_buf_printf(out, "f.mod >= 0 AND (%s) >= f.mod", tm);
+		break;
+	case PHG_WIDEN_NUMERIC:
+		phg_buf_printf(out,
+		               "f.mod >= 0 AND (((%s) - 4) & 2047) = ((f.mod - 4) & 2047) AND "
+		               "(((%s) - 4) >> 16) >= ((f.mod - 4) >> 16)",
+		               tm, tm);
+		break;
+	case PHG_WIDEN_PREC:
+		phg_buf_printf(out, "(%s) >= 6 OR (f.mod >= 0 AND (%s) >= f.mod)", tm, tm);
+		break;
+	case PHG_WIDEN_NONE:
+		phg_buf_adds(out, "false");
+		break;
+	}
+}
+
 void phg_type_rule_sql(phg_buf_t *out, const char *fo, const char *fm, const char *to,
                        const char *tm)
 {
-	static const char *const widen_sql[] = {
-		[PHG_WIDEN_NONE] = "false",
-		[PHG_WIDEN_LENGTH] = "f.mod >= 0 AND (%s) >= f.mod",
-		[PHG_WIDEN_NUMERIC] = "f.mod >= 0 AND (((%s) - 4) & 2047) = ((f.mod - 4) & 2047) AND "
-		                      "(((%s) - 4) >> 16) >= ((f.mod - 4) >> 16)",
-		[PHG_WIDEN_PREC] = "(%s) >= 6 OR (f.mod >= 0 AND (%s) >= f.mod)",
-	};
-
 	/* a domain column is its base type, relabelled: its modifier is gone */
 	phg_buf_printf(out,
-	               "(SELECT CASE WHEN t.typtype = 'd' THEN false WHEN f.base = t.oid THEN (%s) = -1 OR (%s) = f.mod OR "
-	               "(t.typnamespace = 'pg_catalog'::regnamespace AND CASE t.typname::text",
+	               "(SELECT CASE WHEN t.typtype = 'd' THEN false WHEN f.base = t.oid THEN "
+	               "(%s) = -1 OR (%s) = f.mod OR (t.typnamespace = 'pg_catalog'::regnamespace AND CASE t.typname::text",
 	               tm, tm);
 	for (size_t i = 0; i < NBUILTINS; i++) {
 		const builtin_t *b = &builtins[i];
@@ -331,7 +348,7 @@ void phg_type_rule_sql(phg_buf_t *out, const char *fo, const char *fm, const cha
 		if (b->widen == PHG_WIDEN_NONE)
 			continue;
 		phg_buf_printf(out, " WHEN '%s' THEN ", b->typname);
-		phg_buf_printf(out, widen_sql[b->widen], tm, tm);
+		widen_sql(out, b->widen, tm);
 	}
 	phg_buf_printf(out,
 	               " ELSE false END) ELSE (%s) = -1 AND EXISTS (SELECT 1 FROM pg_catalog.pg_cast c "

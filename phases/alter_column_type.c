@@ -148,8 +148,8 @@ static void check_sql(phg_build_t *b, const alter_column_type_args_t *a, phg_op_
 	    "SELECT %s INTO phg_ok %s; "
 	    "IF NOT coalesce(phg_ok, false) THEN RAISE EXCEPTION USING ERRCODE = "
 	    "'feature_not_supported', MESSAGE = format('%s %%s from %%s to %%s rewrites the table "
-	    "under ACCESS EXCLUSIVE', %s, phg_cur, phg_tgt), DETAIL = 'Only binary-coercible changes (such "
-	    "as varchar(n) to varchar(m >= n) or text, numeric(p,s) to numeric(q >= p,s)) keep the "
+	    "under ACCESS EXCLUSIVE', %s, phg_cur, phg_tgt), DETAIL = 'Only binary-coercible "
+	    "changes (such as varchar(n) to varchar(m >= n) or text, numeric(p,s) to numeric(q >= p,s)) keep the "
 	    "table as it is.', HINT = %s; END IF; ",
 	    from, names, oid, phg_qlit(b, spelled), oid, mod, rule.data ? rule.data : "false", from,
 	    what, names, hint);
