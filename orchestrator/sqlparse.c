@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "buf.h"
+#include "typechange.h"
 
 #define ASSURED "phasegate:safety_assured"
 
@@ -536,6 +537,8 @@ static void lint_alter_type(stmt_t *s, const char *col, json_t *def)
 {
 	json_t *cd = node_of(def, "ColumnDef");
 	const char *type = last_name(json_object_get(json_object_get(cd, "typeName"), "names"));
+	phg_sqltype_t ty;
+	int known = phg_sqltype_builtin(type, &ty);
 
 	if (json_object_get(cd, "raw_default") != NULL)
 		finding(s, PHG_LINT_ERROR,
@@ -546,12 +549,22 @@ static void lint_alter_type(stmt_t *s, const char *col, json_t *def)
 	/* to varchar or text: taken as a widening, which does not rewrite (the
 	 * lint cannot see the old type; from another type it would: the
 	 * documented assumption) */
-	else if (strcmp(type, "text") != 0 && strcmp(type, "varchar") != 0)
+	else if (known && (strcmp(ty.typname, "text") == 0 || strcmp(ty.typname, "varchar") == 0))
+		return;
+	else if (known && ty.reachable)
 		finding(s, PHG_LINT_ERROR,
-		        "ALTER COLUMN \"%s\" TYPE %s rewrites the table under ACCESS EXCLUSIVE (unless "
-		        "binary-coercible); expand/contract through a new column (add_column, "
-		        "sync_trigger, backfill, drop_column + rename_column)",
+		        "ALTER COLUMN \"%s\" TYPE %s rewrites the table under ACCESS EXCLUSIVE unless the "
+		        "column's type now is binary coercible to it (a widening), which the lint cannot "
+		        "see; use an alter_column_type step, which checks it on the catalog first, or "
+		        "expand/contract through a new column",
 		        col, type);
+	else
+		finding(s, PHG_LINT_ERROR,
+		        "ALTER COLUMN \"%s\" TYPE %s rewrites the table under ACCESS EXCLUSIVE%s; "
+		        "expand/contract through a new column (add_column, sync_trigger, backfill, "
+		        "drop_column + rename_column)",
+		        col, type, known ? " (no type changes into it without a rewrite)"
+		                         : " (unless binary-coercible)");
 }
 
 static void lint_alter_table(stmt_t *s, json_t *b)

@@ -24,6 +24,9 @@ extern const phg_step_kind_t phg_kind_drop_constraint;
 extern const phg_step_kind_t phg_kind_rename_table;
 extern const phg_step_kind_t phg_kind_create_table;
 extern const phg_step_kind_t phg_kind_drop_table;
+extern const phg_step_kind_t phg_kind_alter_column_type;
+extern const phg_step_kind_t phg_kind_create_enum;
+extern const phg_step_kind_t phg_kind_add_enum_value;
 
 const phg_step_kind_t *const phg_step_kinds[] = {
 	&phg_kind_add_column,
@@ -44,6 +47,9 @@ const phg_step_kind_t *const phg_step_kinds[] = {
 	&phg_kind_rename_table,
 	&phg_kind_create_table,
 	&phg_kind_drop_table,
+	&phg_kind_alter_column_type,
+	&phg_kind_create_enum,
+	&phg_kind_add_enum_value,
 	NULL,
 };
 

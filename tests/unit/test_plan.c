@@ -470,13 +470,17 @@ static const char all_kinds_plan[] =
     "      - drop_index: { index: app.jobs_x }\n"
     "      - drop_constraint: { table: jobs, constraint: jobs_status_ck }\n"
     "      - rename_table: { table: app.old_jobs, to: older_jobs }\n"
-
     "      - create_table: { table: reviews, columns: [{ name: id, type: bigint }] }\n"
-    "      - drop_table: { table: legacy_jobs }\n";
+    "      - drop_table: { table: legacy_jobs }\n"
+
+    "      - alter_column_type: { table: jobs, column: title, type: varchar, from: text }\n"
+    "      - create_enum: { name: app.job_state, values: [queued, done] }\n"
+    "      - add_enum_value: { type: app.job_state, value: running, before: done }\n";
 
 static void test_all_kinds(void **state)
 {
-	phg_plan_t *plan = load_ok(all_kinds_plan);
+	/* add_enum_value always warns: it cannot be reverted */
+	phg_plan_t *plan = load_warned(all_kinds_plan, "add_enum_value cannot be reverted");
 	const phg_step_t *st;
 	const phg_check_t *flags;
 	const phg_env_t *prod, *staging;
@@ -508,7 +512,7 @@ static void test_all_kinds(void **state)
 	for (size_t k = 0; phg_step_kinds[k] != NULL; k++, nkinds++)
 		if (seen[k] != 1)
 			fail_msg("step kind %s appears %d times", phg_step_kinds[k]->name, seen[k]);
-	assert_int_equal(nkinds, 18);
+	assert_int_equal(nkinds, 21);
 
 	flags = phg_plan_find_check(plan, "flags");
 	assert_string_equal(flags->method, "POST");
@@ -580,6 +584,17 @@ static void test_all_kinds(void **state)
 	st = &plan->phases[3].steps[7];
 	assert_string_equal(st->kind->name, "rename_table");
 	assert_string_equal(ARG_STR(st, "to"), "older_jobs");
+	st = &plan->phases[3].steps[10];
+	assert_string_equal(st->kind->name, "alter_column_type");
+	assert_string_equal(ARG_STR(st, "type"), "varchar");
+	assert_string_equal(ARG_STR(st, "from"), "text");
+	st = &plan->phases[3].steps[11];
+	assert_string_equal(st->kind->name, "create_enum");
+	assert_int_equal(ARG_STRV(st, "values")->n, 2);
+	assert_string_equal(ARG_STRV(st, "values")->v[1], "done");
+	st = &plan->phases[3].steps[12];
+	assert_string_equal(st->kind->name, "add_enum_value");
+	assert_string_equal(ARG_STR(st, "before"), "done");
 
 	/* environment resolution */
 	prod = &plan->envs[0];
@@ -1096,7 +1111,7 @@ static void test_free_path(void **state)
 
 	(void)state;
 	for (int round = 0; round < 3; round++) {
-		phg_plan_t *plan = load_ok(all_kinds_plan);
+		phg_plan_t *plan = load_warned(all_kinds_plan, "add_enum_value cannot be reverted");
 
 		assert_int_equal(phg_plan_select_env(plan, "staging", NULL), 0);
 		phg_plan_free(plan);
