@@ -136,7 +136,9 @@ struct engine_s {
 	phg_err_t step_err;  /* its error */
 	int failed_phase;
 	int kept;            /* reverted steps that left data deliberately (revert_keeps) */
-	char kept_what[256]; /* the first of them, for the final message */
+	char kept_what[256]; /* the first of them, for the final message: "the updates of
+	                      * backfill step 1 of phase \"fill\" were" */
+	char kept_why[128];  /* and why: " (no `down`)" */
 	int exit_code;
 	int shutting_down;
 

@@ -209,9 +209,17 @@ static void step_reverted(engine_t *e)
 
 		if (keeps != NULL && (rt->progress > 0 || rt->bf_rows > 0)) {
 			phg_log(PHG_LOG_WARN, &e->log, "reverted, deliberately not undone: %s", keeps);
-			if (e->kept++ == 0)
-				snprintf(e->kept_what, sizeof(e->kept_what), "%s step %zu of phase \"%s\"",
-				         st->kind->name, (size_t)e->si + 1, e->plan->phases[e->pi].name);
+			if (e->kept++ == 0 && strcmp(st->kind->name, "backfill") == 0) {
+				snprintf(e->kept_what, sizeof(e->kept_what),
+				         "the updates of backfill step %zu of phase \"%s\" were",
+				         (size_t)e->si + 1, e->plan->phases[e->pi].name);
+				snprintf(e->kept_why, sizeof(e->kept_why), " (no `down`)");
+			} else if (e->kept == 1) {
+				snprintf(e->kept_what, sizeof(e->kept_what),
+				         "what %s step %zu of phase \"%s\" did was", st->kind->name,
+				         (size_t)e->si + 1, e->plan->phases[e->pi].name);
+				snprintf(e->kept_why, sizeof(e->kept_why), " (%s)", keeps);
+			}
 		} else {
 			phg_log(PHG_LOG_INFO, &e->log, "reverted");
 		}
@@ -446,9 +454,9 @@ static void on_failure_done(engine_t *e)
 	e->goal = GOAL_END;
 	if (e->st->on_failure == PHG_ON_FAILURE_ROLLBACK_PLAN) {
 		phg_log(PHG_LOG_WARN, &e->log,
-		        "automatic rollback complete: every phase of this run was reverted%s%s%s",
-		        e->kept ? "; the updates of " : "", e->kept ? e->kept_what : "",
-		        e->kept ? " were not undone (no `down`)" : "");
+		        "automatic rollback complete: every phase of this run was reverted%s%s%s%s",
+		        e->kept ? "; " : "", e->kept ? e->kept_what : "",
+		        e->kept ? " not undone" : "", e->kept ? e->kept_why : "");
 		phg_eng_set_state(e, PHG_LVL_RUN, 0, 0, PHG_RUN_ROLLED_BACK, e->step_err.msg,
 		                  exit_rolled_back);
 		return;
@@ -456,9 +464,9 @@ static void on_failure_done(engine_t *e)
 	if (e->kept > 0)
 		phg_log(PHG_LOG_WARN, &e->log,
 		        "automatic rollback complete: phase \"%s\" was reverted; the database is as it "
-		        "was before it, except that the updates of %s%s were not undone (no `down`)",
-		        e->plan->phases[e->failed_phase].name, e->kept_what,
-		        e->kept > 1 ? " and others" : "");
+		        "was before it, except that %s not undone%s%s",
+		        e->plan->phases[e->failed_phase].name, e->kept_what, e->kept_why,
+		        e->kept > 1 ? " (and others)" : "");
 	else
 		phg_log(PHG_LOG_WARN, &e->log,
 		        "automatic rollback complete: phase \"%s\" was reverted; the database is as it "
@@ -568,18 +576,18 @@ static void rollback_done(engine_t *e)
 	phg_eng_ctx(e, -1, -1);
 	e->goal = GOAL_END;
 	if (e->rb_lo < 0) {
-		phg_log(PHG_LOG_INFO, &e->log, "rollback complete: every phase reverted%s%s%s",
-		        e->kept ? "; the updates of " : "", e->kept ? e->kept_what : "",
-		        e->kept ? " were deliberately not undone (no `down`)" : "");
+		phg_log(PHG_LOG_INFO, &e->log, "rollback complete: every phase reverted%s%s%s%s",
+		        e->kept ? "; " : "", e->kept ? e->kept_what : "",
+		        e->kept ? " deliberately not undone" : "", e->kept ? e->kept_why : "");
 		phg_eng_set_state(e, PHG_LVL_RUN, 0, 0, PHG_RUN_ROLLED_BACK, "rolled back", phg_eng_exit_ok);
 	} else {
 		char note[256];
 
 		snprintf(note, sizeof(note), "rolled back to phase \"%s\"",
 		         e->plan->phases[e->rb_lo].name);
-		phg_log(PHG_LOG_INFO, &e->log, "rollback complete: %s%s%s%s", note,
-		        e->kept ? "; the updates of " : "", e->kept ? e->kept_what : "",
-		        e->kept ? " were deliberately not undone (no `down`)" : "");
+		phg_log(PHG_LOG_INFO, &e->log, "rollback complete: %s%s%s%s%s", note,
+		        e->kept ? "; " : "", e->kept ? e->kept_what : "",
+		        e->kept ? " deliberately not undone" : "", e->kept ? e->kept_why : "");
 		phg_eng_set_state(e, PHG_LVL_RUN, 0, 0, PHG_RUN_INTERRUPTED, note, phg_eng_exit_ok);
 	}
 }

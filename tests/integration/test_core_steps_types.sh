@@ -101,6 +101,8 @@ psql_q "INSERT INTO items (name, price) VALUES (repeat('x', 150), 1234567890.12)
 
 assert_exit 0 phg rollback "$T/plan.yaml"
 assert_file_contains "$T/err" "the value sad stays in app_mood: PostgreSQL cannot remove an enum value"
+assert_file_contains "$T/err" "deliberately not undone (the value sad stays in app_mood"
+assert_file_not_contains "$T/err" "no \`down\`"
 assert_file_contains "$T/err" 'keep type varchar(200) of column "name" of "items": going back to character varying(50) would rewrite'
 assert_eq "name:character varying(200) body:text note:character varying code:character varying price:numeric(12,2) bits:bit varying(10) made:timestamp(3) without time zone net:inet total:integer tag:character varying(10) part:character varying(10)" \
 	"$(types)" "rollback: exact restore where the way back is rewrite-free, the wider type kept elsewhere"
