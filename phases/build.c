@@ -145,6 +145,18 @@ const char *phg_derived_name(phg_build_t *b, const char *prefix, const char *bas
 	                                 fnv1a(base)));
 }
 
+const char *phg_tombstone_name(phg_build_t *b, const char *base)
+{
+	char prefix[32];
+
+	/* finalize: manual: the hidden object outlives its plan, and a later
+	 * plan may hide one of the same name */
+	if (b->plan == NULL || b->plan->settings.finalize != PHG_FINALIZE_MANUAL)
+		return phg_derived_name(b, "_phg_dropped_", base);
+	snprintf(prefix, sizeof(prefix), "_phg_%08" PRIx32 "_", fnv1a(b->plan->name));
+	return phg_derived_name(b, prefix, base);
+}
+
 phg_op_t *phg_op_new(phg_build_t *b, phg_op_kind_t kind, unsigned flags,
                      const char *label_fmt, ...)
 {

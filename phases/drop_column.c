@@ -66,7 +66,7 @@ static int drop_column_build(phg_build_t *b)
 {
 	const drop_column_args_t *a = b->step->args;
 	const char *t = phg_qtable(b, a->table), *c = phg_q(b, a->column);
-	const char *tomb = phg_q(b, phg_derived_name(b, "_phg_dropped_", a->column));
+	const char *tomb = phg_q(b, phg_tombstone_name(b, a->column));
 	const char *chk = phg_q(b, phg_derived_name(b, "phg_nn_", a->column));
 	const phg_step_t *trg[MAX_TRG];
 	size_t ntrg = phg_sync_triggers_naming(b->plan, b->step, a->table, a->column,

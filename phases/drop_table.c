@@ -36,7 +36,7 @@ static const char *tombstone(phg_build_t *b, const char *table)
 {
 	const char *dot = strchr(table, '.');
 
-	return phg_derived_name(b, "_phg_dropped_", dot != NULL ? dot + 1 : table);
+	return phg_tombstone_name(b, dot != NULL ? dot + 1 : table);
 }
 
 static int drop_table_check(const phg_plan_t *plan, const phg_step_t *step, phg_diag_t *d)
@@ -76,7 +76,7 @@ static int drop_table_build(phg_build_t *b)
 		    "SELECT format('foreign key %%I of table %%s', c.conname, c.conrelid::regclass) "
 		    "INTO dep FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid "
 		    "WHERE c.contype = 'f' AND c.confrelid = %s AND c.conrelid <> %s "
-		    "AND NOT starts_with(r.relname, '_phg_dropped_') ORDER BY 1 LIMIT 1; "
+		    "AND NOT starts_with(r.relname, '_phg_') ORDER BY 1 LIMIT 1; "
 		    "IF dep IS NULL THEN "
 		    "SELECT format('view %%s', v.ev_class::regclass) INTO dep FROM pg_depend d "
 		    "JOIN pg_rewrite v ON v.oid = d.objid WHERE d.classid = 'pg_rewrite'::regclass "

@@ -182,6 +182,10 @@ const char *phg_qlit(phg_build_t *b, const char *s);
 /* A derived identifier: @prefix + @base, shortened with a hash suffix so it
  * fits in 63 bytes.  Deterministic.  Not quoted. */
 const char *phg_derived_name(phg_build_t *b, const char *prefix, const char *base);
+/* The name a drop_column or drop_table hides its object under:
+ * _phg_dropped_<base>, or with the plan's `finalize: manual` (the tombstone
+ * outlives the plan) _phg_<8 hex digits of the plan's name>_<base>. */
+const char *phg_tombstone_name(phg_build_t *b, const char *base);
 
 /* Start a new op; statements then go to it with phg_op_sql(). */
 phg_op_t *phg_op_new(phg_build_t *b, phg_op_kind_t kind, unsigned flags,

@@ -40,8 +40,8 @@ seed() { # DB
 workspace() {
 	mkdir -p "$1/plans"
 	sed -e 's/soak: 10s/soak: 200ms/' -e 's/interval: 1s/interval: 100ms/' \
-		"$PHG_SOURCE_DIR/plans/001-jobs-status-rewrite.yaml" >"$1/plans/001-jobs-status-rewrite.yaml"
-	grep -q "soak: 200ms" "$1/plans/001-jobs-status-rewrite.yaml" || fail "the soak override did not apply"
+		"$PHG_SOURCE_DIR/plans/005-jobs-status-rewrite.yaml" >"$1/plans/005-jobs-status-rewrite.yaml"
+	grep -q "soak: 200ms" "$1/plans/005-jobs-status-rewrite.yaml" || fail "the soak override did not apply"
 }
 url_of() { printf 'postgresql:///%s?host=%s&port=%s&user=postgres' "$1" "$PGHOST" "$PGPORT"; }
 # job CI FILE JOB... - in the current workspace; stdout+stderr in $T/job.log
@@ -67,7 +67,7 @@ PROD_DATABASE_URL=$(url_of "$prod_db")
 # staging URL (it promotes on the attestation)
 job github "$GH" validate staging || fail "the validate and staging jobs" "$(cat "$T/job.log")"
 grep -q 'ci_runner: skip validate / actions/checkout@v4' "$T/job.log" || fail "uses: steps are skipped"
-grep -q "::notice file=plans/001-jobs-status-rewrite.yaml" "$T/job.log" || fail "validate annotated"
+grep -q "::notice file=plans/005-jobs-status-rewrite.yaml" "$T/job.log" || fail "validate annotated"
 [[ -s plan.sql ]] && grep -q "ALTER TABLE" plan.sql || fail "plan.sql is the plan's SQL"
 assert_eq "staging:completed" "$(runs_of "$staging_db")" "staging applied"
 assert_contains "$(cat attestation.json)" '"hmac":"hmac-sha256:' "the attestation is signed"
@@ -75,14 +75,14 @@ grep -q '"kind":"exit".*"code":0' staging-events.jsonl || fail "the staging job 
 cp attestation.json "$T/attestation.good"
 
 # prod refuses a plan changed since staging (exit 6, the step says so)
-cp plans/001-jobs-status-rewrite.yaml "$T/plan.orig"
-sed -i 's/batch_size: 5000/batch_size: 4000/' plans/001-jobs-status-rewrite.yaml
+cp plans/005-jobs-status-rewrite.yaml "$T/plan.orig"
+sed -i 's/batch_size: 5000/batch_size: 4000/' plans/005-jobs-status-rewrite.yaml
 rc=0
 env -u STAGING_DATABASE_URL "$PY" "$RUNNER" github "$GH" prod >"$T/job.log" 2>&1 || rc=$?
 assert_eq 6 "$rc" "prod refuses a changed plan" 
 grep -q "::error::promotion refused" "$T/job.log" || fail "the step's own message" "$(cat "$T/job.log")"
 assert_eq "" "$(psql -X -A -t -d "$prod_db" -c "SELECT to_regclass('phasegate.runs')")" "nothing touched in prod"
-cp "$T/plan.orig" plans/001-jobs-status-rewrite.yaml
+cp "$T/plan.orig" plans/005-jobs-status-rewrite.yaml
 # ... an attestation tampered with
 sed 's/"run_id":1,/"run_id":7,/' "$T/attestation.good" >attestation.json
 cmp -s attestation.json "$T/attestation.good" && fail "the tamper changed nothing"
@@ -107,11 +107,11 @@ assert_contains "$(psql -X -A -t -d "$prod_db" -c "SELECT promoted_from FROM pha
 grep -q "promoted from staging run 1" "$T/job.log" || fail "the history step shows the source"
 
 # an invalid plan fails the validate job with annotations (exit 2)
-printf 'version: 1\nname: broken\nphases: []\n' >plans/001-jobs-status-rewrite.yaml
+printf 'version: 1\nname: broken\nphases: []\n' >plans/005-jobs-status-rewrite.yaml
 rc=0
 job github "$GH" validate || rc=$?
 assert_eq 2 "$rc" "an invalid plan fails validate"
-grep -q "::error file=plans/001-jobs-status-rewrite.yaml,line=" "$T/job.log" || fail "annotations" "$(cat "$T/job.log")"
+grep -q "::error file=plans/005-jobs-status-rewrite.yaml,line=" "$T/job.log" || fail "annotations" "$(cat "$T/job.log")"
 
 # ---- GitLab CI ----------------------------------------------------------------
 new_db ci_gl_staging

@@ -39,7 +39,8 @@ assert_file_contains "$T/err" "plan \"finalize-later\" cannot be finalized: it h
 
 assert_exit 0 phg apply "$T/plan.yaml"
 assert_file_contains "$T/err" "1 step(s) keep what they dropped until \`phasegate finalize\`"
-assert_eq "id,_phg_dropped_legacy,note" "$(cols)" "the column is hidden, not dropped"
+[[ $(cols) =~ ^id,_phg_[0-9a-f]{8}_legacy,note$ ]] ||
+	fail "the column is hidden (under a name of its plan's: finalize: manual), not dropped: $(cols)"
 assert_exit 0 phg status "$T/plan.yaml"
 assert_file_contains "$T/out" "state:    completed"
 assert_file_contains "$T/out" "finalize: 1 step(s) keep what they dropped"

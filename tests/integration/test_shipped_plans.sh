@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Every plan shipped in plans/ and examples/ validates; plans/001 applies
-# against a real database behind a healthy fake service, and rolls back
-# phase by phase down to its first phase.
+# Every plan shipped in plans/ and examples/ validates; plans/005 applies
+# against a real database behind a healthy fake service, rolls back phase
+# by phase down to its first phase, and is finalized (finalize: manual).
+# The whole directory round-trips in test_loom_plans.sh.
 set -euo pipefail
 # shellcheck disable=SC1090
 source "$PHG_TEST_LIB"
@@ -24,7 +25,7 @@ export APP_HEALTH_URL="http://127.0.0.1:$(cat "$T/port")/healthz"
 
 # a short soak so the test stays quick: an env override of the check
 sed -e 's/soak: 10s/soak: 200ms/' -e 's/interval: 1s/interval: 100ms/' \
-	"$PHG_SOURCE_DIR/plans/001-jobs-status-rewrite.yaml" >"$T/plan.yaml"
+	"$PHG_SOURCE_DIR/plans/005-jobs-status-rewrite.yaml" >"$T/plan.yaml"
 # a plan edit that makes the sed do nothing must fail here, not slow the test
 assert_file_contains "$T/plan.yaml" "soak: 200ms" "the soak override applied"
 assert_file_contains "$T/plan.yaml" "interval: 100ms" "the interval override applied"
@@ -37,6 +38,9 @@ assert_exit 0 phg rollback "$T/plan.yaml" --to expand
 assert_eq "1" "$(psql_q "SELECT count(*) FROM information_schema.columns WHERE table_name = 'jobs' AND column_name = 'new_status'")" "expand kept"
 assert_eq "0" "$(psql_q "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'jobs'::regclass AND NOT tgisinternal")" "trigger removed"
 assert_exit 0 phg apply "$T/plan.yaml"
+# finalize: manual: the old column stays hidden until `phasegate finalize`
+assert_eq "1" "$(psql_q "SELECT count(*) FROM pg_attribute WHERE attrelid = 'jobs'::regclass AND attname LIKE '\_phg\_%\_status' AND NOT attisdropped")" "the old column hidden"
+assert_exit 0 phg finalize "$T/plan.yaml"
 assert_eq "status" "$(psql_q "SELECT string_agg(column_name, ',') FROM information_schema.columns WHERE table_name = 'jobs' AND column_name LIKE '%status%'")" "contracted"
 assert_eq "1" "$(psql_q "SELECT count(*) FROM phasegate.backups")" "contract backup recorded"
 pass
