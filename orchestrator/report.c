@@ -298,7 +298,8 @@ static void status_phases(report_t *r, PGresult *res)
 		                                      : json_null());
 		json_object_set_new(step, "updated_at", jstr_or_null(res, i, 7));
 	}
-	/* a completed run whose irreversible drops wait for `phasegate finalize` */
+	/* a completed run whose irreversible drops wait for `phasegate finalize`
+	 * (0 otherwise, and before the first run: the same shape always) */
 	if (strcmp(json_string_value(json_object_get(r->out, "state")), "completed") == 0) {
 		size_t i, j, pending = 0;
 		json_t *ph, *step;
@@ -466,6 +467,7 @@ static void status_start(report_t *r)
 	}
 	json_object_set_new(r->out, "phases", phases);
 	json_object_set_new(r->out, "checks", json_object());
+	json_object_set_new(r->out, "finalize_pending", json_integer(0));
 	rq(r, PHG_STORE_EXISTS_SQL, 1, p, status_schema);
 }
 
