@@ -179,6 +179,43 @@ assert_exit 2 phg apply "$D" --to nosuch
 assert_file_contains "$T/err" "--to \"nosuch\": no plan \"nosuch\" in the directory"
 assert_file_contains "$T/err" "Its plans, in order: profiles, status, audit"
 
+# ---- events, report, pause of a directory: its newest run
+assert_exit 0 phg events "$D"
+assert_file_contains "$T/err" "events of plan \"audit\""
+assert_file_contains "$T/out" "run running -> completed"
+assert_exit 1 phg pause "$D"
+assert_file_contains "$T/err" "has an unfinished run"
+assert_exit 2 phg events "$D" --run 1
+assert_file_contains "$T/err" "--run N needs the plan file"
+
+# ---- promote a directory: each plan, in order, from one environment to another
+E=$T/envs
+mkdir -p "$E"
+for n in 1 2; do
+	cat >"$E/00$n-p$n.yaml" <<YAML
+version: 1
+name: promo-$n
+environments: { stage: { url_env: STAGE_URL }, live: { url_env: LIVE_URL } }
+phases:
+  - name: one
+    steps:
+      - sql: { up: "CREATE TABLE promo_$n (id int)", down: "DROP TABLE promo_$n" }
+YAML
+done
+live_db=${TEST_DB}_live
+createdb "$live_db"
+on_exit "PGOPTIONS='-c client_min_messages=warning' dropdb --if-exists --force '$live_db' >/dev/null 2>&1 || true"
+export STAGE_URL=$DATABASE_URL
+export LIVE_URL="postgresql:///${live_db}?host=${PGHOST}&port=${PGPORT}&user=postgres"
+assert_exit 6 phg promote "$E" --from stage --to live
+assert_file_contains "$T/err" "promotion of plan \"promo-1\" from \"stage\" to \"live\" refused"
+assert_exit 0 phg apply "$E" --env stage
+assert_exit 0 phg promote "$E" --from stage --to live
+assert_eq "promo_1 promo_2" "$(psql -X -A -t -d "$live_db" -c "SELECT string_agg(relname, ' ' ORDER BY relname) FROM pg_class WHERE relname LIKE 'promo%'")" \
+	"promote DIR applied each plan to the other environment"
+assert_exit 2 phg promote "$E" --attestation "$T/none.json" --to live
+assert_file_contains "$T/err" "an attestation is of one plan"
+
 # ---- rollback of the whole directory
 assert_exit 0 phg rollback "$D"
 assert_eq "" "$(psql_q "SELECT to_regclass('profiles')")" "rollback DIR reverts every plan"
