@@ -251,29 +251,38 @@ typedef struct {
 	int drift;
 } dstate_t;
 
-static int dir_states(const plandir_t *d, const phg_run_opts_t *o, dstate_t *out)
+static void states_free(dstate_t *s, size_t n);
+
+/* Each plan's state on the database, or NULL with *@rc the exit code. */
+static dstate_t *dir_states(const plandir_t *d, const phg_run_opts_t *o, int *rc)
 {
+	dstate_t *out = phg_calloc(d->n, sizeof(*out));
+
+	*rc = 0;
 	for (size_t i = 0; i < d->n; i++) {
 		phg_run_opts_t so = *o;
-		int rc;
 
 		so.json = 1;
 		so.plans = NULL;
-		rc = phg_status_json(d->v[i].plan, &so, &out[i].st);
-		if (rc != 0 || out[i].st == NULL)
-			return rc ? rc : PHG_EXIT_RUNTIME;
+		*rc = phg_status_json(d->v[i].plan, &so, &out[i].st);
+		if (*rc != 0 || out[i].st == NULL) {
+			if (*rc == 0)
+				*rc = PHG_EXIT_RUNTIME;
+			states_free(out, d->n);
+			return NULL;
+		}
 		out[i].state = json_string_value(json_object_get(out[i].st, "state"));
 		if (out[i].state == NULL)
 			out[i].state = "not_started";
 		out[i].run = (long long)json_integer_value(json_object_get(out[i].st, "run_id"));
 		out[i].drift = json_is_true(json_object_get(out[i].st, "drift"));
 	}
-	return 0;
+	return out;
 }
 
 static void states_free(dstate_t *s, size_t n)
 {
-	for (size_t i = 0; i < n; i++)
+	for (size_t i = 0; s != NULL && i < n; i++)
 		json_decref(s[i].st);
 	free(s);
 }
@@ -358,11 +367,8 @@ static int dir_apply(const plandir_t *d, const phg_run_opts_t *o)
 
 	if (o->to_phase != NULL && (to = dir_to(d, o->to_phase, &phase, name, sizeof(name))) < 0)
 		return PHG_EXIT_USAGE;
-	s = phg_calloc(d->n, sizeof(*s));
-	if ((rc = dir_states(d, o, s)) != 0) {
-		states_free(s, d->n);
+	if ((s = dir_states(d, o, &rc)) == NULL)
 		return rc;
-	}
 	for (int i = 0; i <= to; i++) {
 		phg_run_opts_t po = *o;
 		phg_plan_t *p = d->v[i].plan;
@@ -411,11 +417,8 @@ static int dir_rollback(const plandir_t *d, const phg_run_opts_t *o)
 
 	if (o->to_phase != NULL && (to = dir_to(d, o->to_phase, &phase, name, sizeof(name))) < 0)
 		return PHG_EXIT_USAGE;
-	s = phg_calloc(d->n, sizeof(*s));
-	if ((rc = dir_states(d, o, s)) != 0) {
-		states_free(s, d->n);
+	if ((s = dir_states(d, o, &rc)) == NULL)
 		return rc;
-	}
 	/* later plans first; --to NAME keeps NAME, --to NAME:PHASE reverts it down to PHASE */
 	for (int i = (int)d->n - 1; i > to || (i == to && phase != NULL); i--) {
 		phg_run_opts_t po = *o;
@@ -447,10 +450,10 @@ static int dir_rollback(const plandir_t *d, const phg_run_opts_t *o)
  * finish at once) */
 static int dir_finalize(const plandir_t *d, phg_run_opts_t *o)
 {
-	dstate_t *s = phg_calloc(d->n, sizeof(*s));
-	int rc = dir_states(d, o, s);
+	int rc;
+	dstate_t *s = dir_states(d, o, &rc);
 
-	for (size_t i = 0; rc == 0 && i < d->n; i++) {
+	for (size_t i = 0; s != NULL && rc == 0 && i < d->n; i++) {
 		if (!is_state(&s[i], "completed") || s[i].drift)
 			continue;
 		o->finalize = 1;
@@ -464,13 +467,11 @@ static int dir_finalize(const plandir_t *d, phg_run_opts_t *o)
 /* status and current: the plans' states, and where the database stands */
 static int dir_status(const plandir_t *d, const phg_run_opts_t *o, int current)
 {
-	dstate_t *s = phg_calloc(d->n, sizeof(*s));
-	int rc = dir_states(d, o, s), cur, behind = 0;
+	int rc, cur, behind = 0;
+	dstate_t *s = dir_states(d, o, &rc);
 
-	if (rc != 0) {
-		states_free(s, d->n);
+	if (s == NULL)
 		return rc;
-	}
 	cur = dir_current(d, s);
 	for (size_t i = (size_t)(cur + 1); i < d->n; i++)
 		behind++;
@@ -559,11 +560,11 @@ static int dir_status(const plandir_t *d, const phg_run_opts_t *o, int current)
  * of an unfinished one). */
 static int dir_newest(const plandir_t *d, const phg_run_opts_t *o, int unfinished, int *idx)
 {
-	dstate_t *s = phg_calloc(d->n, sizeof(*s));
-	int rc = dir_states(d, o, s);
+	int rc;
+	dstate_t *s = dir_states(d, o, &rc);
 
 	*idx = -1;
-	for (size_t i = 0; rc == 0 && i < d->n; i++) {
+	for (size_t i = 0; s != NULL && i < d->n; i++) {
 		if (s[i].run == 0)
 			continue;
 		if (unfinished && (is_state(&s[i], "completed") || is_state(&s[i], "rolled_back")))

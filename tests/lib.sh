@@ -234,6 +234,33 @@ bg_run() {
 	on_exit "_phg_kill $BG_PID"
 }
 
+# app_start SQL... - the application: a background loop that runs the SQL
+# statements (each a psql -c, ON_ERROR_STOP) in TEST_DB every 20 ms and
+# records each failed round in $T/app.err; APP_PID.  app_stop ends it and
+# fails the test if any statement failed (killed at exit in any case).
+app_start() {
+	[[ $# -gt 0 ]] || _phg_fail "$(_phg_where)" "app_start: no statement"
+	local args=() sql
+	for sql in "$@"; do args+=(-c "$sql"); done
+	: >"$T/app.err"
+	(
+		while :; do
+			psql -X -q -d "$TEST_DB" -v ON_ERROR_STOP=1 "${args[@]}" >/dev/null 2>>"$T/app.err" ||
+				echo "a statement of the application failed" >>"$T/app.err"
+			sleep 0.02
+		done
+	) &
+	APP_PID=$!
+	on_exit "_phg_kill $APP_PID"
+}
+
+app_stop() {
+	kill "$APP_PID" 2>/dev/null || true
+	wait "$APP_PID" 2>/dev/null || true
+	[[ ! -s $T/app.err ]] ||
+		_phg_fail "$(_phg_where)" "the application saw failed statements:" "$(head -20 "$T/app.err")"
+}
+
 # fake_http NAME MODE - start the fake HTTP service (FAKEHTTP) in MODE in the
 # background (killed at exit); its port in FAKE_PORT.
 fake_http() {

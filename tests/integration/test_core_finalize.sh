@@ -23,16 +23,7 @@ phases:
 YAML
 cols() { psql_q "SELECT string_agg(attname, ',' ORDER BY attnum) FROM pg_attribute WHERE attrelid = 'jobs'::regclass AND attnum > 0 AND NOT attisdropped"; }
 
-writer() {
-	while :; do
-		psql -X -q -d "$TEST_DB" -c "INSERT INTO jobs (note) VALUES ('w')" >/dev/null 2>>"$T/writer.err" ||
-			echo "insert failed" >>"$T/writer.err"
-		sleep 0.02
-	done
-}
-writer &
-wpid=$!
-on_exit "kill $wpid 2>/dev/null || true"
+app_start "INSERT INTO jobs (note) VALUES ('w')"
 
 assert_exit 2 phg finalize "$T/plan.yaml"
 assert_file_contains "$T/err" "plan \"finalize-later\" cannot be finalized: it has no run on this database"
@@ -67,7 +58,5 @@ assert_exit 0 phg finalize "$T/plan.yaml" # nothing left: done at once
 assert_exit 4 phg rollback "$T/plan.yaml"
 assert_file_contains "$T/err" "made permanent"
 
-kill "$wpid" 2>/dev/null || true
-wait "$wpid" 2>/dev/null || true
-[[ ! -s $T/writer.err ]] || fail "the application saw failed statements:" "$(cat "$T/writer.err")"
+app_stop
 pass

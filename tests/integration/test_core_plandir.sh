@@ -66,16 +66,7 @@ assert_file_contains "$T/out" "-- ===== plan 2/3: $D/002-status.yaml ====="
 assert_file_contains "$T/out" "-- requires the completed plans: profiles"
 
 # ---- the application writes throughout
-writer() {
-	while :; do
-		psql -X -q -d "$TEST_DB" -c "INSERT INTO accounts (email) VALUES ('a@b')" >/dev/null 2>>"$T/writer.err" ||
-			echo "insert failed" >>"$T/writer.err"
-		sleep 0.02
-	done
-}
-writer &
-wpid=$!
-on_exit "kill $wpid 2>/dev/null || true"
+app_start "INSERT INTO accounts (email) VALUES ('a@b')"
 
 assert_exit 0 phg current "$D"
 assert_file_contains "$T/out" "current: none"
@@ -220,7 +211,5 @@ assert_file_contains "$T/err" "an attestation is of one plan"
 assert_exit 0 phg rollback "$D"
 assert_eq "" "$(psql_q "SELECT to_regclass('profiles')")" "rollback DIR reverts every plan"
 
-kill "$wpid" 2>/dev/null || true
-wait "$wpid" 2>/dev/null || true
-[[ ! -s $T/writer.err ]] || fail "the application saw failed statements:" "$(cat "$T/writer.err")"
+app_stop
 pass

@@ -38,19 +38,9 @@ schema() {
 assert_exit 0 phg apply plans --to loom-initial
 psql_q "INSERT INTO repositories (full_name) VALUES ('loom/app');
 	INSERT INTO jobs (repository_id, kind, status) SELECT 1, 'review', (ARRAY['queued','done'])[1 + g % 2] FROM generate_series(1, 3000) g" >/dev/null
-app() {
-	while :; do
-		psql -X -q -d "$TEST_DB" -v ON_ERROR_STOP=1 \
-			-c "INSERT INTO jobs (repository_id, kind, status) VALUES (1, 'review', 'queued')" \
-			-c "UPDATE jobs SET status = 'done', finished_at = now() WHERE id = (SELECT max(id) FROM jobs)" \
-			-c "SELECT count(*) FROM repositories WHERE full_name = 'loom/app'" >/dev/null 2>>"$T/app.err" ||
-			echo "a statement failed" >>"$T/app.err"
-		sleep 0.02
-	done
-}
-app &
-APP_PID=$!
-on_exit "kill $APP_PID 2>/dev/null || true"
+app_start "INSERT INTO jobs (repository_id, kind, status) VALUES (1, 'review', 'queued')" \
+	"UPDATE jobs SET status = 'done', finished_at = now() WHERE id = (SELECT max(id) FROM jobs)" \
+	"SELECT count(*) FROM repositories WHERE full_name = 'loom/app'"
 
 # ---- apply all
 assert_exit 0 phg apply plans
@@ -71,9 +61,7 @@ assert_eq "character varying(20)" "$(psql_q "SELECT format_type(atttypid, atttyp
 assert_eq "" "$(psql_q "SELECT to_regtype('job_status')")" "the enum type is dropped"
 assert_eq "0" "$(psql_q "SELECT count(*) FROM pg_attribute WHERE attrelid = 'jobs'::regclass AND attnum > 0 AND NOT attisdropped AND attname LIKE '%phg%'")" \
 	"no hidden column left"
-kill "$APP_PID" 2>/dev/null || true
-wait "$APP_PID" 2>/dev/null || true
-[[ ! -s $T/app.err ]] || fail "the application saw failed statements:" "$(cat "$T/app.err")"
+app_stop
 assert_eq "t" "$(psql_q "SELECT count(*) > 3000 FROM jobs")" "the application's rows are there"
 
 # ---- roll everything back: an empty database
