@@ -19,7 +19,7 @@
 #                       fails); the default is 1 under CI and 0 otherwise
 #   PHG_FUZZ=1          also run scripts/fuzz.sh (libFuzzer targets with
 #                       clang, ASan+UBSan, regressions replayed) for
-#                       PHG_FUZZ_SECONDS (default 60) in all; the default is
+#                       PHG_FUZZ_SECONDS (default 40) in all; the default is
 #                       1 under CI and 0 otherwise
 #   PHG_SKIP_BOOTSTRAP=1  do not run scripts/bootstrap.sh
 #   PHG_CTEST_ARGS      extra arguments for ctest (e.g. "-R test_buf")
@@ -118,7 +118,7 @@ fi
 
 if [[ $(ci_default "${PHG_FUZZ:-}") == 1 ]]; then
 	frc=0
-	bash scripts/fuzz.sh "${PHG_FUZZ_SECONDS:-60}" || frc=$?
+	bash scripts/fuzz.sh "${PHG_FUZZ_SECONDS:-40}" || frc=$?
 	if [[ $rc -eq 0 ]]; then
 		rc=$frc
 	fi
