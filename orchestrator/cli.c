@@ -322,7 +322,11 @@ static void render_plan(const phg_plan_t *plan, const int *done, phg_buf_t *out)
 			for (size_t i = 0; i < plan->phases[p].nsteps; i++)
 				render_step(plan, &plan->phases[p].steps[i], PHG_DIR_FINALIZE, &fin);
 		}
-		if (fin.len > 0)
+		if (fin.len > 0 && plan->settings.finalize == PHG_FINALIZE_MANUAL)
+			phg_buf_printf(out, "-- ===== when every phase is applied; the drops only at "
+			                    "`phasegate finalize` (finalize: manual) =====\n%s",
+			               fin.data);
+		else if (fin.len > 0)
 			phg_buf_printf(out, "-- ===== when every phase is applied =====\n%s", fin.data);
 		phg_buf_free(&fin);
 	}
