@@ -23,6 +23,7 @@
 #                       1 under CI and 0 otherwise
 #   PHG_SKIP_BOOTSTRAP=1  do not run scripts/bootstrap.sh
 #   PHG_CTEST_ARGS      extra arguments for ctest (e.g. "-R test_buf")
+#   PHG_CTEST_JOBS      tests run in parallel (default: the cores + 1)
 #
 # The exit code is ctest's (the first failing one with PHG_SANITIZE=1).
 set -euo pipefail
@@ -36,6 +37,9 @@ fi
 read -r -a extra_cmake <<<"${PHG_CMAKE_ARGS:-}"
 read -r -a extra_ctest <<<"${PHG_CTEST_ARGS:-}"
 jobs=$(nproc 2>/dev/null || echo 2)
+# tests in parallel: one more than the cores, since most of them wait on
+# PostgreSQL, sleeps or a child for much of their time (PHG_CTEST_JOBS)
+ctest_jobs=${PHG_CTEST_JOBS:-$((jobs + 1))}
 
 # build_and_test DIR [CMAKE_ARGS...] -> ctest's exit code (or the failing
 # configure/build step's).  Called in a `||` list, where `set -e` does not
@@ -49,7 +53,7 @@ build_and_test() {
 	printf 'test.sh: building %s\n' "$dir"
 	cmake --build "$dir" -j"$jobs" || return $?
 	printf 'test.sh: testing %s\n' "$dir"
-	ctest --test-dir "$dir" --output-on-failure --no-tests=error -j2 \
+	ctest --test-dir "$dir" --output-on-failure --no-tests=error -j"$ctest_jobs" \
 		--timeout 600 "${extra_ctest[@]}" || rc=$?
 	return "$rc"
 }
