@@ -44,6 +44,8 @@ struct report_s {
 	uv_timer_t poll;  /* events --follow */
 	long long last_event;
 	int nevents;
+	int quiet_polls; /* events --follow: polls with nothing new since the run ended */
+	int last_look;   /* events --follow: the lock is free; one more poll, then the end */
 	json_t **keep; /* status: hand the object to the caller instead of printing */
 	const char *url_env; /* the variable the database comes from */
 	int interrupted;     /* the run shows as interrupted: so do its running parts */
@@ -692,12 +694,27 @@ static void events_rows(report_t *r, PGresult *res)
 		events_poll(r); /* more are waiting */
 		return;
 	}
-	if (r->o->follow && strcmp(PQgetvalue(res, n - 1, 10), "running") == 0 &&
-	    strcmp(PQgetvalue(res, n - 1, 11), "t") == 0) {
-		uv_timer_start(&r->poll, events_timer, 500, 0);
-		return;
+	if (r->o->follow) {
+		int running = strcmp(PQgetvalue(res, n - 1, 10), "running") == 0;
+		int locked = strcmp(PQgetvalue(res, n - 1, 11), "t") == 0;
+
+		/* A run's events are written on its second connection, so its
+		 * last ones may commit after the transition that ends it, and
+		 * even after the lock (held by the first) is let go: while its
+		 * process holds the plan's lock, keep reading (a finished run:
+		 * until 2 s pass with nothing new -- the lock may be a later
+		 * run's); once the lock is free, read once more. */
+		r->quiet_polls = got > 0 ? 0 : r->quiet_polls + 1;
+		if (locked && (running || r->quiet_polls < 4)) {
+			uv_timer_start(&r->poll, events_timer, 500, 0);
+			return;
+		}
+		if (!locked && !r->last_look) {
+			r->last_look = 1;
+			uv_timer_start(&r->poll, events_timer, 300, 0);
+			return;
+		}
 	}
-	(void)got;
 	report_end(r, PHG_EXIT_OK);
 }
 
