@@ -212,7 +212,7 @@ static int run_engine(phg_plan_t *plan, const phg_run_opts_t *o, phg_engine_mode
 	}
 	if (env_preflight(plan) != 0)
 		return PHG_EXIT_USAGE;
-	if (confirm_protected(plan, o, mode) != 0)
+	if (!o->check_only && confirm_protected(plan, o, mode) != 0)
 		return PHG_EXIT_USAGE;
 	/* A connection lost mid-run (the server restarted, a failover): a new
 	 * engine reconnects -- with backoff, up to connect_retries attempts --

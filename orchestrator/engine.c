@@ -665,7 +665,7 @@ static void rollback_state_loaded(engine_t *e)
 	if (hi <= e->rb_lo) {
 		phg_log(PHG_LOG_INFO, &e->log, "nothing to roll back%s",
 		        e->rb_lo >= 0 ? " after that phase" : "");
-		if (e->rb_lo < 0) {
+		if (e->rb_lo < 0 && !e->o->check_only) {
 			/* a run that never got past its start: it is over */
 			snprintf(e->run_action, sizeof(e->run_action), "rollback");
 			phg_eng_set_state(e, PHG_LVL_RUN, 0, 0, PHG_RUN_ROLLED_BACK, "rolled back (nothing applied)",
@@ -679,6 +679,11 @@ static void rollback_state_loaded(engine_t *e)
 	if (phg_eng_precheck_revert(e, hi, e->rb_lo, &err) != 0) {
 		phg_eng_report(e, PHG_LOG_ERROR, &err);
 		phg_eng_exit(e, PHG_EXIT_ROLLBACK_FAILED);
+		return;
+	}
+	if (e->o->check_only) {
+		phg_log(PHG_LOG_DEBUG, &e->log, "run %lld can be rolled back", e->run_id);
+		phg_eng_exit_ok(e);
 		return;
 	}
 	phg_log(PHG_LOG_INFO, &e->log, "rolling back run %lld: phases \"%s\" down to %s%s%s", e->run_id,

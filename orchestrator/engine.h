@@ -42,6 +42,9 @@ typedef struct phg_run_opts_s {
 	const phg_strv_t *plans; /* history of a directory: only the runs of these plans */
 	int finalize;         /* `phasegate finalize`: the completed run's deferred
 	                       * finalize ops (settings.finalize: manual) */
+	int check_only;       /* rollback: check that it can be done (the lock, the
+	                       * Alembic revision, every step revertible), change
+	                       * nothing, exit 0 or the code the rollback would have */
 } phg_run_opts_t;
 
 /*

@@ -419,6 +419,29 @@ static int dir_rollback(const plandir_t *d, const phg_run_opts_t *o)
 		return PHG_EXIT_USAGE;
 	if ((s = dir_states(d, o, &rc)) == NULL)
 		return rc;
+	/* every plan to revert can be, before any is touched: the lock, the
+	 * Alembic revision, each step revertible (what one plan's rollback
+	 * checks first) */
+	for (int i = (int)d->n - 1; i > to || (i == to && phase != NULL); i--) {
+		phg_run_opts_t po = *o;
+		phg_log_level_t was = phg_log_get_level();
+
+		if (is_state(&s[i], "not_started") || is_state(&s[i], "rolled_back"))
+			continue;
+		po.to_phase = i == to ? phase : NULL;
+		po.check_only = 1;
+		if (was < PHG_LOG_WARN)
+			phg_log_set_level(PHG_LOG_WARN);
+		rc = phg_cmd_rollback(d->v[i].plan, &po);
+		phg_log_set_level(was);
+		if (rc != 0) {
+			phg_log(PHG_LOG_ERROR, NULL, "rollback of the directory refused: plan \"%s\" (%s) "
+			                             "cannot be rolled back (exit %d); no plan was touched",
+			        d->v[i].plan->name, d->v[i].path, rc);
+			states_free(s, d->n);
+			return rc;
+		}
+	}
 	/* later plans first; --to NAME keeps NAME, --to NAME:PHASE reverts it down to PHASE */
 	for (int i = (int)d->n - 1; i > to || (i == to && phase != NULL); i--) {
 		phg_run_opts_t po = *o;

@@ -207,6 +207,35 @@ assert_eq "promo_1 promo_2" "$(psql -X -A -t -d "$live_db" -c "SELECT string_agg
 assert_exit 2 phg promote "$E" --attestation "$T/none.json" --to live
 assert_file_contains "$T/err" "an attestation is of one plan"
 
+# ---- a plan that cannot be rolled back: the directory's rollback is refused
+# before any plan is touched (the later, revertible one stays applied)
+I=$T/irrev
+mkdir -p "$I"
+cat >"$I/001-oneway.yaml" <<'YAML'
+version: 1
+name: oneway
+phases:
+  - name: one
+    steps:
+      - sql: { up: "CREATE TABLE oneway (id int)" }
+YAML
+cat >"$I/002-twoway.yaml" <<'YAML'
+version: 1
+name: twoway
+phases:
+  - name: one
+    steps:
+      - sql: { up: "CREATE TABLE twoway (id int)", down: "DROP TABLE twoway" }
+YAML
+assert_exit 0 phg apply "$I"
+assert_exit 4 phg rollback "$I"
+assert_file_contains "$T/err" "rollback of the directory refused: plan \"oneway\" ($I/001-oneway.yaml) cannot be rolled back (exit 4); no plan was touched"
+assert_eq "twoway" "$(psql_q "SELECT to_regclass('twoway')")" "the later plan was not rolled back"
+assert_eq "completed" "$(psql_q "SELECT state FROM phasegate.runs WHERE plan = 'twoway' ORDER BY id DESC LIMIT 1")" \
+	"and its run is still completed"
+assert_exit 0 phg rollback "$I" --to oneway
+assert_eq "" "$(psql_q "SELECT to_regclass('twoway')")" "--to oneway reverts only the later plan"
+
 # ---- rollback of the whole directory
 assert_exit 0 phg rollback "$D"
 assert_eq "" "$(psql_q "SELECT to_regclass('profiles')")" "rollback DIR reverts every plan"
