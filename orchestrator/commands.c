@@ -323,6 +323,38 @@ int phg_plan_as_recorded(const phg_plan_t *plan, const phg_run_opts_t *o, const 
 	return 0;
 }
 
+/* A plan another applied plan requires stays: roll that one back first. */
+static int dependents_check(const phg_plan_t *plan, const phg_run_opts_t *o)
+{
+	json_t *deps = NULL, *d;
+	size_t i;
+	int rc = phg_dependents(plan, o, &deps), bad = 0;
+
+	if (rc != 0) {
+		json_decref(deps);
+		return rc;
+	}
+	json_array_foreach(deps, i, d) {
+		const char *name = json_string_value(json_object_get(d, "plan"));
+		int ours = 0;
+
+		for (size_t k = 0; o->reverting != NULL && k < o->reverting->n; k++)
+			ours |= strcmp(o->reverting->v[k], name) == 0;
+		if (ours)
+			continue;
+		phg_log(PHG_LOG_ERROR, NULL, "plan \"%s\" cannot be rolled back: plan \"%s\" requires "
+		                             "it and is still applied (run %lld, %s)",
+		        plan->name, name, (long long)json_integer_value(json_object_get(d, "run_id")),
+		        json_string_value(json_object_get(d, "state")));
+		phg_log_note("HINT", "Roll \"%s\" back first, or the directory of plans (`rollback "
+		                     "DIR --to`), which reverts later plans first. Nothing was changed.",
+		             name);
+		bad = 1;
+	}
+	json_decref(deps);
+	return bad ? PHG_EXIT_USAGE : 0;
+}
+
 int phg_cmd_rollback(phg_plan_t *plan, const phg_run_opts_t *o)
 {
 	phg_plan_t *rec = NULL;
@@ -330,6 +362,10 @@ int phg_cmd_rollback(phg_plan_t *plan, const phg_run_opts_t *o)
 
 	if (rc != 0)
 		return rc;
+	if ((rc = dependents_check(plan, o)) != 0) {
+		phg_plan_free(rec);
+		return rc;
+	}
 	rc = run_engine(rec ? rec : plan, o, PHG_ENGINE_ROLLBACK);
 	phg_plan_free(rec);
 	return rc;

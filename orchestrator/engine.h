@@ -42,6 +42,8 @@ typedef struct phg_run_opts_s {
 	const phg_strv_t *plans; /* history of a directory: only the runs of these plans */
 	int finalize;         /* `phasegate finalize`: the completed run's deferred
 	                       * finalize ops (settings.finalize: manual) */
+	const phg_strv_t *reverting; /* rollback DIR: the plans this command reverts
+	                              * (their requiring another is no obstacle) */
 	int check_only;       /* rollback: check that it can be done (the lock, the
 	                       * Alembic revision, every step revertible), change
 	                       * nothing, exit 0 or the code the rollback would have */
@@ -110,6 +112,11 @@ int phg_cmd_report(phg_plan_t *plan, const phg_run_opts_t *o);
  * and waits, keeping its lock, until resumed.  Exit 0, or 1 when there is no
  * such run. */
 int phg_cmd_pause(phg_plan_t *plan, const phg_run_opts_t *o, int pause);
+/* The plans applied on @plan's database (and environment) that require it
+ * (`requires:`, as their newest run recorded it), not rolled back: a JSON
+ * array of {plan, run_id, state} in *@out (NULL when none ever ran).  0, or
+ * an exit code. */
+int phg_dependents(const phg_plan_t *plan, const phg_run_opts_t *o, struct json_t **out);
 /* A plan's `requires:` (plan names): each must be completed on the plan's
  * database.  0, or exit 2 after saying which is not (and its state). */
 int phg_requires_check(const phg_plan_t *plan, const phg_run_opts_t *o);

@@ -408,6 +408,49 @@ static int dir_apply(const plandir_t *d, const phg_run_opts_t *o)
 	return PHG_EXIT_OK;
 }
 
+/* one pass of rollback DIR over the plans it reverts, later ones first
+ * (--to NAME keeps NAME, --to NAME:PHASE reverts it down to PHASE); @check:
+ * each plan's rollback only checks (nothing is written) */
+static int rollback_pass(const plandir_t *d, const phg_run_opts_t *o, const dstate_t *s,
+                         int to, const char *phase, int check, int *any)
+{
+	phg_strv_t reverting = {0};
+	int rc = 0;
+
+	/* a plan reverted by this command requiring another is no obstacle */
+	for (int i = (int)d->n - 1; i > to; i--)
+		phg_strv_push(&reverting, d->v[i].plan->name);
+	for (int i = (int)d->n - 1; rc == 0 && (i > to || (i == to && phase != NULL)); i--) {
+		phg_run_opts_t po = *o;
+		phg_plan_t *p = d->v[i].plan;
+		phg_log_level_t was = phg_log_get_level();
+
+		if (is_state(&s[i], "not_started") || is_state(&s[i], "rolled_back"))
+			continue;
+		po.to_phase = i == to ? phase : NULL;
+		po.reverting = &reverting;
+		po.check_only = check;
+		if (check && was < PHG_LOG_WARN)
+			phg_log_set_level(PHG_LOG_WARN);
+		if (!check)
+			phg_log(PHG_LOG_INFO, NULL, "rolling back plan %d/%zu: \"%s\" (%s, %s)", i + 1,
+			        d->n, p->name, d->v[i].path, s[i].state);
+		*any = 1;
+		rc = phg_cmd_rollback(p, &po);
+		phg_log_set_level(was);
+		if (rc != 0 && check)
+			phg_log(PHG_LOG_ERROR, NULL, "rollback of the directory refused: plan \"%s\" (%s) "
+			                             "cannot be rolled back (exit %d); no plan was touched",
+			        p->name, d->v[i].path, rc);
+		else if (rc != 0)
+			phg_log(PHG_LOG_ERROR, NULL, "rollback of the directory stopped at plan \"%s\" (%s, "
+			                             "exit %d): the plans before it were not touched",
+			        p->name, d->v[i].path, rc);
+	}
+	phg_strv_clear(&reverting);
+	return rc;
+}
+
 static int dir_rollback(const plandir_t *d, const phg_run_opts_t *o)
 {
 	int to = -1, rc, any = 0;
@@ -420,53 +463,16 @@ static int dir_rollback(const plandir_t *d, const phg_run_opts_t *o)
 	if ((s = dir_states(d, o, &rc)) == NULL)
 		return rc;
 	/* every plan to revert can be, before any is touched: the lock, the
-	 * Alembic revision, each step revertible (what one plan's rollback
-	 * checks first) */
-	for (int i = (int)d->n - 1; i > to || (i == to && phase != NULL); i--) {
-		phg_run_opts_t po = *o;
-		phg_log_level_t was = phg_log_get_level();
-
-		if (is_state(&s[i], "not_started") || is_state(&s[i], "rolled_back"))
-			continue;
-		po.to_phase = i == to ? phase : NULL;
-		po.check_only = 1;
-		if (was < PHG_LOG_WARN)
-			phg_log_set_level(PHG_LOG_WARN);
-		rc = phg_cmd_rollback(d->v[i].plan, &po);
-		phg_log_set_level(was);
-		if (rc != 0) {
-			phg_log(PHG_LOG_ERROR, NULL, "rollback of the directory refused: plan \"%s\" (%s) "
-			                             "cannot be rolled back (exit %d); no plan was touched",
-			        d->v[i].plan->name, d->v[i].path, rc);
-			states_free(s, d->n);
-			return rc;
-		}
-	}
-	/* later plans first; --to NAME keeps NAME, --to NAME:PHASE reverts it down to PHASE */
-	for (int i = (int)d->n - 1; i > to || (i == to && phase != NULL); i--) {
-		phg_run_opts_t po = *o;
-		phg_plan_t *p = d->v[i].plan;
-
-		if (is_state(&s[i], "not_started") || is_state(&s[i], "rolled_back"))
-			continue;
-		po.to_phase = i == to ? phase : NULL;
-		phg_log(PHG_LOG_INFO, NULL, "rolling back plan %d/%zu: \"%s\" (%s, %s)", i + 1, d->n,
-		        p->name, d->v[i].path, s[i].state);
-		any = 1;
-		rc = phg_cmd_rollback(p, &po);
-		if (rc != 0) {
-			phg_log(PHG_LOG_ERROR, NULL, "rollback of the directory stopped at plan \"%s\" (%s, "
-			                             "exit %d): the plans before it were not touched",
-			        p->name, d->v[i].path, rc);
-			states_free(s, d->n);
-			return rc;
-		}
-	}
-	if (!any)
+	 * Alembic revision, the plans requiring it, each step revertible (what
+	 * one plan's rollback checks first) */
+	rc = rollback_pass(d, o, s, to, phase, 1, &any);
+	if (rc == 0)
+		rc = rollback_pass(d, o, s, to, phase, 0, &any);
+	if (rc == 0 && !any)
 		phg_log(PHG_LOG_INFO, NULL, "nothing to roll back: no plan %s of \"%s\" is applied",
 		        to >= 0 ? "after the one named" : "", d->dir);
 	states_free(s, d->n);
-	return PHG_EXIT_OK;
+	return rc;
 }
 
 /* finalize DIR: each completed plan, in order (those with nothing left

@@ -823,6 +823,33 @@ static void recorded_row(report_t *r, PGresult *res)
 	report_end(r, PHG_EXIT_OK);
 }
 
+static void dependents_rows(report_t *r, PGresult *res)
+{
+	*r->keep = json_array();
+	for (int i = 0; i < PQntuples(res); i++)
+		json_array_append_new(*r->keep,
+		                      json_pack("{s:s,s:I,s:s}", "plan", PQgetvalue(res, i, 0), "run_id",
+		                                (json_int_t)phg_db_num(PQgetvalue(res, i, 1), 1,
+		                                                       LLONG_MAX, 0, NULL),
+		                                "state", PQgetvalue(res, i, 2)));
+	report_end(r, PHG_EXIT_OK);
+}
+
+static void dependents_schema(report_t *r, PGresult *res)
+{
+	phg_buf_t b;
+	const char *p[2] = {r->plan->name, r->o->env};
+
+	if (PQgetisnull(res, 0, 0)) {
+		report_end(r, PHG_EXIT_OK); /* nothing ever ran here */
+		return;
+	}
+	phg_buf_init(&b, 64 * 1024);
+	phg_store_dependents_sql(&b, r->schema_q);
+	rq(r, b.data, 2, p, dependents_rows);
+	phg_buf_free(&b);
+}
+
 static void recorded_schema(report_t *r, PGresult *res)
 {
 	phg_buf_t b;
@@ -850,7 +877,8 @@ static void report_connected(phg_pg_t *pg, int status, const phg_err_t *err)
 		const char *p[1] = {r->schema};
 
 		rq(r, PHG_STORE_EXISTS_SQL, 1, p,
-		   r->history == 6   ? report_schema
+		   r->history == 7   ? dependents_schema
+		   : r->history == 6 ? report_schema
 		   : r->history == 5 ? events_schema
 		   : r->history == 4 ? recorded_schema
 		                     : pause_schema);
@@ -945,6 +973,12 @@ int phg_status_json(phg_plan_t *plan, const phg_run_opts_t *o, json_t **out)
 {
 	*out = NULL;
 	return report_run(plan, o, 0, out);
+}
+
+int phg_dependents(const phg_plan_t *plan, const phg_run_opts_t *o, json_t **out)
+{
+	*out = NULL;
+	return report_run(plan, o, 7, out);
 }
 
 int phg_last_run_record(const phg_plan_t *plan, const phg_run_opts_t *o, json_t **out)

@@ -305,6 +305,19 @@ void phg_store_last_run_sql(phg_buf_t *out, const char *schema_q)
 	               schema_q);
 }
 
+void phg_store_dependents_sql(phg_buf_t *out, const char *schema_q)
+{
+	/* the newest run of every other plan of the environment, not rolled
+	 * back, whose recorded plan requires $1 */
+	phg_buf_printf(out,
+	               "SELECT r.plan, r.id, r.state FROM %s.runs r WHERE r.plan <> $1 "
+	               "AND r.id = (SELECT max(x.id) FROM %s.runs x WHERE x.plan = r.plan "
+	               "AND x.env = r.env) AND r.env = coalesce($2, '') "
+	               "AND r.state <> 'rolled_back' AND " COL("plan_json") " IS NOT NULL "
+	               "AND (" COL("plan_json") ")::jsonb -> 'requires' ? $1 ORDER BY r.id",
+	               schema_q, schema_q);
+}
+
 void phg_store_load_run_sql(phg_buf_t *out, const char *schema_q, long long run)
 {
 	phg_buf_adds(out, "SELECT p.idx, p.state, s.idx, ");

@@ -156,6 +156,10 @@ void phg_store_sweep_sql(phg_buf_t *out, const char *schema_q, long long run, in
 /* The newest run of plan $1: id, checksum, state, action, the plan as
  * applied (canonical form; NULL for runs of an older phasegate). */
 void phg_store_last_run_sql(phg_buf_t *out, const char *schema_q);
+/* The plans applied on the database ($2: its environment, NULL none)
+ * whose newest run is not rolled back and requires plan $1: plan, id,
+ * state. */
+void phg_store_dependents_sql(phg_buf_t *out, const char *schema_q);
 /* Every phase of @run with its steps: p.idx, p.state, s.idx, the step
  * columns, and whether a verified backup of the phase's attempt exists. */
 void phg_store_load_run_sql(phg_buf_t *out, const char *schema_q, long long run);

@@ -110,6 +110,12 @@ assert_exit 0 phg history "$D" --json
 assert_eq "audit,profiles,status" "$(python3 -c 'import json,sys; print(",".join(sorted({r["plan"] for r in json.load(open(sys.argv[1]))})))' "$T/out")" \
 	"history DIR lists the runs of its plans"
 
+# ---- one plan file that an applied plan requires: its rollback is refused
+assert_exit 2 phg rollback "$D/002-status.yaml"
+assert_file_contains "$T/err" "plan \"status\" cannot be rolled back: plan \"audit\" requires it and is still applied"
+assert_eq "1" "$(psql_q "SELECT count(*) FROM information_schema.columns WHERE table_name = 'accounts' AND column_name = 'status'")" \
+	"nothing was changed"
+
 # ---- rollback DIR --to NAME: later plans, in reverse order
 assert_exit 0 phg rollback "$D" --to profiles
 assert_file_contains "$T/err" "rolling back plan 3/3: \"audit\""
