@@ -27,6 +27,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,13 +45,16 @@ typedef struct {
 	char *path;
 	char *base; /* file name without .yaml/.yml */
 	phg_plan_t *plan;
+	json_t *diags; /* validate --format json: its diagnostics */
 } dplan_t;
 
 typedef struct {
 	const char *dir;
 	dplan_t *v;
 	size_t n;
-	phg_strv_t names; /* the plans' names, for history */
+	phg_strv_t names;      /* the plans' names, for history */
+	phg_diag_format_t fmt; /* validate --format: how errors are said */
+	json_t *diags;         /* --format json: the directory's own errors */
 } plandir_t;
 
 static int by_path(const void *a, const void *b)
@@ -64,9 +68,11 @@ static void dir_free(plandir_t *d)
 		phg_plan_free(d->v[i].plan);
 		free(d->v[i].path);
 		free(d->v[i].base);
+		json_decref(d->v[i].diags);
 	}
 	free(d->v);
 	phg_strv_clear(&d->names);
+	json_decref(d->diags);
 	memset(d, 0, sizeof(*d));
 }
 
@@ -114,6 +120,7 @@ static int dir_list(plandir_t *d, const char *dir)
 		d->v[d->n].path = path;
 		d->v[d->n].base = phg_asprintf("%.*s", (int)(ext - de->d_name), de->d_name);
 		d->v[d->n].plan = NULL;
+		d->v[d->n].diags = NULL;
 		d->n++;
 	}
 	closedir(dh);
@@ -135,9 +142,31 @@ static int dir_find(const plandir_t *d, const char *name)
 	return -1;
 }
 
+/* An error of the directory about plan file @file: a line on stderr, a
+ * GitHub annotation, or a diagnostic of the --format json document. */
+static void dir_error(plandir_t *d, const char *file, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void dir_error(plandir_t *d, const char *file, const char *fmt, ...)
+{
+	char msg[1024];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (d->fmt == PHG_DIAG_GITHUB)
+		printf("::error file=%s::%s\n", file, msg);
+	else if (d->fmt == PHG_DIAG_COLLECT && d->diags != NULL)
+		json_array_append_new(d->diags, json_pack("{s:s,s:s,s:n,s:n,s:s}", "severity", "error",
+		                                          "file", file, "line", "col", "message", msg));
+	else
+		phg_log_plain(PHG_LOG_ERROR, "%s: %s", file, msg);
+}
+
 /* The directory's own rules, once every plan loaded: unique names, and
  * each `requires` an earlier plan.  Every violation is said; 0 or 2. */
-static int dir_rules(const plandir_t *d)
+static int dir_rules(plandir_t *d)
 {
 	int bad = 0;
 
@@ -146,27 +175,29 @@ static int dir_rules(const plandir_t *d)
 		int j = dir_find(d, p->name);
 
 		if (j >= 0 && (size_t)j < i) {
-			phg_log_plain(PHG_LOG_ERROR, "%s: plan name \"%s\" is also the name of %s",
-			              d->v[i].path, p->name, d->v[j].path);
-			phg_log_note("HINT", "Each plan of a directory has a name of its own: the "
-			                     "database records runs by plan name.");
+			dir_error(d, d->v[i].path, "plan name \"%s\" is also the name of %s", p->name,
+			          d->v[j].path);
+			if (d->fmt == PHG_DIAG_TEXT)
+				phg_log_note("HINT", "Each plan of a directory has a name of its own: the "
+				                     "database records runs by plan name.");
 			bad = 1;
 		}
 		for (size_t r = 0; r < p->requires.n; r++) {
 			int k = dir_find(d, p->requires.v[r]);
 
 			if (k < 0) {
-				phg_log_plain(PHG_LOG_ERROR, "%s: plan \"%s\" requires plan \"%s\", which is "
-				                             "not in the directory \"%s\"",
-				              d->v[i].path, p->name, p->requires.v[r], d->dir);
+				dir_error(d, d->v[i].path, "plan \"%s\" requires plan \"%s\", which is not in "
+				                           "the directory \"%s\"",
+				          p->name, p->requires.v[r], d->dir);
 				bad = 1;
 			} else if ((size_t)k > i) {
-				phg_log_plain(PHG_LOG_ERROR, "%s: plan \"%s\" requires plan \"%s\", but %s "
-				                             "comes after it in file-name order",
-				              d->v[i].path, p->name, p->requires.v[r], d->v[k].path);
-				phg_log_note("HINT", "Plans run in file-name order: rename the files so "
-				                     "that \"%s\" sorts before \"%s\".",
-				             d->v[k].base, d->v[i].base);
+				dir_error(d, d->v[i].path, "plan \"%s\" requires plan \"%s\", but %s comes "
+				                           "after it in file-name order",
+				          p->name, p->requires.v[r], d->v[k].path);
+				if (d->fmt == PHG_DIAG_TEXT)
+					phg_log_note("HINT", "Plans run in file-name order: rename the files so "
+					                     "that \"%s\" sorts before \"%s\".",
+					             d->v[k].base, d->v[i].base);
 				bad = 1;
 			}
 		}
@@ -174,26 +205,39 @@ static int dir_rules(const plandir_t *d)
 	return bad ? PHG_EXIT_USAGE : 0;
 }
 
-/* List and load @dir; every plan's diagnostics are printed.  0, or 2. */
-static int dir_load(plandir_t *d, const char *dir, const char *env)
+/* List and load @dir; every plan's diagnostics are said (@fmt: as
+ * validate --format asks).  0, or 2. */
+static int dir_load(plandir_t *d, const char *dir, const char *env, phg_diag_format_t fmt)
 {
 	int rc = dir_list(d, dir), bad = 0;
 
+	d->fmt = fmt;
+	if (fmt == PHG_DIAG_COLLECT)
+		d->diags = json_array();
 	if (rc != 0)
 		return rc;
 	for (size_t i = 0; i < d->n; i++) {
 		phg_err_t err;
 
+		if (fmt == PHG_DIAG_COLLECT) {
+			d->v[i].diags = json_array();
+			phg_diag_set_format(PHG_DIAG_COLLECT, d->v[i].diags);
+		}
 		phg_err_clear(&err);
 		rc = phg_plan_load(d->v[i].path, stderr, &d->v[i].plan, &err);
-		if (rc == PHG_EIO)
-			phg_log_plain(PHG_LOG_ERROR, "%s", err.msg);
+		if (rc == PHG_EIO && fmt == PHG_DIAG_COLLECT)
+			json_array_append_new(d->v[i].diags,
+			                      json_pack("{s:s,s:s,s:n,s:n,s:s}", "severity", "error",
+			                                "file", d->v[i].path, "line", "col", "message",
+			                                err.msg));
+		else if (rc == PHG_EIO)
+			dir_error(d, d->v[i].path, "%s", err.msg);
 		if (rc != 0) {
 			bad = 1;
 			continue;
 		}
 		if (env != NULL && phg_plan_select_env(d->v[i].plan, env, &err) != 0) {
-			phg_log_plain(PHG_LOG_ERROR, "%s: %s", d->v[i].path, err.msg);
+			dir_error(d, d->v[i].path, "%s", err.msg);
 			bad = 1;
 		}
 		phg_strv_push(&d->names, d->v[i].plan->name);
@@ -314,16 +358,18 @@ static int dir_validate(const plandir_t *d, phg_diag_format_t f, int loaded)
 		for (size_t i = 0; i < d->n; i++) {
 			const phg_plan_t *p = d->v[i].plan;
 
-			json_array_append_new(plans, json_pack("{s:s,s:b,s:o,s:o,s:o}", "file",
+			json_array_append_new(plans, json_pack("{s:s,s:b,s:o,s:o,s:o,s:O}", "file",
 			                                       d->v[i].path, "valid", p != NULL, "plan",
 			                                       p ? json_string(p->name) : json_null(),
 			                                       "checksum",
 			                                       p ? json_string(p->checksum) : json_null(),
 			                                       "phases",
 			                                       p ? json_integer((json_int_t)p->nphases)
-			                                         : json_null()));
+			                                         : json_null(),
+			                                       "diagnostics", d->v[i].diags));
 		}
 		json_object_set_new(o, "plans", plans);
+		json_object_set(o, "diagnostics", d->diags);
 		s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
 		printf("%s\n", s);
 		free(s);
@@ -616,7 +662,8 @@ int phg_dir_cmd(const char *cmd, const char *dir, phg_run_opts_t *o, phg_diag_fo
 	plandir_t d;
 	int rc, idx;
 
-	rc = dir_load(&d, dir, strcmp(cmd, "promote") == 0 ? NULL : o->env);
+	rc = dir_load(&d, dir, strcmp(cmd, "promote") == 0 ? NULL : o->env,
+	              strcmp(cmd, "validate") == 0 ? vformat : PHG_DIAG_TEXT);
 	if (strcmp(cmd, "validate") == 0) {
 		if (d.n > 0 || vformat == PHG_DIAG_TEXT)
 			rc = dir_validate(&d, vformat, rc);
